@@ -1,0 +1,161 @@
+//! Wiring only: builds the components from a [`Config`], binds the listeners, spawns the tasks,
+//! and returns the bound addresses. No request logic lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::net::conn::HttpSettings;
+use crate::net::listener::{self, TlsListenerSettings};
+use crate::net::tls::{self, ReloadingResolver, TlsError};
+use crate::pipeline::{Pipeline, Runtime};
+use crate::proxy::upstream::UpstreamError;
+use crate::shutdown::Drain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("{key} {addr}: cannot listen: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Where the running proxy listens, and which certificate it serves (for tests and the log).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub tls: SocketAddr,
+    pub admin: SocketAddr,
+    pub redirect: Option<SocketAddr>,
+    pub cert_file: PathBuf,
+}
+
+/// A running proxy.
+pub struct App {
+    pub addrs: BoundAddrs,
+    pub metrics: Metrics,
+    pipeline: Arc<Pipeline>,
+    drain: Drain,
+    background: CancellationToken,
+    grace: std::time::Duration,
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+impl App {
+    /// Binds everything and starts serving. Fails before accepting anything if a part is broken.
+    pub async fn start(config: &Config) -> Result<App, StartError> {
+        let metrics = Metrics::new();
+        let drain = Drain::new();
+        let background = CancellationToken::new();
+
+        let source = tls::cert_source(&config.server.tls, &config.server.data_dir)?;
+        let resolver = ReloadingResolver::new(tls::load_certified_key(&source.cert, &source.key)?);
+        let acceptor = TlsAcceptor::from(tls::server_config(&config.server.tls, resolver.clone())?);
+        tokio::spawn(resolver.watch(
+            source.clone(),
+            config.server.tls.reload_interval,
+            metrics.net.clone(),
+            background.clone(),
+        ));
+
+        let pipeline = Pipeline::new(Runtime::build(config)?, metrics.clone(), drain.clone());
+        let tls_listener = bind("server.listen", config.server.listen).await?;
+        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        let redirect_listener = match config.server.http_redirect_listen {
+            Some(addr) => Some(bind("server.http_redirect_listen", addr).await?),
+            None => None,
+        };
+        let addrs = BoundAddrs {
+            tls: tls_listener
+                .local_addr()
+                .expect("bound socket has an address"),
+            admin: admin_listener
+                .local_addr()
+                .expect("bound socket has an address"),
+            redirect: redirect_listener
+                .as_ref()
+                .map(|l| l.local_addr().expect("bound socket has an address")),
+            cert_file: source.cert.clone(),
+        };
+
+        let s = &config.server;
+        let http = HttpSettings {
+            header_read_timeout: s.header_read_timeout,
+            keepalive_timeout: s.keepalive_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+        };
+        tokio::spawn(listener::run_tls(
+            tls_listener,
+            acceptor,
+            pipeline.clone(),
+            TlsListenerSettings {
+                http,
+                handshake_timeout: s.tls.handshake_timeout,
+                max_connections: s.max_connections,
+            },
+        ));
+        if let Some(l) = redirect_listener {
+            tokio::spawn(listener::run_redirect(
+                l,
+                addrs.tls.port(),
+                http,
+                drain.clone(),
+            ));
+        }
+        tokio::spawn(crate::admin::run(
+            admin_listener,
+            metrics.clone(),
+            drain.clone(),
+            background.clone(),
+        ));
+        tracing::info!(listen = %addrs.tls, admin = %addrs.admin, routes = config.routes.len(), "voxguard started");
+        Ok(App {
+            addrs,
+            metrics,
+            pipeline,
+            drain,
+            background,
+            grace: config.server.grace_period,
+        })
+    }
+
+    /// Replaces routes, upstreams and per-route limits; live connections keep running. Listener
+    /// addresses, TLS files and server-level limits take effect on restart only.
+    pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
+        let runtime = Runtime::build(config)?;
+        self.pipeline.runtime.store(Arc::new(runtime));
+        Ok(())
+    }
+
+    /// Counts a reload attempt.
+    pub fn record_reload(&self, ok: bool) {
+        self.metrics
+            .config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Drains (see `shutdown`), then stops the admin listener and background tasks.
+    pub async fn shutdown(self) -> bool {
+        let clean = self.drain.run(self.grace).await;
+        self.background.cancel();
+        clean
+    }
+}

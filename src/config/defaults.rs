@@ -1,0 +1,32 @@
+//! Production defaults, one named constant each. The README's "Limits and timeouts" table lists them.
+
+use std::time::Duration;
+
+pub const LISTEN: &str = "127.0.0.1:8443";
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DATA_DIR: &str = "data";
+pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+pub const MAX_CONNECTIONS: u64 = 10_000;
+/// Slowloris bound: the whole request head must arrive within this (hyper also uses it between requests).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight for this long is closed (HTTP/1.1 and h2).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request head size limit (request line + headers); larger heads get 431.
+pub const MAX_HEADER_BYTES: u64 = 16 * 1024;
+pub const MAX_HEADERS: u64 = 100;
+pub const HSTS: &str = "max-age=31536000";
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const WEBSOCKET_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+pub const LOG_LEVEL: &str = "info";
+
+/// Environment variables that override the file (file < env).
+pub const ENV_LISTEN: &str = "VOXGUARD_LISTEN";
+pub const ENV_ADMIN_LISTEN: &str = "VOXGUARD_ADMIN_LISTEN";
+pub const ENV_LOG_LEVEL: &str = "VOXGUARD_LOG_LEVEL";
+pub const ENV_LOG_FORMAT: &str = "VOXGUARD_LOG_FORMAT";

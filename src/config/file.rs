@@ -1,0 +1,85 @@
+//! The `proxy.toml` file as written: serde DTOs with `deny_unknown_fields`, every field optional so that
+//! defaults live in one place (`defaults.rs`) and validation (`mod.rs`) can report every problem at once.
+
+use serde::Deserialize;
+
+/// The whole file. Unknown keys are a parse error that names the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub upstream: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub grace_period: Option<String>,
+    pub http_redirect_listen: Option<String>,
+    pub max_connections: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub hsts: Option<String>,
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub client_ca_file: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub reload_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub ca_file: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: Option<String>,
+    pub preserve_host: Option<bool>,
+    pub max_body_bytes: Option<u64>,
+    pub websocket: Option<bool>,
+    pub websocket_idle_timeout: Option<String>,
+    pub websocket_max_message_bytes: Option<u64>,
+}

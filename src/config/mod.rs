@@ -1,0 +1,580 @@
+//! Configuration: `proxy.toml` → [`file::FileConfig`] (serde, `deny_unknown_fields`) → validated [`Config`].
+//!
+//! Precedence: built-in defaults (`defaults.rs`) < the file < environment overrides
+//! (`VOXGUARD_LISTEN`, `VOXGUARD_ADMIN_LISTEN`, `VOXGUARD_LOG_LEVEL`, `VOXGUARD_LOG_FORMAT`).
+//! The environment is passed in as a lookup function so tests never touch the process environment.
+//! Validation collects every problem before failing, each naming its key path, e.g.
+//! `route[1].upstream: no upstream named "voic"`.
+
+pub mod defaults;
+pub mod file;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use file::FileConfig;
+
+/// One invalid key: where it is and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Why a config could not be loaded. Every variant is a user error (exit code 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {} invalid key(s):\n{}", .errors.len(), .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, errors: Vec<KeyError> },
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(serialize_with = "ser_duration")]
+    pub grace_period: Duration,
+    pub http_redirect_listen: Option<SocketAddr>,
+    pub max_connections: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// `None` disables the header.
+    pub hsts: Option<String>,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// `None` (with `key_file`) → a self-signed development certificate in `data_dir`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    #[serde(serialize_with = "ser_display")]
+    pub url: http::Uri,
+    pub ca_file: Option<PathBuf>,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub response_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub preserve_host: bool,
+    pub max_body_bytes: u64,
+    pub websocket: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub websocket_idle_timeout: Duration,
+    pub websocket_max_message_bytes: usize,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn ser_display<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl Config {
+    /// Reads and validates a file, with environment overrides from `env`.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown, env)
+    }
+
+    /// Parses and validates config text; `origin` names the source in errors.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        validate(file, env).map_err(|errors| ConfigError::Invalid {
+            path: origin.to_string(),
+            errors,
+        })
+    }
+
+    /// The effective configuration as TOML, for `voxguard check`. Holds no secrets today; when
+    /// secret references arrive they are printed as references, never resolved.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Collects errors while converting; each conversion returns `Option` so validation continues.
+struct Errors(Vec<KeyError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(KeyError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(v) => match humantime::parse_duration(v) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.push(key, "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.push(
+                        key,
+                        format!("invalid duration {v:?} ({e}); use e.g. \"30s\" or \"5m\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    key,
+                    format!("invalid socket address {value:?}; use e.g. \"127.0.0.1:8443\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<u64>, default: u64) -> u64 {
+        match value {
+            Some(0) => {
+                self.push(key, "must be greater than zero");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+}
+
+fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<KeyError>> {
+    use defaults as d;
+    let mut e = Errors(Vec::new());
+    let placeholder: SocketAddr = ([127, 0, 0, 1], 0).into();
+
+    let (listen_key, listen_value) = match env(d::ENV_LISTEN) {
+        Some(v) => (d::ENV_LISTEN.to_string(), v),
+        None => (
+            "server.listen".to_string(),
+            f.server.listen.clone().unwrap_or_else(|| d::LISTEN.into()),
+        ),
+    };
+    let listen = e.addr(&listen_key, &listen_value).unwrap_or(placeholder);
+    let (admin_key, admin_value) = match env(d::ENV_ADMIN_LISTEN) {
+        Some(v) => (d::ENV_ADMIN_LISTEN.to_string(), v),
+        None => (
+            "admin.listen".to_string(),
+            f.admin
+                .listen
+                .clone()
+                .unwrap_or_else(|| d::ADMIN_LISTEN.into()),
+        ),
+    };
+    let admin_listen = e.addr(&admin_key, &admin_value).unwrap_or(placeholder);
+    let http_redirect_listen = f
+        .server
+        .http_redirect_listen
+        .as_deref()
+        .and_then(|v| e.addr("server.http_redirect_listen", v));
+    if listen.port() != 0 && listen == admin_listen {
+        e.push("admin.listen", "must differ from server.listen");
+    }
+
+    let s = &f.server;
+    let max_header_bytes = e.positive(
+        "server.max_header_bytes",
+        s.max_header_bytes,
+        d::MAX_HEADER_BYTES,
+    );
+    if max_header_bytes < 1024 {
+        e.push("server.max_header_bytes", "must be at least 1024");
+    }
+    let hsts = match s.hsts.as_deref() {
+        None => Some(d::HSTS.to_string()),
+        Some("") => None,
+        Some(v) if v.contains(['\r', '\n']) || http::HeaderValue::from_str(v).is_err() => {
+            e.push("server.hsts", "not a valid header value");
+            None
+        }
+        Some(v) => Some(v.to_string()),
+    };
+    let tls_file = &s.tls;
+    if tls_file.cert_file.is_some() != tls_file.key_file.is_some() {
+        e.push(
+            "server.tls",
+            "cert_file and key_file must be set together (or both left out for the dev certificate)",
+        );
+    }
+    let server = ServerConfig {
+        listen,
+        data_dir: PathBuf::from(s.data_dir.as_deref().unwrap_or(d::DATA_DIR)),
+        grace_period: e.duration(
+            "server.grace_period",
+            s.grace_period.as_deref(),
+            d::GRACE_PERIOD,
+        ),
+        http_redirect_listen,
+        max_connections: e.positive(
+            "server.max_connections",
+            s.max_connections,
+            d::MAX_CONNECTIONS,
+        ) as usize,
+        header_read_timeout: e.duration(
+            "server.header_read_timeout",
+            s.header_read_timeout.as_deref(),
+            d::HEADER_READ_TIMEOUT,
+        ),
+        keepalive_timeout: e.duration(
+            "server.keepalive_timeout",
+            s.keepalive_timeout.as_deref(),
+            d::KEEPALIVE_TIMEOUT,
+        ),
+        max_header_bytes: max_header_bytes as usize,
+        max_headers: e.positive("server.max_headers", s.max_headers, d::MAX_HEADERS) as usize,
+        hsts,
+        tls: TlsConfig {
+            cert_file: tls_file.cert_file.as_deref().map(PathBuf::from),
+            key_file: tls_file.key_file.as_deref().map(PathBuf::from),
+            client_ca_file: tls_file.client_ca_file.as_deref().map(PathBuf::from),
+            handshake_timeout: e.duration(
+                "server.tls.handshake_timeout",
+                tls_file.handshake_timeout.as_deref(),
+                d::TLS_HANDSHAKE_TIMEOUT,
+            ),
+            reload_interval: e.duration(
+                "server.tls.reload_interval",
+                tls_file.reload_interval.as_deref(),
+                d::TLS_RELOAD_INTERVAL,
+            ),
+        },
+    };
+
+    let level = env(d::ENV_LOG_LEVEL)
+        .or(f.log.level.clone())
+        .unwrap_or_else(|| d::LOG_LEVEL.into());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        e.push("log.level", format!("invalid level or filter {level:?}"));
+    }
+    let format = match env(d::ENV_LOG_FORMAT).or(f.log.format.clone()).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            e.push(
+                "log.format",
+                format!("{other:?} is not one of \"text\", \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+
+    let mut upstreams = Vec::new();
+    let mut names = HashSet::new();
+    for (i, u) in f.upstream.iter().enumerate() {
+        let key = |k: &str| format!("upstream[{i}].{k}");
+        let name = match u.name.as_deref() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => {
+                e.push(key("name"), "required");
+                continue;
+            }
+        };
+        if !names.insert(name.clone()) {
+            e.push(key("name"), format!("duplicate upstream name {name:?}"));
+        }
+        let url = match u.url.as_deref() {
+            None => {
+                e.push(key("url"), "required");
+                continue;
+            }
+            Some(v) => match v.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && matches!(uri.path(), "" | "/")
+                        && uri.query().is_none() =>
+                {
+                    uri
+                }
+                _ => {
+                    e.push(
+                        key("url"),
+                        format!("{v:?} must be http:// or https:// with a host and no path, e.g. \"http://127.0.0.1:8080\""),
+                    );
+                    continue;
+                }
+            },
+        };
+        upstreams.push(UpstreamConfig {
+            name,
+            url,
+            ca_file: u.ca_file.as_deref().map(PathBuf::from),
+            connect_timeout: e.duration(
+                &key("connect_timeout"),
+                u.connect_timeout.as_deref(),
+                d::UPSTREAM_CONNECT_TIMEOUT,
+            ),
+            response_timeout: e.duration(
+                &key("response_timeout"),
+                u.response_timeout.as_deref(),
+                d::UPSTREAM_RESPONSE_TIMEOUT,
+            ),
+            pool_idle_timeout: e.duration(
+                &key("pool_idle_timeout"),
+                u.pool_idle_timeout.as_deref(),
+                d::UPSTREAM_POOL_IDLE_TIMEOUT,
+            ),
+        });
+    }
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    let mut seen_matches = HashSet::new();
+    for (i, r) in f.route.iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        if !route_names.insert(name.clone()) {
+            e.push(key("name"), format!("duplicate route name {name:?}"));
+        }
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            e.push(
+                key("name"),
+                "use letters, digits, '-', '_' or '.' (it becomes a metric label)",
+            );
+        }
+        let path_prefix = match r.path_prefix.as_deref() {
+            Some(p) if p.starts_with('/') => p.to_string(),
+            Some(p) => {
+                e.push(key("path_prefix"), format!("{p:?} must start with '/'"));
+                continue;
+            }
+            None => "/".to_string(),
+        };
+        let upstream = match r.upstream.as_deref() {
+            None => {
+                e.push(key("upstream"), "required");
+                continue;
+            }
+            Some(u) if !names.contains(u) => {
+                e.push(key("upstream"), format!("no upstream named {u:?}"));
+                continue;
+            }
+            Some(u) => u.to_string(),
+        };
+        let host = r.host.as_deref().map(|h| h.to_ascii_lowercase());
+        if let Some(h) = &host
+            && (h.is_empty() || h.contains(['/', ' ', ':']))
+        {
+            e.push(
+                key("host"),
+                format!("{h:?} must be a bare host name without port"),
+            );
+        }
+        if !seen_matches.insert((host.clone(), path_prefix.clone())) {
+            e.push(
+                key("path_prefix"),
+                "another route has the same host and path_prefix",
+            );
+        }
+        routes.push(RouteConfig {
+            name,
+            host,
+            path_prefix,
+            upstream,
+            preserve_host: r.preserve_host.unwrap_or(true),
+            max_body_bytes: r.max_body_bytes.unwrap_or(d::MAX_BODY_BYTES),
+            websocket: r.websocket.unwrap_or(false),
+            websocket_idle_timeout: e.duration(
+                &key("websocket_idle_timeout"),
+                r.websocket_idle_timeout.as_deref(),
+                d::WEBSOCKET_IDLE_TIMEOUT,
+            ),
+            websocket_max_message_bytes: e.positive(
+                &key("websocket_max_message_bytes"),
+                r.websocket_max_message_bytes,
+                d::WEBSOCKET_MAX_MESSAGE_BYTES,
+            ) as usize,
+        });
+    }
+
+    if e.0.is_empty() {
+        Ok(Config {
+            server,
+            admin: AdminConfig {
+                listen: admin_listen,
+            },
+            log: LogConfig { level, format },
+            upstreams,
+            routes,
+        })
+    } else {
+        Err(e.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, "t.toml", &no_env) {
+            Err(ConfigError::Invalid { errors, .. }) => {
+                errors.iter().map(|e| e.to_string()).collect()
+            }
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", "t", &no_env).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9901");
+        assert_eq!(c.server.grace_period, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn reports_every_bad_key_at_once() {
+        let errs = errors(
+            r#"
+            [server]
+            grace_period = "soon"
+            [[upstream]]
+            name = "voice"
+            url = "ftp://x"
+            [[route]]
+            path_prefix = "/"
+            upstream = "voic"
+            "#,
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("server.grace_period: invalid duration")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("upstream[0].url:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e == "route[0].upstream: no upstream named \"voic\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[server]\nlistn = \"x\"\n", "t", &no_env).unwrap_err();
+        assert!(err.to_string().contains("unknown field `listn`"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = |k: &str| (k == defaults::ENV_LISTEN).then(|| "127.0.0.1:1234".to_string());
+        let c = Config::parse("[server]\nlisten = \"127.0.0.1:9\"\n", "t", &env).unwrap();
+        assert_eq!(c.server.listen.port(), 1234);
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let env = |k: &str| (k == defaults::ENV_ADMIN_LISTEN).then(|| "nope".to_string());
+        let err = Config::parse("", "t", &env).unwrap_err().to_string();
+        assert!(
+            err.contains("VOXGUARD_ADMIN_LISTEN: invalid socket address"),
+            "{err}"
+        );
+    }
+}

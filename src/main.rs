@@ -1,0 +1,98 @@
+//! Thin entry point: args → config → tracing → crypto provider → App → signals → drain → exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use voxguard::cli::{Cli, Command, EXIT_CONFIG, EXIT_FORCED, process_env};
+use voxguard::config::{Config, LogFormat};
+use voxguard::shutdown::{Signal, Signals};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("voxguard {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match Config::load(&config, &process_env) {
+            Ok(c) => {
+                println!("# {}: ok\n{}", config.display(), c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match Config::load(&config, &process_env) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            init_tracing(&loaded);
+            voxguard::install_crypto_provider();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(run(config, loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    let app = voxguard::App::start(&config).await?;
+    while let Signal::Reload = signals.next().await {
+        match Config::load(&path, &process_env) {
+            Ok(new) => match app.reload(&new) {
+                Ok(()) => {
+                    app.record_reload(true);
+                    tracing::info!(routes = new.routes.len(), "configuration reloaded");
+                }
+                Err(e) => {
+                    app.record_reload(false);
+                    tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                }
+            },
+            Err(e) => {
+                app.record_reload(false);
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+            }
+        }
+    }
+    tracing::info!("draining");
+    tokio::spawn(async move {
+        loop {
+            if let Signal::Terminate = signals.next().await {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(EXIT_FORCED);
+            }
+        }
+    });
+    let clean = app.shutdown().await;
+    tracing::info!(clean, "stopped");
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics on an explicit registry, one struct per area. Labels are routes, reasons,
+//! directions and status classes only — never an address, a path or an id.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub const HTTP_REQUESTS: &str = "voxguard_http_requests_total";
+pub const HTTP_DURATION: &str = "voxguard_http_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "voxguard_upstream_errors_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "voxguard_tls_handshake_failures_total";
+pub const TLS_CERT_RELOADS: &str = "voxguard_tls_certificate_reloads_total";
+pub const ACTIVE_CONNECTIONS: &str = "voxguard_active_connections";
+pub const CONNECTIONS_REJECTED: &str = "voxguard_connections_rejected_total";
+pub const WS_ACTIVE: &str = "voxguard_websocket_sessions_active";
+pub const WS_MESSAGES: &str = "voxguard_websocket_messages_total";
+pub const CONFIG_RELOADS: &str = "voxguard_config_reloads_total";
+
+/// Every metric the proxy exports, cheap to clone (all handles are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http: HttpMetrics,
+    pub net: NetMetrics,
+    pub ws: WsMetrics,
+    /// `outcome` = ok | error.
+    pub config_reloads: IntCounterVec,
+}
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Labels: route, status class (`2xx`…`5xx`).
+    pub requests: IntCounterVec,
+    /// Labels: route. From request start to the end of the response body.
+    pub duration: HistogramVec,
+    /// Labels: upstream, reason (connect, timeout, protocol, body_too_large).
+    pub upstream_errors: IntCounterVec,
+}
+
+#[derive(Clone)]
+pub struct NetMetrics {
+    /// Labels: reason (timeout, protocol_version, no_shared_cipher, bad_certificate, eof, other).
+    pub tls_handshake_failures: IntCounterVec,
+    /// Labels: outcome (ok, error).
+    pub tls_cert_reloads: IntCounterVec,
+    pub active_connections: IntGauge,
+    /// Labels: reason (max_connections, draining).
+    pub connections_rejected: IntCounterVec,
+}
+
+#[derive(Clone)]
+pub struct WsMetrics {
+    pub active: IntGauge,
+    /// Labels: route, direction (client_to_upstream, upstream_to_client).
+    pub messages: IntCounterVec,
+}
+
+impl Metrics {
+    /// Builds and registers every metric. Registration cannot fail for these fixed, unique names.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                HTTP_DURATION,
+                "Request duration until the response body ends.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        Metrics {
+            http: HttpMetrics {
+                requests: counter(
+                    HTTP_REQUESTS,
+                    "Requests by route and status class.",
+                    &["route", "status"],
+                ),
+                duration,
+                upstream_errors: counter(
+                    UPSTREAM_ERRORS,
+                    "Upstream failures by reason.",
+                    &["upstream", "reason"],
+                ),
+            },
+            net: NetMetrics {
+                tls_handshake_failures: counter(
+                    TLS_HANDSHAKE_FAILURES,
+                    "Failed TLS handshakes by reason.",
+                    &["reason"],
+                ),
+                tls_cert_reloads: counter(
+                    TLS_CERT_RELOADS,
+                    "Certificate reload attempts.",
+                    &["outcome"],
+                ),
+                active_connections: gauge(ACTIVE_CONNECTIONS, "Open client connections."),
+                connections_rejected: counter(
+                    CONNECTIONS_REJECTED,
+                    "Client connections refused before proxying, by reason.",
+                    &["reason"],
+                ),
+            },
+            ws: WsMetrics {
+                active: gauge(WS_ACTIVE, "Open WebSocket sessions."),
+                messages: counter(
+                    WS_MESSAGES,
+                    "WebSocket messages relayed.",
+                    &["route", "direction"],
+                ),
+            },
+            config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition of the whole registry.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `200` → `"2xx"`, without allocating.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,176 @@
+//! Serving one TLS connection: HTTP/1.1 (with upgrades) or h2 chosen by ALPN, the keep-alive idle
+//! watchdog, and the drain's `graceful_shutdown()`.
+//!
+//! The protocol is picked from ALPN rather than sniffed, so hyper's header-read timer runs from the
+//! first byte of HTTP/1.1 (auto-detection would leave the preface untimed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::proxy::body::ProxyBody;
+
+/// Requests in flight on one connection and since when it has had none.
+pub struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+/// Held while a request (including its response body) is in flight.
+pub struct InFlight(Arc<Activity>);
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had nothing in flight, or `None` if something is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(since))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let now = self.0.epoch.elapsed().as_millis() as u64;
+            self.0.idle_since_ms.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-connection HTTP settings, from `[server]`.
+#[derive(Clone, Copy)]
+pub struct HttpSettings {
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// A hyper connection the drain can shut down gracefully.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<ProxyBody>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: 'static,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I, S> Graceful for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+/// Serves HTTP on an established stream until the client leaves, the idle watchdog fires, or the
+/// drain shuts it down (in-flight requests finish first).
+pub async fn serve<I, S>(
+    io: I,
+    h2: bool,
+    service: S,
+    settings: HttpSettings,
+    activity: Arc<Activity>,
+    drain_started: tokio_util::sync::CancellationToken,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let result = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(settings.max_header_bytes as u32)
+            .max_concurrent_streams(256)
+            .serve_connection(io, service);
+        drive(conn, settings.keepalive_timeout, &activity, &drain_started).await
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_header_size(settings.max_header_bytes)
+            .max_headers(settings.max_headers)
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(conn, settings.keepalive_timeout, &activity, &drain_started).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn drive<C: Graceful>(
+    conn: C,
+    keepalive: Duration,
+    activity: &Activity,
+    drain_started: &tokio_util::sync::CancellationToken,
+) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    let mut tick = tokio::time::interval((keepalive / 4).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = drain_started.cancelled(), if !shutting_down => {
+                conn.as_mut().shutdown();
+                shutting_down = true;
+            }
+            _ = tick.tick(), if !shutting_down => {
+                if activity.idle_for().is_some_and(|idle| idle >= keepalive) {
+                    conn.as_mut().shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Accept loops: the TLS listener (connection limit, handshake timeout, per-connection task) and the
+//! optional plain-HTTP listener that only redirects to https.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::NetMetrics;
+use crate::net::conn::{self, Activity, HttpSettings};
+use crate::net::tls::handshake_failure_reason;
+use crate::pipeline::{ConnCtx, Pipeline};
+use crate::proxy::body::{ProxyBody, empty};
+use crate::respond::Rejection;
+
+/// Counts open client connections (RAII), shared by the accept loop and upgraded sessions.
+pub struct ConnGuard {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+/// Settings of the TLS listener that a reload does not change.
+#[derive(Clone)]
+pub struct TlsListenerSettings {
+    pub http: HttpSettings,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Accepts until the drain starts. Every connection runs in a task tracked by the drain.
+pub async fn run_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    pipeline: Arc<Pipeline>,
+    settings: TlsListenerSettings,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let drain = pipeline.drain.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = drain.started.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let net = pipeline.metrics.net.clone();
+        let over_limit = open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections;
+        net.active_connections.inc();
+        let guard = Arc::new(ConnGuard {
+            open: open.clone(),
+            gauge: net.active_connections.clone(),
+        });
+        if over_limit {
+            net.connections_rejected
+                .with_label_values(&["max_connections"])
+                .inc();
+        }
+        drain.tasks.spawn(handle_tls(
+            tcp,
+            peer,
+            acceptor.clone(),
+            pipeline.clone(),
+            settings.clone(),
+            guard,
+            over_limit,
+        ));
+    }
+}
+
+async fn handle_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    pipeline: Arc<Pipeline>,
+    settings: TlsListenerSettings,
+    guard: Arc<ConnGuard>,
+    over_limit: bool,
+) {
+    let net: &NetMetrics = &pipeline.metrics.net;
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = handshake_failure_reason(&e);
+            net.tls_handshake_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::debug!(client = %peer.ip(), reason, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            net.tls_handshake_failures
+                .with_label_values(&["timeout"])
+                .inc();
+            tracing::debug!(client = %peer.ip(), "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let activity = Activity::new();
+    let drain_started = pipeline.drain.started.clone();
+    if over_limit {
+        // Answer 503 + Retry-After instead of a bare reset, so clients back off correctly.
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(Rejection::Overloaded.response())
+        });
+        conn::serve(io, h2, svc, settings.http, activity, drain_started).await;
+        return;
+    }
+    let ctx = ConnCtx {
+        peer,
+        activity: activity.clone(),
+        keep: guard,
+    };
+    let svc = hyper::service::service_fn(move |req| pipeline.clone().handle(req, ctx.clone()));
+    conn::serve(io, h2, svc, settings.http, activity, drain_started).await;
+}
+
+/// Plain-HTTP listener: every request gets 308 to the same path on https.
+pub async fn run_redirect(
+    listener: TcpListener,
+    https_port: u16,
+    settings: HttpSettings,
+    drain: crate::shutdown::Drain,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = drain.started.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let svc = hyper::service::service_fn(
+            move |req: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, Infallible>(redirect(&req, https_port))
+            },
+        );
+        drain.tasks.spawn(conn::serve(
+            TokioIo::new(tcp),
+            false,
+            svc,
+            settings,
+            Activity::new(),
+            drain.started.clone(),
+        ));
+    }
+}
+
+fn redirect(req: &http::Request<hyper::body::Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(crate::routing::strip_port)
+        .filter(|h| !h.is_empty() && !h.contains(['/', '@', '\\']));
+    let mut res = Response::new(empty());
+    let Some(host) = host else {
+        *res.status_mut() = StatusCode::BAD_REQUEST;
+        return res;
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{port}{path}")) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}

@@ -1,0 +1,5 @@
+//! Sockets: accepting, TLS, and serving one connection with hyper.
+
+pub mod conn;
+pub mod listener;
+pub mod tls;

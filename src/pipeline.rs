@@ -1,0 +1,160 @@
+//! THE request path, in order: route → proxy | WebSocket → response hardening → access log.
+//! Admission (allowlists, rate limits, signatures) slots in between routing and proxying.
+//! This is the one place that records a request's outcome in metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::net::conn::Activity;
+use crate::proxy::body::{AccessRecord, ProxyBody, Tracked};
+use crate::proxy::headers::{RequestIds, harden_response};
+use crate::proxy::http::{ForwardCtx, forward};
+use crate::proxy::upstream::{Upstream, UpstreamError};
+use crate::respond::Rejection;
+use crate::routing::RouteTable;
+use crate::shutdown::Drain;
+use crate::ws::session::{self, SessionSettings};
+
+/// Everything that SIGHUP can replace: routes, upstream pools and per-request settings.
+pub struct Runtime {
+    pub routes: RouteTable,
+    pub upstreams: std::collections::HashMap<String, Arc<Upstream>>,
+    pub hsts: Option<HeaderValue>,
+}
+
+impl Runtime {
+    pub fn build(config: &Config) -> Result<Self, UpstreamError> {
+        let mut upstreams = std::collections::HashMap::new();
+        for u in &config.upstreams {
+            upstreams.insert(u.name.clone(), Upstream::build(u)?);
+        }
+        Ok(Self {
+            routes: RouteTable::new(&config.routes),
+            upstreams,
+            hsts: config
+                .server
+                .hsts
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok()),
+        })
+    }
+}
+
+/// Shared by every connection.
+pub struct Pipeline {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub drain: Drain,
+    ids: RequestIds,
+}
+
+/// Per-connection facts the pipeline needs.
+#[derive(Clone)]
+pub struct ConnCtx<K> {
+    pub peer: SocketAddr,
+    pub activity: Arc<Activity>,
+    /// Released when the last holder drops; WebSocket sessions hold it past the HTTP connection.
+    pub keep: K,
+}
+
+impl Pipeline {
+    pub fn new(runtime: Runtime, metrics: Metrics, drain: Drain) -> Arc<Self> {
+        Arc::new(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            drain,
+            ids: RequestIds::new(),
+        })
+    }
+
+    /// Handles one request; never fails (every failure is a response).
+    pub async fn handle<K: Clone + Send + Sync + 'static>(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnCtx<K>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let in_flight = conn.activity.enter();
+        let rt = self.runtime.load_full();
+        let request_id = self.ids.next();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .map(str::to_owned);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let client = conn.peer.ip().to_canonical();
+
+        let route = rt.routes.select(host.as_deref(), &path).cloned();
+        let route_label: Arc<str> = route
+            .as_ref()
+            .map_or_else(|| "none".into(), |r| r.name.as_str().into());
+        let mut response = match route {
+            None => Rejection::NoRoute.response(),
+            Some(route) => {
+                let upstream = rt.upstreams[&route.upstream].clone();
+                let ctx = ForwardCtx {
+                    client,
+                    original_host: host.as_deref(),
+                    request_id: &request_id,
+                };
+                match forward(&route, &upstream, req, ctx).await {
+                    Ok(fwd) => {
+                        if let Some((client_up, upstream_up)) = fwd.websocket {
+                            let settings = SessionSettings {
+                                route: route_label.clone(),
+                                idle_timeout: route.websocket_idle_timeout,
+                                max_message_bytes: route.websocket_max_message_bytes,
+                            };
+                            self.drain.tasks.spawn(session::run(
+                                client_up,
+                                upstream_up,
+                                settings,
+                                self.metrics.ws.clone(),
+                                self.drain.grace_over.clone(),
+                                conn.keep.clone(),
+                            ));
+                        }
+                        fwd.response
+                    }
+                    Err(rejection) => {
+                        if let Some(reason) = rejection.upstream_reason() {
+                            self.metrics
+                                .http
+                                .upstream_errors
+                                .with_label_values(&[&upstream.name, reason])
+                                .inc();
+                        }
+                        rejection.response()
+                    }
+                }
+            }
+        };
+        harden_response(response.headers_mut(), rt.hsts.as_ref());
+        let record = AccessRecord {
+            route: route_label,
+            method,
+            path,
+            status: response.status().as_u16(),
+            client,
+            request_id,
+            started,
+        };
+        let (parts, body) = response.into_parts();
+        let body = Tracked::new(body, record, self.metrics.clone(), Some(in_flight));
+        Ok(Response::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed(body),
+        ))
+    }
+}

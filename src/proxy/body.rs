@@ -1,0 +1,200 @@
+//! Body wrappers on the streaming path: a size limit for request bodies, and a response wrapper that
+//! counts bytes, and on completion writes the access-log line and the request metrics.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+
+use crate::metrics::{Metrics, status_class};
+use crate::net::conn::InFlight;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type on both sides of the proxy.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A small in-memory body (error pages, admin responses).
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+/// Raised by [`Limited`] when the body passes its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's max_body_bytes")]
+pub struct BodyTooLarge;
+
+pin_project_lite::pin_project! {
+    /// Streams a body and fails it once more than `remaining` bytes went through, raising `tripped`
+    /// so the pipeline can answer 413 instead of 502.
+    pub struct Limited<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        tripped: Arc<AtomicBool>,
+    }
+}
+
+impl<B> Limited<B> {
+    pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            tripped,
+        }
+    }
+}
+
+impl<B> Body for Limited<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > *this.remaining {
+                        this.tripped.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the access log says about one request; no query string, no body, no header values.
+pub struct AccessRecord {
+    pub route: Arc<str>,
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub client: std::net::IpAddr,
+    pub request_id: String,
+    pub started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// The response body sent to the client. When it ends (or is dropped, e.g. the client left),
+    /// it logs the request and records its metrics exactly once, and releases the in-flight guard.
+    pub struct Tracked {
+        #[pin]
+        inner: ProxyBody,
+        bytes: u64,
+        record: Option<AccessRecord>,
+        metrics: Metrics,
+        _in_flight: Option<InFlight>,
+    }
+
+    impl PinnedDrop for Tracked {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                finish(record, *this.bytes, this.metrics);
+            }
+        }
+    }
+}
+
+impl Tracked {
+    pub fn new(
+        inner: ProxyBody,
+        record: AccessRecord,
+        metrics: Metrics,
+        in_flight: Option<InFlight>,
+    ) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            record: Some(record),
+            metrics,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+fn finish(r: AccessRecord, bytes: u64, metrics: &Metrics) {
+    let elapsed = r.started.elapsed();
+    metrics
+        .http
+        .requests
+        .with_label_values(&[&*r.route, status_class(r.status)])
+        .inc();
+    metrics
+        .http
+        .duration
+        .with_label_values(&[&*r.route])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "voxguard::access",
+        route = &*r.route,
+        method = %r.method,
+        path = %r.path,
+        status = r.status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        bytes,
+        client = %r.client,
+        request_id = %r.request_id,
+        "request"
+    );
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            *this.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,129 @@
+//! Forwards one request to its upstream and returns the upstream's response, streamed both ways.
+//! A WebSocket handshake on a route that allows it is forwarded first; on the upstream's 101 the
+//! client gets the upstream's answer and the session is handed to `ws::session`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::config::RouteConfig;
+use crate::proxy::body::{Limited, ProxyBody, empty};
+use crate::proxy::headers;
+use crate::proxy::upstream::Upstream;
+use crate::respond::Rejection;
+
+/// What `forward` needs from the connection and the request context.
+pub struct ForwardCtx<'a> {
+    pub client: IpAddr,
+    pub original_host: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+/// A forwarded response, plus the two upgrade halves when a WebSocket session must start.
+pub struct Forwarded {
+    pub response: Response<ProxyBody>,
+    pub websocket: Option<(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade)>,
+}
+
+pub async fn forward(
+    route: &RouteConfig,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    ctx: ForwardCtx<'_>,
+) -> Result<Forwarded, Rejection> {
+    if content_length(req.headers()).is_some_and(|len| len > route.max_body_bytes) {
+        return Err(Rejection::BodyTooLarge);
+    }
+    let websocket = route.websocket
+        && req.version() == Version::HTTP_11
+        && req.method() == http::Method::GET
+        && headers::is_websocket_upgrade(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::set_forwarded(
+        &mut parts.headers,
+        ctx.client,
+        ctx.original_host,
+        ctx.request_id,
+    );
+    if websocket {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        // No compression: every message must stay inspectable.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    match (
+        route.preserve_host,
+        ctx.original_host
+            .and_then(|h| HeaderValue::from_str(h).ok()),
+    ) {
+        (true, Some(host)) => {
+            parts.headers.insert(header::HOST, host);
+        }
+        // hyper's client sets Host from the upstream URI when it is absent.
+        _ => {
+            parts.headers.remove(header::HOST);
+        }
+    }
+    parts.uri = upstream.uri_for(parts.uri.path_and_query());
+    parts.version = Version::HTTP_11;
+
+    let tripped = Arc::new(AtomicBool::new(false));
+    let body = Limited::new(body, route.max_body_bytes, tripped.clone()).boxed();
+    let sent = tokio::time::timeout(
+        upstream.response_timeout,
+        upstream.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let mut res = match sent {
+        Err(_) => return Err(Rejection::UpstreamTimeout),
+        Ok(Err(_)) if tripped.load(Ordering::Relaxed) => return Err(Rejection::BodyTooLarge),
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, upstream = %upstream.name, error = %e, "upstream request failed");
+            return Err(if e.is_connect() {
+                Rejection::UpstreamConnect
+            } else {
+                Rejection::UpstreamProtocol
+            });
+        }
+        Ok(Ok(res)) => res,
+    };
+
+    if let Some(client_upgrade) = client_upgrade
+        && res.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut res);
+        let (mut parts, _) = res.into_parts();
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        return Ok(Forwarded {
+            response: Response::from_parts(parts, empty()),
+            websocket: Some((client_upgrade, upstream_upgrade)),
+        });
+    }
+    let (mut parts, body) = res.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Ok(Forwarded {
+        response: Response::from_parts(parts, body.map_err(Into::into).boxed()),
+        websocket: None,
+    })
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

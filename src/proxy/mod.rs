@@ -1,0 +1,6 @@
+//! HTTP forwarding: header rewriting, streaming bodies, pooled upstream clients.
+
+pub mod body;
+pub mod headers;
+pub mod http;
+pub mod upstream;

@@ -1,0 +1,104 @@
+//! The only place where a rejection or a proxy failure becomes an HTTP response. Bodies are short
+//! and generic; the reason goes to the log and metrics, never to the client.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::proxy::body::{ProxyBody, full};
+
+/// Why the proxy answered itself instead of relaying the upstream's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("request body larger than the route allows")]
+    BodyTooLarge,
+    #[error("connection limit reached")]
+    Overloaded,
+    #[error("upstream unreachable")]
+    UpstreamConnect,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream failed mid-exchange")]
+    UpstreamProtocol,
+}
+
+/// Seconds a client should wait before retrying when the proxy is at its connection limit.
+pub const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
+
+impl Rejection {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The metric label for upstream failures; `None` for rejections that are not the upstream's fault.
+    pub fn upstream_reason(self) -> Option<&'static str> {
+        match self {
+            Rejection::UpstreamConnect => Some("connect"),
+            Rejection::UpstreamTimeout => Some("timeout"),
+            Rejection::UpstreamProtocol => Some("protocol"),
+            _ => None,
+        }
+    }
+
+    pub fn response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = format!("{}\n", status.canonical_reason().unwrap_or("error"));
+        let mut res = Response::new(full(body));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self == Rejection::Overloaded {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS),
+            );
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rejection_maps_to_its_status() {
+        let cases = [
+            (Rejection::NoRoute, 404),
+            (Rejection::BodyTooLarge, 413),
+            (Rejection::Overloaded, 503),
+            (Rejection::UpstreamConnect, 502),
+            (Rejection::UpstreamProtocol, 502),
+            (Rejection::UpstreamTimeout, 504),
+        ];
+        for (r, code) in cases {
+            assert_eq!(r.response().status().as_u16(), code, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn overload_says_when_to_retry() {
+        let res = Rejection::Overloaded.response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn bodies_are_generic() {
+        let res = Rejection::UpstreamConnect.response();
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+}

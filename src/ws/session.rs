@@ -1,0 +1,219 @@
+//! One relayed WebSocket session: a pump over two message streams, generic over `Stream + Sink`
+//! so tests can drive it without sockets. Ping, pong and close frames are relayed like data; close
+//! codes and reasons pass through. An idle session, an oversized message, or the end of the drain's
+//! grace period closes both sides (1001 going away, 1009 to the sender of a too-large message).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::WsMetrics;
+
+/// Per-route session limits.
+#[derive(Clone)]
+pub struct SessionSettings {
+    pub route: Arc<str>,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// How long to wait for the far side's reply to a relayed close frame.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// tungstenite's defaults keep 128 KiB of read buffer per socket; calls are many and idle-ish.
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(64 * 1024))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// Waits for both upgrades, then relays until either side ends. `keep` is held for the session's
+/// lifetime (the connection-count guard: the TCP connection lives on inside the upgrade).
+pub async fn run<K: Send>(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    settings: SessionSettings,
+    metrics: WsMetrics,
+    grace_over: CancellationToken,
+    keep: K,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(route = &*settings.route, error = %e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let config = ws_config(settings.max_message_bytes);
+    let client =
+        WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config)).await;
+    let upstream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config)).await;
+    metrics.active.inc();
+    let counters = Counters {
+        to_upstream: metrics
+            .messages
+            .with_label_values(&[&*settings.route, "client_to_upstream"]),
+        to_client: metrics
+            .messages
+            .with_label_values(&[&*settings.route, "upstream_to_client"]),
+    };
+    let end = pump(client, upstream, &settings, &counters, &grace_over).await;
+    metrics.active.dec();
+    tracing::debug!(route = &*settings.route, ?end, "WebSocket session ended");
+    drop(keep);
+}
+
+/// Message counters for both directions, resolved once per session.
+pub struct Counters {
+    pub to_upstream: IntCounter,
+    pub to_client: IntCounter,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    ClosedByClient,
+    ClosedByUpstream,
+    Idle,
+    Draining,
+    TooLarge,
+    Error,
+}
+
+#[derive(Clone, Copy)]
+enum From {
+    Client,
+    Upstream,
+}
+
+/// Relays messages both ways until a close, an error, idleness or the drain ends the session.
+pub async fn pump<C, U>(
+    mut client: C,
+    mut upstream: U,
+    settings: &SessionSettings,
+    counters: &Counters,
+    grace_over: &CancellationToken,
+) -> End
+where
+    C: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    U: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let idle = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        let (from, next) = tokio::select! {
+            m = client.next() => (From::Client, m),
+            m = upstream.next() => (From::Upstream, m),
+            _ = &mut idle => {
+                close_both(&mut client, &mut upstream, "idle timeout").await;
+                return End::Idle;
+            }
+            _ = grace_over.cancelled() => {
+                close_both(&mut client, &mut upstream, "server shutting down").await;
+                return End::Draining;
+            }
+        };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + settings.idle_timeout);
+        let step = match from {
+            From::Client => relay(next, &mut client, &mut upstream, &counters.to_upstream).await,
+            From::Upstream => relay(next, &mut upstream, &mut client, &counters.to_client).await,
+        };
+        match (step, from) {
+            (Step::Continue, _) => {}
+            (Step::Closed, From::Client) => return End::ClosedByClient,
+            (Step::Closed, From::Upstream) => return End::ClosedByUpstream,
+            (Step::TooLarge, _) => return End::TooLarge,
+            (Step::Failed, _) => return End::Error,
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Closed,
+    TooLarge,
+    Failed,
+}
+
+async fn relay<A, B>(
+    next: Option<Result<Message, WsError>>,
+    from: &mut A,
+    to: &mut B,
+    counter: &IntCounter,
+) -> Step
+where
+    A: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    B: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    match next {
+        Some(Ok(Message::Frame(_))) => Step::Continue, // raw frames are never yielded when reading
+        Some(Ok(msg)) => {
+            counter.inc();
+            let is_close = matches!(msg, Message::Close(_));
+            if to.send(msg).await.is_err() {
+                let _ = from.send(going_away("upstream gone")).await;
+                return Step::Failed;
+            }
+            if !is_close {
+                return Step::Continue;
+            }
+            // tungstenite already queued the echo to `from`; wait for the far side's reply, then flush.
+            let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
+                while let Some(Ok(m)) = to.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let _ = from.close().await;
+            Step::Closed
+        }
+        Some(Err(WsError::Capacity(_))) => {
+            let _ = from
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                })))
+                .await;
+            let _ = to.send(going_away("peer sent a message too big")).await;
+            Step::TooLarge
+        }
+        Some(Err(_)) | None => {
+            let _ = to.send(going_away("peer went away")).await;
+            Step::Failed
+        }
+    }
+}
+
+fn going_away(reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: reason.into(),
+    }))
+}
+
+async fn close_both<C, U>(client: &mut C, upstream: &mut U, reason: &'static str)
+where
+    C: Sink<Message, Error = WsError> + Unpin,
+    U: Sink<Message, Error = WsError> + Unpin,
+{
+    let _ = tokio::join!(
+        client.send(going_away(reason)),
+        upstream.send(going_away(reason))
+    );
+}

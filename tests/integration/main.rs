@@ -1,0 +1,1 @@
+//! The one integration-test binary: real TLS sockets on 127.0.0.1:0, real backends, real clients.

@@ -1,1 +1,9 @@
 //! The one integration-test binary: real TLS sockets on 127.0.0.1:0, real backends, real clients.
+
+mod support;
+
+mod config_cli;
+mod http;
+mod lifecycle;
+mod tls;
+mod websocket;

@@ -1,0 +1,185 @@
+//! The real binary: SIGTERM drain, SIGHUP reload, the admin listener.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::backend::spawn_backend;
+use crate::support::client::https_get;
+use crate::support::{admin_get, bin, config_text};
+
+struct Running {
+    child: Child,
+    tls: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    ca: Vec<u8>,
+}
+
+fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
+    let key = format!("\"{name}\":\"");
+    let start = line.find(&key)? + key.len();
+    let end = line[start..].find('"')? + start;
+    line[start..end].parse().ok()
+}
+
+/// Starts `voxguard run` with JSON logs and reads the bound addresses from its start-up line.
+async fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("VOXGUARD_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tls, admin) = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("voxguard started") {
+                return (
+                    field(&line, "listen").unwrap(),
+                    field(&line, "admin").unwrap(),
+                );
+            }
+        }
+        panic!("voxguard exited before starting");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let ca = std::fs::read(data.join("dev-cert.pem")).unwrap();
+    Running {
+        child,
+        tls,
+        admin,
+        ca,
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_refuses_new_connections_and_exits_0() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_text(dir.path(), backend, "", "")).unwrap();
+    let mut proxy = start(&path, &dir.path().join("data")).await;
+
+    let (tls, ca) = (proxy.tls, proxy.ca.clone());
+    let in_flight = tokio::spawn(async move { https_get(tls, &ca, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&proxy.child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (ready, _) = admin_get(proxy.admin, "/readyz").await;
+    assert_eq!(ready, 503, "readiness must turn false while draining");
+    assert!(
+        tokio::net::TcpStream::connect(proxy.tls).await.is_err(),
+        "new connections must be refused while draining"
+    );
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "slow done"),
+        "in-flight request completes"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .expect("exits after the drain")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_and_a_bad_reload_keeps_the_running_config() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let base = config_text(dir.path(), backend, "", "")
+        .replace("path_prefix = \"/\"", "path_prefix = \"/a\"");
+    std::fs::write(&path, &base).unwrap();
+    let mut proxy = start(&path, &dir.path().join("data")).await;
+    assert_eq!(https_get(proxy.tls, &proxy.ca, "/b/headers").await.0, 404);
+
+    let with_b =
+        format!("{base}\n[[route]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"voice\"\n");
+    std::fs::write(&path, with_b).unwrap();
+    signal(&proxy.child, "-HUP");
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = https_get(proxy.tls, &proxy.ca, "/b/headers").await.0;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the new route is served after SIGHUP");
+
+    std::fs::write(&path, "[server]\nlistn = \"typo\"\n").unwrap();
+    signal(&proxy.child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        https_get(proxy.tls, &proxy.ca, "/b/headers").await.0,
+        200,
+        "bad reload keeps the old config"
+    );
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"voxguard_config_reloads_total{outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"voxguard_config_reloads_total{outcome="error"} 1"#),
+        "{metrics}"
+    );
+    signal(&proxy.child, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_health_readiness_and_metrics() {
+    let proxy = crate::support::spawn_proxy(spawn_backend().await, "", "").await;
+    assert_eq!(
+        admin_get(proxy.admin, "/healthz").await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(
+        admin_get(proxy.admin, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
+    assert_eq!(
+        https_get(proxy.tls, &proxy.ca_pem, "/headers?token=secret")
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"voxguard_http_requests_total{route="default",status="2xx"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"voxguard_http_request_duration_seconds_count{route="default"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("voxguard_active_connections"), "{metrics}");
+    assert!(!metrics.contains("127.0.0.1"), "no addresses in labels");
+    assert!(!metrics.contains("/headers"), "no paths in labels");
+}

@@ -1,0 +1,132 @@
+//! A real HTTP/1.1 backend with WebSocket echo, for the proxy to forward to.
+//!
+//! Paths: `/headers` answers with the request head as text; `/upload` counts the streamed body;
+//! `/slow` answers after 1.5 s; `/ws` is a WebSocket echo (text `close-me` makes it close with 4001).
+//! Every response carries `Server`, and hop-by-hop headers the proxy must strip.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+pub async fn spawn_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(handle);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::SERVER,
+        "backend/1.0 secret-version".parse().unwrap(),
+    );
+    h.insert(header::CONNECTION, "x-backend-hop".parse().unwrap());
+    h.insert("x-backend-hop", "1".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("x-backend-end", "1".parse().unwrap());
+    res
+}
+
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/ws") {
+        return Ok(upgrade(&mut req));
+    }
+    match path.as_str() {
+        "/upload" => {
+            let mut total = 0usize;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => total += f.data_ref().map_or(0, |d| d.len()),
+                    Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "broken body".into())),
+                }
+            }
+            Ok(text(StatusCode::OK, format!("received {total}")))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(text(StatusCode::OK, "slow done".into()))
+        }
+        _ => {
+            let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Ok(text(StatusCode::OK, out))
+        }
+    }
+}
+
+fn upgrade(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(StatusCode::BAD_REQUEST, "not a websocket handshake".into());
+    };
+    let offered_extensions = req.headers().contains_key(header::SEC_WEBSOCKET_EXTENSIONS);
+    let protocol = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if offered_extensions {
+            let _ = ws.send(Message::text("extensions-offered")).await;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) if t.as_str() == "close-me" => {
+                    let frame = CloseFrame {
+                        code: CloseCode::Library(4001),
+                        reason: "bye".into(),
+                    };
+                    let _ = ws.close(Some(frame)).await;
+                }
+                Message::Text(_) | Message::Binary(_) if ws.send(msg).await.is_err() => return,
+                _ => {}
+            }
+        }
+    });
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+    h.insert(header::UPGRADE, "websocket".parse().unwrap());
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    res
+}

@@ -1,0 +1,92 @@
+//! Test harness: the proxy in-process (or as the real binary), a real backend, real TLS clients.
+//! Everything listens on 127.0.0.1:0.
+
+pub mod backend;
+pub mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use voxguard::{App, Config};
+
+/// A running proxy and what a test needs to talk to it.
+pub struct TestProxy {
+    pub app: App,
+    pub tls: SocketAddr,
+    pub admin: SocketAddr,
+    pub ca_pem: Vec<u8>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Base config: listeners on port 0, data dir in a temp dir, upstream `voice` → `backend`,
+/// one catch-all route with WebSockets. `extra` is appended (more upstreams/routes, or overrides
+/// via `server_extra`).
+pub fn config_text(
+    dir: &std::path::Path,
+    backend: SocketAddr,
+    server_extra: &str,
+    route_extra: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+grace_period = "2s"
+{server_extra}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[upstream]]
+name = "voice"
+url = "http://{backend}"
+connect_timeout = "1s"
+response_timeout = "2s"
+
+[[route]]
+name = "default"
+path_prefix = "/"
+upstream = "voice"
+websocket = true
+{route_extra}
+"#,
+        data = dir.join("data").display(),
+    )
+}
+
+pub async fn spawn_proxy(backend: SocketAddr, server_extra: &str, route_extra: &str) -> TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), backend, server_extra, route_extra);
+    spawn_proxy_with(dir, &text).await
+}
+
+pub async fn spawn_proxy_with(dir: tempfile::TempDir, text: &str) -> TestProxy {
+    voxguard::install_crypto_provider();
+    let config = Config::parse(text, "test.toml", &|_| None).expect("test config is valid");
+    let app = App::start(&config).await.expect("proxy starts");
+    let ca_pem = std::fs::read(&app.addrs.cert_file).unwrap();
+    TestProxy {
+        tls: app.addrs.tls,
+        admin: app.addrs.admin,
+        app,
+        ca_pem,
+        dir,
+    }
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_voxguard"))
+}
+
+/// GET on the admin listener, returning the body.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = client::plain_request(admin, http::Method::GET, path).await;
+    (status, body)
+}

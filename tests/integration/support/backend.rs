@@ -103,16 +103,16 @@ fn upgrade(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
             let _ = ws.send(Message::text("extensions-offered")).await;
         }
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(t) if t.as_str() == "close-me" => {
-                    let frame = CloseFrame {
-                        code: CloseCode::Library(4001),
-                        reason: "bye".into(),
-                    };
-                    let _ = ws.close(Some(frame)).await;
-                }
-                Message::Text(_) | Message::Binary(_) if ws.send(msg).await.is_err() => return,
-                _ => {}
+            if matches!(&msg, Message::Text(t) if t.as_str() == "close-me") {
+                let frame = CloseFrame {
+                    code: CloseCode::Library(4001),
+                    reason: "bye".into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+            } else if matches!(msg, Message::Text(_) | Message::Binary(_))
+                && ws.send(msg).await.is_err()
+            {
+                return;
             }
         }
     });

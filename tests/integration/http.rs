@@ -363,3 +363,32 @@ async fn curl_gets_the_page_over_tls13_and_http2() {
     );
     assert!(stdout.trim_end().ends_with("200 2"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_is_verified_against_the_configured_ca() {
+    let (backend, backend_ca) = crate::support::backend::spawn_tls_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_path, &backend_ca).unwrap();
+    let text = crate::support::config_text(dir.path(), backend, "", "").replace(
+        &format!("url = \"http://{backend}\""),
+        &format!(
+            "url = \"https://{backend}\"\nca_file = \"{}\"",
+            ca_path.display()
+        ),
+    );
+    let proxy = crate::support::spawn_proxy_with(dir, &text).await;
+    let (status, _, body) = https_get(proxy.tls, &proxy.ca_pem, "/headers").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+
+    // Without the CA the upstream's certificate is not trusted: 502, never an unverified connection.
+    let (backend, _) = crate::support::backend::spawn_tls_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::support::config_text(dir.path(), backend, "", "").replace(
+        &format!("url = \"http://{backend}\""),
+        &format!("url = \"https://{backend}\""),
+    );
+    let proxy = crate::support::spawn_proxy_with(dir, &text).await;
+    assert_eq!(https_get(proxy.tls, &proxy.ca_pem, "/headers").await.0, 502);
+}

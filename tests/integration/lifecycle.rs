@@ -12,6 +12,7 @@ use crate::support::{admin_get, bin, config_text};
 
 struct Running {
     child: Child,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     tls: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     ca: Vec<u8>,
@@ -49,10 +50,17 @@ async fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
     })
     .await
     .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
     let ca = std::fs::read(data.join("dev-cert.pem")).unwrap();
     Running {
         child,
+        logs,
         tls,
         admin,
         ca,
@@ -182,4 +190,77 @@ async fn admin_health_readiness_and_metrics() {
     assert!(metrics.contains("voxguard_active_connections"), "{metrics}");
     assert!(!metrics.contains("127.0.0.1"), "no addresses in labels");
     assert!(!metrics.contains("/headers"), "no paths in labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_line_per_request_without_the_query_string() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_text(dir.path(), backend, "", "")).unwrap();
+    let mut proxy = start(&path, &dir.path().join("data")).await;
+    let status = https_get(
+        proxy.tls,
+        &proxy.ca,
+        "/headers?token=s3cr3t-t0ken&from=%2B15551234567",
+    )
+    .await
+    .0;
+    assert_eq!(status, 200);
+    signal(&proxy.child, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = proxy.logs.lock().unwrap().join("\n");
+    let access: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("voxguard::access"))
+        .collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    for field in [
+        r#""route":"default""#,
+        r#""method":"GET""#,
+        r#""path":"/headers""#,
+        r#""status":200"#,
+        r#""client":"127.0.0.1""#,
+        r#""bytes":"#,
+        r#""duration_ms":"#,
+    ] {
+        assert!(access[0].contains(field), "missing {field}: {}", access[0]);
+    }
+    assert!(
+        !logs.contains("s3cr3t"),
+        "query strings must not be logged: {logs}"
+    );
+    assert!(!logs.contains("15551234567"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let text = config_text(dir.path(), backend, "", "")
+        .replace("grace_period = \"2s\"", "grace_period = \"60s\"");
+    std::fs::write(&path, text).unwrap();
+    let mut proxy = start(&path, &dir.path().join("data")).await;
+    // An open WebSocket session keeps the drain waiting for the whole grace period.
+    let (_ws, _) = crate::support::client::ws_connect(proxy.tls, &proxy.ca, "/ws", &[])
+        .await
+        .unwrap();
+    signal(&proxy.child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "still draining after the first signal"
+    );
+    signal(&proxy.child, "-INT");
+    let exit = tokio::time::timeout(Duration::from_secs(5), proxy.child.wait())
+        .await
+        .expect("the second signal exits at once")
+        .unwrap();
+    assert_eq!(exit.code(), Some(130));
 }

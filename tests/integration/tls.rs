@@ -246,3 +246,27 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
     let (status, _, _) = read(send.send_request(get("/headers")).await.unwrap()).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_cut_off_by_the_handshake_timeout() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[server.tls]\nhandshake_timeout = \"300ms\"\n",
+        crate::support::config_text(dir.path(), backend, "", "")
+    );
+    let proxy = spawn_proxy_with(dir, &text).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.tls).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("the proxy must close a client that never says hello")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains("voxguard_tls_handshake_failures_total{reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
+}

@@ -2,6 +2,7 @@
 //! See `docs/ARCHITECTURE.md` for the data flow.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,8 @@ pub const CONNECTIONS_REJECTED: &str = "voxguard_connections_rejected_total";
 pub const WS_ACTIVE: &str = "voxguard_websocket_sessions_active";
 pub const WS_MESSAGES: &str = "voxguard_websocket_messages_total";
 pub const CONFIG_RELOADS: &str = "voxguard_config_reloads_total";
+pub const ADMISSION_REFUSALS: &str = "voxguard_admission_refusals_total";
+pub const FORWARDED_FOR_MALFORMED: &str = "voxguard_forwarded_for_malformed_total";
 
 /// Every metric the proxy exports, cheap to clone (all handles are `Arc`s inside).
 #[derive(Clone)]
@@ -23,6 +25,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub net: NetMetrics,
     pub ws: WsMetrics,
+    pub admission: AdmissionMetrics,
     /// `outcome` = ok | error.
     pub config_reloads: IntCounterVec,
 }
@@ -46,6 +49,14 @@ pub struct NetMetrics {
     pub active_connections: IntGauge,
     /// Labels: reason (max_connections, draining).
     pub connections_rejected: IntCounterVec,
+}
+
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    /// Labels: reason (deny_list, not_allowed), route (`_accept` for the global list at accept).
+    pub refusals: IntCounterVec,
+    /// `X-Forwarded-For` from a trusted proxy that did not parse (the TCP peer was used instead).
+    pub malformed_forwarded_for: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -126,6 +137,24 @@ impl Metrics {
                     "WebSocket messages relayed.",
                     &["route", "direction"],
                 ),
+            },
+            admission: AdmissionMetrics {
+                refusals: counter(
+                    ADMISSION_REFUSALS,
+                    "Requests or connections refused by admission, by reason and route.",
+                    &["reason", "route"],
+                ),
+                malformed_forwarded_for: {
+                    let c = prometheus::IntCounter::new(
+                        FORWARDED_FOR_MALFORMED,
+                        "X-Forwarded-For from a trusted proxy that did not parse.",
+                    )
+                    .expect("valid metric");
+                    registry
+                        .register(Box::new(c.clone()))
+                        .expect("unique metric");
+                    c
+                },
             },
             config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
             registry,

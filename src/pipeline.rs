@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::config::Config;
+use crate::admission::client_ip::client_ip;
+use crate::admission::ip_allow::IpLists;
+use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
 use crate::net::conn::Activity;
 use crate::proxy::body::{AccessRecord, ProxyBody, Tracked};
@@ -23,11 +25,16 @@ use crate::routing::RouteTable;
 use crate::shutdown::Drain;
 use crate::ws::session::{self, SessionSettings};
 
-/// Everything that SIGHUP can replace: routes, upstream pools and per-request settings.
+/// Everything that SIGHUP can replace: routes, upstream pools, lists and per-request settings.
 pub struct Runtime {
     pub routes: RouteTable,
     pub upstreams: std::collections::HashMap<String, Arc<Upstream>>,
     pub hsts: Option<HeaderValue>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The global list, checked by the listener at accept (before TLS) against the TCP peer.
+    pub accept_lists: IpLists,
+    /// Per-route lists, only for routes that have one.
+    route_lists: std::collections::HashMap<String, IpLists>,
 }
 
 impl Runtime {
@@ -36,8 +43,22 @@ impl Runtime {
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Upstream::build(u)?);
         }
+        let route_lists = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    IpLists::new(r.allow.clone(), r.deny.clone()),
+                )
+            })
+            .filter(|(_, l)| !l.is_empty())
+            .collect();
         Ok(Self {
             routes: RouteTable::new(&config.routes),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            accept_lists: IpLists::new(config.server.allow.clone(), config.server.deny.clone()),
+            route_lists,
             upstreams,
             hsts: config
                 .server
@@ -93,7 +114,12 @@ impl Pipeline {
             .map(str::to_owned);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let client = conn.peer.ip().to_canonical();
+        let peer = conn.peer.ip().to_canonical();
+        let decided = client_ip(peer, req.headers(), &rt.trusted_proxies);
+        if decided.malformed_forwarded_for {
+            self.metrics.admission.malformed_forwarded_for.inc();
+        }
+        let client = decided.ip;
 
         let route = rt.routes.select(host.as_deref(), &path).cloned();
         let route_label: Arc<str> = route
@@ -101,44 +127,17 @@ impl Pipeline {
             .map_or_else(|| "none".into(), |r| r.name.as_str().into());
         let mut response = match route {
             None => Rejection::NoRoute.response(),
-            Some(route) => {
-                let upstream = rt.upstreams[&route.upstream].clone();
-                let ctx = ForwardCtx {
-                    client,
-                    original_host: host.as_deref(),
-                    request_id: &request_id,
-                };
-                match forward(&route, &upstream, req, ctx).await {
-                    Ok(fwd) => {
-                        if let Some((client_up, upstream_up)) = fwd.websocket {
-                            let settings = SessionSettings {
-                                route: route_label.clone(),
-                                idle_timeout: route.websocket_idle_timeout,
-                                max_message_bytes: route.websocket_max_message_bytes,
-                            };
-                            self.drain.tasks.spawn(session::run(
-                                client_up,
-                                upstream_up,
-                                settings,
-                                self.metrics.ws.clone(),
-                                self.drain.grace_over.clone(),
-                                conn.keep.clone(),
-                            ));
-                        }
-                        fwd.response
-                    }
-                    Err(rejection) => {
-                        if let Some(reason) = rejection.upstream_reason() {
-                            self.metrics
-                                .http
-                                .upstream_errors
-                                .with_label_values(&[&upstream.name, reason])
-                                .inc();
-                        }
-                        rejection.response()
-                    }
+            Some(route) => match self.admit(&rt, &route, client) {
+                Err(rejection) => rejection.response(),
+                Ok(()) => {
+                    let ctx = ForwardCtx {
+                        peer,
+                        original_host: host.as_deref(),
+                        request_id: &request_id,
+                    };
+                    self.proxy(&rt, &route, &route_label, req, ctx, &conn).await
                 }
-            }
+            },
         };
         harden_response(response.headers_mut(), rt.hsts.as_ref());
         let record = AccessRecord {
@@ -156,5 +155,68 @@ impl Pipeline {
             parts,
             http_body_util::BodyExt::boxed(body),
         ))
+    }
+
+    /// Admission after routing: the route's allow/deny list. Records the refusal.
+    fn admit(
+        &self,
+        rt: &Runtime,
+        route: &RouteConfig,
+        client: std::net::IpAddr,
+    ) -> Result<(), Rejection> {
+        let Some(lists) = rt.route_lists.get(&route.name) else {
+            return Ok(());
+        };
+        lists.check(client).map_err(|refusal| {
+            self.metrics
+                .admission
+                .refusals
+                .with_label_values(&[refusal.label(), &route.name])
+                .inc();
+            Rejection::Forbidden
+        })
+    }
+
+    /// Forwards to the route's upstream; starts the WebSocket session on a 101.
+    async fn proxy<K: Clone + Send + Sync + 'static>(
+        &self,
+        rt: &Runtime,
+        route: &RouteConfig,
+        route_label: &Arc<str>,
+        req: Request<Incoming>,
+        ctx: ForwardCtx<'_>,
+        conn: &ConnCtx<K>,
+    ) -> Response<ProxyBody> {
+        let upstream = &rt.upstreams[&route.upstream];
+        match forward(route, upstream, req, ctx).await {
+            Ok(fwd) => {
+                if let Some((client_up, upstream_up)) = fwd.websocket {
+                    let settings = SessionSettings {
+                        route: route_label.clone(),
+                        idle_timeout: route.websocket_idle_timeout,
+                        max_message_bytes: route.websocket_max_message_bytes,
+                    };
+                    self.drain.tasks.spawn(session::run(
+                        client_up,
+                        upstream_up,
+                        settings,
+                        self.metrics.ws.clone(),
+                        self.drain.grace_over.clone(),
+                        conn.keep.clone(),
+                    ));
+                }
+                fwd.response
+            }
+            Err(rejection) => {
+                if let Some(reason) = rejection.upstream_reason() {
+                    self.metrics
+                        .http
+                        .upstream_errors
+                        .with_label_values(&[&upstream.name, reason])
+                        .inc();
+                }
+                rejection.response()
+            }
+        }
     }
 }

@@ -10,6 +10,8 @@ use crate::proxy::body::{ProxyBody, full};
 pub enum Rejection {
     #[error("no route matches")]
     NoRoute,
+    #[error("client address refused by the route's allow/deny list")]
+    Forbidden,
     #[error("request body larger than the route allows")]
     BodyTooLarge,
     #[error("connection limit reached")]
@@ -29,6 +31,7 @@ impl Rejection {
     pub fn status(self) -> StatusCode {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::Forbidden => StatusCode::FORBIDDEN,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
@@ -76,6 +79,7 @@ mod tests {
     fn each_rejection_maps_to_its_status() {
         let cases = [
             (Rejection::NoRoute, 404),
+            (Rejection::Forbidden, 403),
             (Rejection::BodyTooLarge, 413),
             (Rejection::Overloaded, 503),
             (Rejection::UpstreamConnect, 502),

@@ -32,6 +32,9 @@ pub struct ServerFile {
     pub max_header_bytes: Option<u64>,
     pub max_headers: Option<u64>,
     pub hsts: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
     #[serde(default)]
     pub tls: TlsFile,
 }
@@ -82,4 +85,6 @@ pub struct RouteFile {
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<String>,
     pub websocket_max_message_bytes: Option<u64>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
 }

@@ -72,6 +72,14 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// `None` disables the header.
     pub hsts: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[serde(serialize_with = "ser_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Checked at accept, before TLS, against the TCP peer.
+    #[serde(serialize_with = "ser_nets")]
+    pub allow: Vec<ipnet::IpNet>,
+    #[serde(serialize_with = "ser_nets")]
+    pub deny: Vec<ipnet::IpNet>,
     pub tls: TlsConfig,
 }
 
@@ -132,10 +140,19 @@ pub struct RouteConfig {
     #[serde(serialize_with = "ser_duration")]
     pub websocket_idle_timeout: Duration,
     pub websocket_max_message_bytes: usize,
+    /// Checked after routing against the client address (→ 403).
+    #[serde(serialize_with = "ser_nets")]
+    pub allow: Vec<ipnet::IpNet>,
+    #[serde(serialize_with = "ser_nets")]
+    pub deny: Vec<ipnet::IpNet>,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn ser_nets<S: serde::Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.to_string()))
 }
 
 fn ser_display<T: fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -218,6 +235,24 @@ impl Errors {
                 None
             }
         }
+    }
+
+    /// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or bare addresses (taken as /32 or /128).
+    fn nets(&mut self, key: &str, value: Option<&Vec<String>>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, v) in value.into_iter().flatten().enumerate() {
+            let parsed = v
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => out.push(n.trunc()),
+                Err(_) => self.push(
+                    format!("{key}[{i}]"),
+                    format!("{v:?} is not an IP address or CIDR"),
+                ),
+            }
+        }
+        out
     }
 
     fn positive(&mut self, key: &str, value: Option<u64>, default: u64) -> u64 {
@@ -317,6 +352,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         max_header_bytes: max_header_bytes as usize,
         max_headers: e.positive("server.max_headers", s.max_headers, d::MAX_HEADERS) as usize,
         hsts,
+        trusted_proxies: e.nets("server.trusted_proxies", s.trusted_proxies.as_ref()),
+        allow: e.nets("server.allow", s.allow.as_ref()),
+        deny: e.nets("server.deny", s.deny.as_ref()),
         tls: TlsConfig {
             cert_file: tls_file.cert_file.as_deref().map(PathBuf::from),
             key_file: tls_file.key_file.as_deref().map(PathBuf::from),
@@ -482,6 +520,8 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 r.websocket_max_message_bytes,
                 d::WEBSOCKET_MAX_MESSAGE_BYTES,
             ) as usize,
+            allow: e.nets(&key("allow"), r.allow.as_ref()),
+            deny: e.nets(&key("deny"), r.deny.as_ref()),
         });
     }
 
@@ -559,6 +599,27 @@ mod tests {
     fn unknown_key_is_named() {
         let err = Config::parse("[server]\nlistn = \"x\"\n", "t", &no_env).unwrap_err();
         assert!(err.to_string().contains("unknown field `listn`"), "{err}");
+    }
+
+    #[test]
+    fn ip_lists_parse_cidrs_and_bare_addresses() {
+        let c = Config::parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\ndeny = [\"192.0.2.7/24\"]\n",
+            "t",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies[1].to_string(), "::1/128");
+        assert_eq!(
+            c.server.deny[0].to_string(),
+            "192.0.2.0/24",
+            "host bits are cleared"
+        );
+        let errs = errors("[server]\nallow = [\"10.0.0.0/33\"]\n");
+        assert_eq!(
+            errs,
+            vec!["server.allow[0]: \"10.0.0.0/33\" is not an IP address or CIDR"]
+        );
     }
 
     #[test]

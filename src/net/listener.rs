@@ -62,6 +62,16 @@ pub async fn run_tls(
                 }
             },
         };
+        if let Err(refusal) = pipeline.runtime.load().accept_lists.check(peer.ip()) {
+            pipeline
+                .metrics
+                .admission
+                .refusals
+                .with_label_values(&[refusal.label(), "_accept"])
+                .inc();
+            drop(tcp); // closed before the TLS handshake
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let net = pipeline.metrics.net.clone();
         let over_limit = open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections;

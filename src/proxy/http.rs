@@ -19,7 +19,8 @@ use crate::respond::Rejection;
 
 /// What `forward` needs from the connection and the request context.
 pub struct ForwardCtx<'a> {
-    pub client: IpAddr,
+    /// The TCP peer: what this hop appends to `X-Forwarded-For`.
+    pub peer: IpAddr,
     pub original_host: Option<&'a str>,
     pub request_id: &'a str,
 }
@@ -49,7 +50,7 @@ pub async fn forward(
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::set_forwarded(
         &mut parts.headers,
-        ctx.client,
+        ctx.peer,
         ctx.original_host,
         ctx.request_id,
     );

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admission;
 mod config_cli;
 mod http;
 mod lifecycle;

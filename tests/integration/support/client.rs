@@ -51,6 +51,48 @@ pub async fn tls_connect(
         .await
 }
 
+/// Like [`tls_connect`], from a chosen loopback source address (127.0.0.2, 127.0.0.3, …).
+pub async fn tls_connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(addr).await?;
+    TlsConnector::from(cfg)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One GET from `source` with extra headers; `None` if the connection was refused or closed.
+pub async fn get_from(
+    source: &str,
+    addr: SocketAddr,
+    ca: &[u8],
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    let cfg = tls_config(&[ca], &[b"http/1.1"], &[&rustls::version::TLS13]);
+    let tls = tls_connect_from(source.parse().unwrap(), addr, cfg)
+        .await
+        .ok()?;
+    let mut send = h1_over(tls).await;
+    let mut req = get(path);
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let res = send.send_request(req).await.ok()?;
+    let (status, _, body) = read(res).await;
+    Some((status, body))
+}
+
 /// A TLS 1.3 HTTP/1.1 connection to the proxy.
 pub async fn h1(addr: SocketAddr, ca: &[u8]) -> hyper::client::conn::http1::SendRequest<BoxBody> {
     let tls = tls_connect(

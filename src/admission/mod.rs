@@ -1,0 +1,5 @@
+//! Admission: who gets in, decided before any byte reaches the backend. Pure functions and values:
+//! nothing here bumps a metric or writes a log; `pipeline.rs` and the listener record outcomes.
+
+pub mod client_ip;
+pub mod ip_allow;

@@ -1,0 +1,134 @@
+//! Admission with distinct loopback clients (127.0.0.2, 127.0.0.3, …): allow/deny lists at accept
+//! and per route, and the trusted-proxy rule for X-Forwarded-For.
+
+use crate::support::backend::spawn_backend;
+use crate::support::client::get_from;
+use crate::support::{admin_get, config_text, spawn_proxy_with};
+
+async fn proxy_with(server_extra: &str, route_extra: &str) -> crate::support::TestProxy {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), backend, server_extra, route_extra);
+    spawn_proxy_with(dir, &text).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_allow_and_deny_lists_refuse_with_403() {
+    let proxy = proxy_with("", "allow = [\"127.0.0.0/24\"]\ndeny = [\"127.0.0.3\"]").await;
+    let ok = get_from("127.0.0.2", proxy.tls, &proxy.ca_pem, "/headers", &[]).await;
+    assert_eq!(ok.unwrap().0, 200);
+    let denied = get_from("127.0.0.3", proxy.tls, &proxy.ca_pem, "/headers", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        denied,
+        (403, "Forbidden\n".to_string()),
+        "deny wins over allow; generic body"
+    );
+    let outside = get_from("127.0.1.5", proxy.tls, &proxy.ca_pem, "/headers", &[])
+        .await
+        .unwrap();
+    assert_eq!(outside.0, 403);
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics
+            .contains(r#"voxguard_admission_refusals_total{reason="deny_list",route="default"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"voxguard_admission_refusals_total{reason="not_allowed",route="default"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("127.0.0.3"), "no address in labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_deny_list_closes_the_connection_before_tls() {
+    let proxy = proxy_with("deny = [\"127.0.0.3/32\"]", "").await;
+    assert_eq!(
+        get_from("127.0.0.2", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(
+        get_from("127.0.0.3", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .is_none(),
+        "a denied address must not complete a TLS handshake"
+    );
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics
+            .contains(r#"voxguard_admission_refusals_total{reason="deny_list",route="_accept"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("voxguard_tls_handshake_failures_total{"),
+        "refused before TLS: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_counts_only_from_trusted_proxies_and_from_the_right() {
+    let proxy = proxy_with(
+        "trusted_proxies = [\"127.0.0.2\"]",
+        "allow = [\"203.0.113.9\"]",
+    )
+    .await;
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+
+    // Untrusted peer: its header is ignored, so the client is 127.0.0.3 — not allowed.
+    let r = get_from(
+        "127.0.0.3",
+        proxy.tls,
+        &proxy.ca_pem,
+        "/headers",
+        &xff("203.0.113.9"),
+    )
+    .await;
+    assert_eq!(r.unwrap().0, 403);
+    // Trusted peer: honoured, rightmost untrusted hop is the client.
+    let (status, body) = get_from(
+        "127.0.0.2",
+        proxy.tls,
+        &proxy.ca_pem,
+        "/headers",
+        &xff("198.51.100.1, 203.0.113.9"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("x-forwarded-for: 198.51.100.1, 203.0.113.9, 127.0.0.2"),
+        "{body}"
+    );
+    // A spoofed leftmost entry does not help: the rightmost untrusted hop is 198.51.100.1.
+    let r = get_from(
+        "127.0.0.2",
+        proxy.tls,
+        &proxy.ca_pem,
+        "/headers",
+        &xff("203.0.113.9, 198.51.100.1"),
+    )
+    .await;
+    assert_eq!(r.unwrap().0, 403);
+    // Malformed from a trusted peer: falls back to the peer (not allowed here) and is counted.
+    let r = get_from(
+        "127.0.0.2",
+        proxy.tls,
+        &proxy.ca_pem,
+        "/headers",
+        &xff("203.0.113.9, bogus"),
+    )
+    .await;
+    assert_eq!(r.unwrap().0, 403);
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains("voxguard_forwarded_for_malformed_total 1"),
+        "{metrics}"
+    );
+}

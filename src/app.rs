@@ -51,6 +51,16 @@ pub struct App {
     grace: std::time::Duration,
 }
 
+async fn sweep_limiters(pipeline: Arc<Pipeline>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::config::defaults::RATE_LIMIT_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => pipeline.sweep_limiters(),
+        }
+    }
+}
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -74,7 +84,12 @@ impl App {
             background.clone(),
         ));
 
-        let pipeline = Pipeline::new(Runtime::build(config)?, metrics.clone(), drain.clone());
+        let pipeline = Pipeline::new(
+            Runtime::build(config, None)?,
+            metrics.clone(),
+            drain.clone(),
+        );
+        tokio::spawn(sweep_limiters(pipeline.clone(), background.clone()));
         let tls_listener = bind("server.listen", config.server.listen).await?;
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
         let redirect_listener = match config.server.http_redirect_listen {
@@ -139,7 +154,7 @@ impl App {
     /// Replaces routes, upstreams and per-route limits; live connections keep running. Listener
     /// addresses, TLS files and server-level limits take effect on restart only.
     pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
-        let runtime = Runtime::build(config)?;
+        let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()))?;
         self.pipeline.runtime.store(Arc::new(runtime));
         Ok(())
     }

@@ -17,6 +17,9 @@ pub const WS_MESSAGES: &str = "voxguard_websocket_messages_total";
 pub const CONFIG_RELOADS: &str = "voxguard_config_reloads_total";
 pub const ADMISSION_REFUSALS: &str = "voxguard_admission_refusals_total";
 pub const FORWARDED_FOR_MALFORMED: &str = "voxguard_forwarded_for_malformed_total";
+pub const RATE_LIMITED: &str = "voxguard_rate_limited_total";
+pub const RATE_LIMIT_KEYS: &str = "voxguard_rate_limit_tracked_keys";
+pub const RATE_LIMIT_EVICTIONS: &str = "voxguard_rate_limit_evictions_total";
 
 /// Every metric the proxy exports, cheap to clone (all handles are `Arc`s inside).
 #[derive(Clone)]
@@ -57,6 +60,12 @@ pub struct AdmissionMetrics {
     pub refusals: IntCounterVec,
     /// `X-Forwarded-For` from a trusted proxy that did not parse (the TCP peer was used instead).
     pub malformed_forwarded_for: prometheus::IntCounter,
+    /// Labels: route, scope (per_ip, total).
+    pub rate_limited: IntCounterVec,
+    /// Labels: route. Client keys held by the route's per-IP limiter (updated by the sweep).
+    pub tracked_keys: prometheus::IntGaugeVec,
+    /// Labels: route. Keys evicted because the limiter was at `max_keys`.
+    pub evictions: IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -155,6 +164,30 @@ impl Metrics {
                         .expect("unique metric");
                     c
                 },
+                rate_limited: counter(
+                    RATE_LIMITED,
+                    "Requests refused with 429, by route and scope.",
+                    &["route", "scope"],
+                ),
+                tracked_keys: {
+                    let g = prometheus::IntGaugeVec::new(
+                        Opts::new(
+                            RATE_LIMIT_KEYS,
+                            "Client keys tracked by the per-IP limiter.",
+                        ),
+                        &["route"],
+                    )
+                    .expect("valid metric");
+                    registry
+                        .register(Box::new(g.clone()))
+                        .expect("unique metric");
+                    g
+                },
+                evictions: counter(
+                    RATE_LIMIT_EVICTIONS,
+                    "Limiter keys evicted because the limiter was full.",
+                    &["route"],
+                ),
             },
             config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
             registry,

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use crate::admission::client_ip::client_ip;
 use crate::admission::ip_allow::IpLists;
+use crate::admission::rate_limit::RouteLimiter;
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
 use crate::net::conn::Activity;
@@ -35,10 +36,14 @@ pub struct Runtime {
     pub accept_lists: IpLists,
     /// Per-route lists, only for routes that have one.
     route_lists: std::collections::HashMap<String, IpLists>,
+    /// Per-route limiters, only for routes with `rate_limit`; kept across reloads while unchanged.
+    pub limiters: std::collections::HashMap<String, Arc<RouteLimiter>>,
 }
 
 impl Runtime {
-    pub fn build(config: &Config) -> Result<Self, UpstreamError> {
+    /// Builds from `config`, reusing `previous`'s limiter state for routes whose name and
+    /// `rate_limit` are unchanged (a reload must not hand every client a fresh burst).
+    pub fn build(config: &Config, previous: Option<&Runtime>) -> Result<Self, UpstreamError> {
         let mut upstreams = std::collections::HashMap::new();
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Upstream::build(u)?);
@@ -54,7 +59,23 @@ impl Runtime {
             })
             .filter(|(_, l)| !l.is_empty())
             .collect();
+        let limiters = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let spec = r.rate_limit?;
+                let kept = previous
+                    .and_then(|p| p.limiters.get(&r.name))
+                    .filter(|l| l.spec == spec)
+                    .cloned();
+                Some((
+                    r.name.clone(),
+                    kept.unwrap_or_else(|| Arc::new(RouteLimiter::new(spec))),
+                ))
+            })
+            .collect();
         Ok(Self {
+            limiters,
             routes: RouteTable::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             accept_lists: IpLists::new(config.server.allow.clone(), config.server.deny.clone()),
@@ -157,24 +178,48 @@ impl Pipeline {
         ))
     }
 
-    /// Admission after routing: the route's allow/deny list. Records the refusal.
+    /// Admission after routing: the route's allow/deny list, then its rate limits. Records refusals.
     fn admit(
         &self,
         rt: &Runtime,
         route: &RouteConfig,
         client: std::net::IpAddr,
     ) -> Result<(), Rejection> {
-        let Some(lists) = rt.route_lists.get(&route.name) else {
-            return Ok(());
-        };
-        lists.check(client).map_err(|refusal| {
-            self.metrics
-                .admission
-                .refusals
-                .with_label_values(&[refusal.label(), &route.name])
-                .inc();
-            Rejection::Forbidden
-        })
+        let m = &self.metrics.admission;
+        if let Some(lists) = rt.route_lists.get(&route.name) {
+            lists.check(client).map_err(|refusal| {
+                m.refusals
+                    .with_label_values(&[refusal.label(), &route.name])
+                    .inc();
+                Rejection::Forbidden
+            })?;
+        }
+        if let Some(limiter) = rt.limiters.get(&route.name) {
+            limiter.check(client).map_err(|limited| {
+                m.rate_limited
+                    .with_label_values(&[&route.name, limited.scope()])
+                    .inc();
+                Rejection::RateLimited {
+                    retry_after_secs: limited.retry_after_secs(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Drops limiter keys whose bucket is full again and publishes key and eviction counts.
+    /// Called periodically by the app, off the request path.
+    pub fn sweep_limiters(&self) {
+        let rt = self.runtime.load();
+        let m = &self.metrics.admission;
+        for (route, limiter) in &rt.limiters {
+            let (keys, evictions) = limiter.sweep();
+            m.tracked_keys.with_label_values(&[route]).set(keys as i64);
+            let counter = m.evictions.with_label_values(&[route]);
+            if evictions > counter.get() {
+                counter.inc_by(evictions - counter.get());
+            }
+        }
     }
 
     /// Forwards to the route's upstream; starts the WebSocket session on a 101.

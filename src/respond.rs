@@ -12,6 +12,8 @@ pub enum Rejection {
     NoRoute,
     #[error("client address refused by the route's allow/deny list")]
     Forbidden,
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_secs: u32 },
     #[error("request body larger than the route allows")]
     BodyTooLarge,
     #[error("connection limit reached")]
@@ -32,6 +34,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Forbidden => StatusCode::FORBIDDEN,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
@@ -60,6 +63,9 @@ impl Rejection {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Rejection::RateLimited { retry_after_secs } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
         if self == Rejection::Overloaded {
             h.insert(
                 header::RETRY_AFTER,
@@ -80,6 +86,12 @@ mod tests {
         let cases = [
             (Rejection::NoRoute, 404),
             (Rejection::Forbidden, 403),
+            (
+                Rejection::RateLimited {
+                    retry_after_secs: 3,
+                },
+                429,
+            ),
             (Rejection::BodyTooLarge, 413),
             (Rejection::Overloaded, 503),
             (Rejection::UpstreamConnect, 502),
@@ -95,6 +107,11 @@ mod tests {
     fn overload_says_when_to_retry() {
         let res = Rejection::Overloaded.response();
         assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let res = Rejection::RateLimited {
+            retry_after_secs: 7,
+        }
+        .response();
+        assert_eq!(res.headers()[header::RETRY_AFTER], "7");
     }
 
     #[test]

@@ -3,3 +3,4 @@
 
 pub mod client_ip;
 pub mod ip_allow;
+pub mod rate_limit;

@@ -24,6 +24,12 @@ pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const WEBSOCKET_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 pub const LOG_LEVEL: &str = "info";
+/// IPv6 clients are rate-limited per /64: one subscriber usually holds a whole /64.
+pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;
+/// Most client addresses tracked per route limiter; past it, the least-loaded keys are evicted.
+pub const RATE_LIMIT_MAX_KEYS: u64 = 100_000;
+/// How often limiter keys whose bucket is full again are dropped.
+pub const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Environment variables that override the file (file < env).
 pub const ENV_LISTEN: &str = "VOXGUARD_LISTEN";

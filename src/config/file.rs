@@ -87,4 +87,17 @@ pub struct RouteFile {
     pub websocket_max_message_bytes: Option<u64>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+/// `rate_limit = { per_ip = "20/s", burst = 40, total = "500/s", total_burst = 1000 }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub per_ip: Option<String>,
+    pub burst: Option<u32>,
+    pub total: Option<String>,
+    pub total_burst: Option<u32>,
+    pub ipv6_prefix: Option<u8>,
+    pub max_keys: Option<u64>,
 }

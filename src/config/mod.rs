@@ -145,6 +145,68 @@ pub struct RouteConfig {
     pub allow: Vec<ipnet::IpNet>,
     #[serde(serialize_with = "ser_nets")]
     pub deny: Vec<ipnet::IpNet>,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A rate such as `20/s`, `100/m`, `1000/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: std::num::NonZeroU32,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, unit) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} must look like \"20/s\", \"100/m\" or \"1000/h\""))?;
+        let count: std::num::NonZeroU32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: count must be a positive integer"))?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            other => return Err(format!("{s:?}: unit {other:?} is not one of s, m, h")),
+        };
+        Ok(Rate { count, per })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{}", self.count, unit)
+    }
+}
+
+/// One route's rate limits: per client address (IPv6 by prefix) and an optional route total,
+/// each as (rate, burst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RateLimitConfig {
+    #[serde(serialize_with = "ser_rate")]
+    pub per_ip: Option<(Rate, std::num::NonZeroU32)>,
+    #[serde(serialize_with = "ser_rate")]
+    pub total: Option<(Rate, std::num::NonZeroU32)>,
+    pub ipv6_prefix: u8,
+    pub max_keys: usize,
+}
+
+fn ser_rate<S: serde::Serializer>(
+    v: &Option<(Rate, std::num::NonZeroU32)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        None => s.serialize_none(),
+        Some((rate, burst)) => s.collect_str(&format_args!("{rate} burst {burst}")),
+    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -522,6 +584,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             ) as usize,
             allow: e.nets(&key("allow"), r.allow.as_ref()),
             deny: e.nets(&key("deny"), r.deny.as_ref()),
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .and_then(|rl| rate_limit(&mut e, &key("rate_limit"), rl)),
         });
     }
 
@@ -538,6 +604,50 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     } else {
         Err(e.0)
     }
+}
+
+fn rate_limit(e: &mut Errors, key: &str, f: &file::RateLimitFile) -> Option<RateLimitConfig> {
+    let mut pair = |rate: Option<&str>, burst: Option<u32>, rate_key: &str, burst_key: &str| {
+        let rate: Rate = match rate?.parse() {
+            Ok(r) => r,
+            Err(reason) => {
+                e.push(format!("{key}.{rate_key}"), reason);
+                return None;
+            }
+        };
+        let burst = match burst {
+            None => rate.count,
+            Some(b) => match std::num::NonZeroU32::new(b) {
+                Some(b) => b,
+                None => {
+                    e.push(format!("{key}.{burst_key}"), "must be greater than zero");
+                    return None;
+                }
+            },
+        };
+        Some((rate, burst))
+    };
+    let per_ip = pair(f.per_ip.as_deref(), f.burst, "per_ip", "burst");
+    let total = pair(f.total.as_deref(), f.total_burst, "total", "total_burst");
+    let ipv6_prefix = f.ipv6_prefix.unwrap_or(defaults::RATE_LIMIT_IPV6_PREFIX);
+    if ipv6_prefix > 128 {
+        e.push(format!("{key}.ipv6_prefix"), "must be 0..=128");
+    }
+    let max_keys = e.positive(
+        &format!("{key}.max_keys"),
+        f.max_keys,
+        defaults::RATE_LIMIT_MAX_KEYS,
+    ) as usize;
+    if per_ip.is_none() && total.is_none() {
+        e.push(key.to_string(), "set per_ip, total or both");
+        return None;
+    }
+    Some(RateLimitConfig {
+        per_ip,
+        total,
+        ipv6_prefix,
+        max_keys,
+    })
 }
 
 #[cfg(test)]
@@ -619,6 +729,28 @@ mod tests {
         assert_eq!(
             errs,
             vec!["server.allow[0]: \"10.0.0.0/33\" is not an IP address or CIDR"]
+        );
+    }
+
+    #[test]
+    fn rate_limits_parse_with_defaults_and_name_bad_keys() {
+        let base =
+            "[[upstream]]\nname=\"a\"\nurl=\"http://127.0.0.1:1\"\n[[route]]\nupstream=\"a\"\n";
+        let c = Config::parse(
+            &format!("{base}rate_limit = {{ per_ip = \"20/s\", burst = 40 }}\n"),
+            "t",
+            &no_env,
+        )
+        .unwrap();
+        let rl = c.routes[0].rate_limit.unwrap();
+        assert_eq!(rl.per_ip.unwrap().1.get(), 40);
+        assert_eq!(rl.ipv6_prefix, 64);
+        let errs = errors(&format!(
+            "{base}rate_limit = {{ per_ip = \"20/d\", burst = 0 }}\n"
+        ));
+        assert!(
+            errs[0].starts_with("route[0].rate_limit.per_ip:"),
+            "{errs:?}"
         );
     }
 

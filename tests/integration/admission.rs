@@ -132,3 +132,118 @@ async fn forwarded_for_counts_only_from_trusted_proxies_and_from_the_right() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_per_ip_rate_is_429_with_retry_after_per_client() {
+    let proxy = proxy_with("", "rate_limit = { per_ip = \"1/m\", burst = 2 }").await;
+    let ca = &proxy.ca_pem;
+    for _ in 0..2 {
+        assert_eq!(
+            get_from("127.0.0.2", proxy.tls, ca, "/headers", &[])
+                .await
+                .unwrap()
+                .0,
+            200
+        );
+    }
+    let cfg = crate::support::client::tls_config(&[ca], &[b"http/1.1"], &[&rustls::version::TLS13]);
+    let tls =
+        crate::support::client::tls_connect_from("127.0.0.2".parse().unwrap(), proxy.tls, cfg)
+            .await
+            .unwrap();
+    let mut send = crate::support::client::h1_over(tls).await;
+    let res = send
+        .send_request(crate::support::client::get("/headers"))
+        .await
+        .unwrap();
+    let (status, headers, body) = crate::support::client::read(res).await;
+    assert_eq!((status, body.as_str()), (429, "Too Many Requests\n"));
+    let retry: u32 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=60).contains(&retry),
+        "Retry-After in whole seconds, got {retry}"
+    );
+    assert_eq!(
+        get_from("127.0.0.3", proxy.tls, ca, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        200,
+        "another client has its own bucket"
+    );
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"voxguard_rate_limited_total{route="default",scope="per_ip"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_in_one_slash_64_share_a_bucket() {
+    // Only ::1 is an IPv6 loopback address, so distinct IPv6 clients arrive via a trusted proxy.
+    let proxy = proxy_with(
+        "trusted_proxies = [\"127.0.0.2\"]",
+        "rate_limit = { per_ip = \"1/m\", burst = 1 }",
+    )
+    .await;
+    let from = async |xff: &str| {
+        let h = [("x-forwarded-for", xff)];
+        get_from("127.0.0.2", proxy.tls, &proxy.ca_pem, "/headers", &h)
+            .await
+            .unwrap()
+            .0
+    };
+    assert_eq!(from("2001:db8:1:2::1").await, 200);
+    assert_eq!(from("2001:db8:1:2:ffff::9").await, 429, "same /64");
+    assert_eq!(from("2001:db8:1:3::1").await, 200, "different /64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_limiter_state_for_unchanged_routes() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let limited = config_text(
+        dir.path(),
+        backend,
+        "",
+        "rate_limit = { per_ip = \"1/m\", burst = 1 }",
+    );
+    let proxy = spawn_proxy_with(dir, &limited).await;
+    let ca = &proxy.ca_pem;
+    assert_eq!(
+        get_from("127.0.0.2", proxy.tls, ca, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        get_from("127.0.0.2", proxy.tls, ca, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        429
+    );
+
+    let same = voxguard::Config::parse(&limited, "t", &|_| None).unwrap();
+    proxy.app.reload(&same).unwrap();
+    assert_eq!(
+        get_from("127.0.0.2", proxy.tls, ca, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        429,
+        "an unchanged route keeps its limiter state across a reload"
+    );
+    let changed =
+        voxguard::Config::parse(&limited.replace("burst = 1", "burst = 5"), "t", &|_| None)
+            .unwrap();
+    proxy.app.reload(&changed).unwrap();
+    assert_eq!(
+        get_from("127.0.0.2", proxy.tls, ca, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+}

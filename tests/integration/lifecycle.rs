@@ -67,6 +67,16 @@ async fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
     }
 }
 
+/// SIGTERM, then the exit code once the drain is over.
+async fn terminate(proxy: &mut Running) -> Option<i32> {
+    signal(&proxy.child, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .expect("exits after the drain")
+        .unwrap();
+    exit.code()
+}
+
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().unwrap().to_string();
     let ok = std::process::Command::new("kill")
@@ -151,12 +161,7 @@ async fn sighup_reloads_routes_and_a_bad_reload_keeps_the_running_config() {
         metrics.contains(r#"voxguard_config_reloads_total{outcome="error"} 1"#),
         "{metrics}"
     );
-    signal(&proxy.child, "-TERM");
-    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(terminate(&mut proxy).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,12 +212,7 @@ async fn access_log_has_one_line_per_request_without_the_query_string() {
     .await
     .0;
     assert_eq!(status, 200);
-    signal(&proxy.child, "-TERM");
-    let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(terminate(&mut proxy).await, Some(0));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let logs = proxy.logs.lock().unwrap().join("\n");
     let access: Vec<&str> = logs

@@ -28,13 +28,7 @@ pub async fn spawn_backend() -> SocketAddr {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(handle);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .with_upgrades()
-                    .await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     addr
@@ -62,18 +56,25 @@ pub async fn spawn_tls_backend() -> (SocketAddr, Vec<u8>) {
             };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(handle);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades()
-                    .await;
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    serve(tls).await;
+                }
             });
         }
     });
     (addr, cert.cert.pem().into_bytes())
+}
+
+/// One backend connection: HTTP/1.1 with upgrades, over plain TCP or TLS.
+async fn serve<I>(io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(handle);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

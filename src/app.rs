@@ -124,6 +124,7 @@ impl App {
                 http,
                 handshake_timeout: s.tls.handshake_timeout,
                 max_connections: s.max_connections,
+                max_connections_per_ip: s.max_connections_per_ip,
             },
         ));
         if let Some(l) = redirect_listener {

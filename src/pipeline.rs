@@ -12,6 +12,7 @@ use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::admission::client_ip::client_ip;
+use crate::admission::conn_limit::{PerIpCounter, Slot};
 use crate::admission::ip_allow::IpLists;
 use crate::admission::rate_limit::RouteLimiter;
 use crate::config::{Config, RouteConfig};
@@ -38,6 +39,8 @@ pub struct Runtime {
     route_lists: std::collections::HashMap<String, IpLists>,
     /// Per-route limiters, only for routes with `rate_limit`; kept across reloads while unchanged.
     pub limiters: std::collections::HashMap<String, Arc<RouteLimiter>>,
+    /// Per-route WebSocket sessions per address; the live counts survive reloads.
+    ws_sessions: std::collections::HashMap<String, Arc<PerIpCounter>>,
 }
 
 impl Runtime {
@@ -74,8 +77,24 @@ impl Runtime {
                 ))
             })
             .collect();
+        let ws_sessions = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let max = r.max_websocket_sessions_per_ip?;
+                let counter = match previous.and_then(|p| p.ws_sessions.get(&r.name)) {
+                    Some(live) => {
+                        live.set_max(max);
+                        live.clone()
+                    }
+                    None => PerIpCounter::new(max),
+                };
+                Some((r.name.clone(), counter))
+            })
+            .collect();
         Ok(Self {
             limiters,
+            ws_sessions,
             routes: RouteTable::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             accept_lists: IpLists::new(config.server.allow.clone(), config.server.deny.clone()),
@@ -148,15 +167,15 @@ impl Pipeline {
             .map_or_else(|| "none".into(), |r| r.name.as_str().into());
         let mut response = match route {
             None => Rejection::NoRoute.response(),
-            Some(route) => match self.admit(&rt, &route, client) {
+            Some(route) => match self.admit(&rt, &route, client, &req) {
                 Err(rejection) => rejection.response(),
-                Ok(()) => {
+                Ok(session_slot) => {
                     let ctx = ForwardCtx {
                         peer,
                         original_host: host.as_deref(),
                         request_id: &request_id,
                     };
-                    self.proxy(&rt, &route, &route_label, req, ctx, &conn).await
+                    self.proxy(&rt, &route, req, ctx, &conn, session_slot).await
                 }
             },
         };
@@ -179,12 +198,14 @@ impl Pipeline {
     }
 
     /// Admission after routing: the route's allow/deny list, then its rate limits. Records refusals.
+    /// For a WebSocket handshake it also takes a session slot for the client on this route.
     fn admit(
         &self,
         rt: &Runtime,
         route: &RouteConfig,
         client: std::net::IpAddr,
-    ) -> Result<(), Rejection> {
+        req: &Request<Incoming>,
+    ) -> Result<Option<Slot>, Rejection> {
         let m = &self.metrics.admission;
         if let Some(lists) = rt.route_lists.get(&route.name) {
             lists.check(client).map_err(|refusal| {
@@ -204,7 +225,20 @@ impl Pipeline {
                 }
             })?;
         }
-        Ok(())
+        let websocket =
+            route.websocket && crate::proxy::headers::is_websocket_upgrade(req.headers());
+        match rt.ws_sessions.get(&route.name) {
+            Some(sessions) if websocket => match sessions.try_acquire(client) {
+                Some(slot) => Ok(Some(slot)),
+                None => {
+                    m.refusals
+                        .with_label_values(&["websocket_sessions", &route.name])
+                        .inc();
+                    Err(Rejection::TooManySessions)
+                }
+            },
+            _ => Ok(None),
+        }
     }
 
     /// Drops limiter keys whose bucket is full again and publishes key and eviction counts.
@@ -227,17 +261,17 @@ impl Pipeline {
         &self,
         rt: &Runtime,
         route: &RouteConfig,
-        route_label: &Arc<str>,
         req: Request<Incoming>,
         ctx: ForwardCtx<'_>,
         conn: &ConnCtx<K>,
+        session_slot: Option<Slot>,
     ) -> Response<ProxyBody> {
         let upstream = &rt.upstreams[&route.upstream];
         match forward(route, upstream, req, ctx).await {
             Ok(fwd) => {
                 if let Some((client_up, upstream_up)) = fwd.websocket {
                     let settings = SessionSettings {
-                        route: route_label.clone(),
+                        route: route.name.as_str().into(),
                         idle_timeout: route.websocket_idle_timeout,
                         max_message_bytes: route.websocket_max_message_bytes,
                     };
@@ -247,7 +281,7 @@ impl Pipeline {
                         settings,
                         self.metrics.ws.clone(),
                         self.drain.grace_over.clone(),
-                        conn.keep.clone(),
+                        (conn.keep.clone(), session_slot),
                     ));
                 }
                 fwd.response

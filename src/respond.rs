@@ -14,6 +14,8 @@ pub enum Rejection {
     Forbidden,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u32 },
+    #[error("too many WebSocket sessions from this address on this route")]
+    TooManySessions,
     #[error("request body larger than the route allows")]
     BodyTooLarge,
     #[error("connection limit reached")]
@@ -34,7 +36,9 @@ impl Rejection {
         match self {
             Rejection::NoRoute => StatusCode::NOT_FOUND,
             Rejection::Forbidden => StatusCode::FORBIDDEN,
-            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::RateLimited { .. } | Rejection::TooManySessions => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
@@ -66,6 +70,12 @@ impl Rejection {
         if let Rejection::RateLimited { retry_after_secs } = self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
+        if self == Rejection::TooManySessions {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS),
+            );
+        }
         if self == Rejection::Overloaded {
             h.insert(
                 header::RETRY_AFTER,
@@ -86,6 +96,7 @@ mod tests {
         let cases = [
             (Rejection::NoRoute, 404),
             (Rejection::Forbidden, 403),
+            (Rejection::TooManySessions, 429),
             (
                 Rejection::RateLimited {
                     retry_after_secs: 3,

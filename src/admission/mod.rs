@@ -2,5 +2,6 @@
 //! nothing here bumps a metric or writes a log; `pipeline.rs` and the listener record outcomes.
 
 pub mod client_ip;
+pub mod conn_limit;
 pub mod ip_allow;
 pub mod rate_limit;

@@ -27,6 +27,7 @@ pub struct ServerFile {
     pub grace_period: Option<String>,
     pub http_redirect_listen: Option<String>,
     pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u32>,
     pub header_read_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
@@ -88,6 +89,7 @@ pub struct RouteFile {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitFile>,
+    pub max_websocket_sessions_per_ip: Option<u32>,
 }
 
 /// `rate_limit = { per_ip = "20/s", burst = 40, total = "500/s", total_burst = 1000 }`

@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     pub http_redirect_listen: Option<SocketAddr>,
     pub max_connections: usize,
+    /// `None` = no per-address cap (the default: Twilio and load balancers concentrate many
+    /// legitimate connections on few addresses).
+    pub max_connections_per_ip: Option<u32>,
     #[serde(serialize_with = "ser_duration")]
     pub header_read_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
@@ -146,6 +149,7 @@ pub struct RouteConfig {
     #[serde(serialize_with = "ser_nets")]
     pub deny: Vec<ipnet::IpNet>,
     pub rate_limit: Option<RateLimitConfig>,
+    pub max_websocket_sessions_per_ip: Option<u32>,
 }
 
 /// A rate such as `20/s`, `100/m`, `1000/h`.
@@ -396,6 +400,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             d::GRACE_PERIOD,
         ),
         http_redirect_listen,
+        max_connections_per_ip: s
+            .max_connections_per_ip
+            .map(|v| e.positive("server.max_connections_per_ip", Some(u64::from(v)), 1) as u32),
         max_connections: e.positive(
             "server.max_connections",
             s.max_connections,
@@ -588,6 +595,9 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 .rate_limit
                 .as_ref()
                 .and_then(|rl| rate_limit(&mut e, &key("rate_limit"), rl)),
+            max_websocket_sessions_per_ip: r.max_websocket_sessions_per_ip.map(|v| {
+                e.positive(&key("max_websocket_sessions_per_ip"), Some(u64::from(v)), 1) as u32
+            }),
         });
     }
 

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::conn_limit::{PerIpCounter, Slot};
 use crate::metrics::NetMetrics;
 use crate::net::conn::{self, Activity, HttpSettings};
 use crate::net::tls::handshake_failure_reason;
@@ -23,6 +24,7 @@ use crate::respond::Rejection;
 pub struct ConnGuard {
     open: Arc<AtomicUsize>,
     gauge: prometheus::IntGauge,
+    _per_ip: Option<Slot>,
 }
 
 impl Drop for ConnGuard {
@@ -38,6 +40,7 @@ pub struct TlsListenerSettings {
     pub http: HttpSettings,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// Accepts until the drain starts. Every connection runs in a task tracked by the drain.
@@ -48,6 +51,7 @@ pub async fn run_tls(
     settings: TlsListenerSettings,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_ip = settings.max_connections_per_ip.map(PerIpCounter::new);
     let drain = pipeline.drain.clone();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -72,6 +76,21 @@ pub async fn run_tls(
             drop(tcp); // closed before the TLS handshake
             continue;
         }
+        let ip_slot = match &per_ip {
+            None => None,
+            Some(counter) => match counter.try_acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    pipeline
+                        .metrics
+                        .admission
+                        .refusals
+                        .with_label_values(&["ip_connections", "_accept"])
+                        .inc();
+                    continue; // dropping `tcp` closes it before the TLS handshake
+                }
+            },
+        };
         let _ = tcp.set_nodelay(true);
         let net = pipeline.metrics.net.clone();
         let over_limit = open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections;
@@ -79,6 +98,7 @@ pub async fn run_tls(
         let guard = Arc::new(ConnGuard {
             open: open.clone(),
             gauge: net.active_connections.clone(),
+            _per_ip: ip_slot,
         });
         if over_limit {
             net.connections_rejected

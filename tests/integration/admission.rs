@@ -247,3 +247,92 @@ async fn reload_keeps_limiter_state_for_unchanged_routes() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped_and_released() {
+    let proxy = proxy_with("max_connections_per_ip = 1", "").await;
+    let cfg = crate::support::client::tls_config(
+        &[&proxy.ca_pem],
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13],
+    );
+    let first = crate::support::client::tls_connect_from(
+        "127.0.0.2".parse().unwrap(),
+        proxy.tls,
+        cfg.clone(),
+    )
+    .await
+    .unwrap();
+    let mut first = crate::support::client::h1_over(first).await;
+    let res = first
+        .send_request(crate::support::client::get("/headers"))
+        .await
+        .unwrap();
+    assert_eq!(crate::support::client::read(res).await.0, 200);
+    assert!(
+        get_from("127.0.0.2", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .is_none(),
+        "a second connection from the same address is closed"
+    );
+    assert_eq!(
+        get_from("127.0.0.3", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    drop(first);
+    let mut released = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if get_from("127.0.0.2", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .is_some()
+        {
+            released = true;
+            break;
+        }
+    }
+    assert!(released, "closing the first connection releases the slot");
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"voxguard_admission_refusals_total{reason="ip_connections",route="_accept"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_per_address_and_route_are_capped() {
+    let proxy = proxy_with(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        "max_websocket_sessions_per_ip = 1",
+    )
+    .await;
+    let ws = async |client: &str| {
+        let h = [("x-forwarded-for", client)];
+        crate::support::client::ws_connect(proxy.tls, &proxy.ca_pem, "/ws", &h).await
+    };
+    let (mut first, _) = ws("198.51.100.1").await.unwrap();
+    match ws("198.51.100.1").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert!(
+        ws("198.51.100.2").await.is_ok(),
+        "another address has its own allowance"
+    );
+    first.close(None).await.unwrap();
+    drop(first);
+    let mut released = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if ws("198.51.100.1").await.is_ok() {
+            released = true;
+            break;
+        }
+    }
+    assert!(released, "the slot is released when the session ends");
+}

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::ban::{BanList, Offence};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::conn::HttpSettings;
@@ -84,8 +85,14 @@ impl App {
             background.clone(),
         ));
 
+        let bans = BanList::with_system_clock(
+            config.bans.rules.clone(),
+            config.bans.max_entries,
+            config.bans.ipv6_prefix,
+        );
         let pipeline = Pipeline::new(
             Runtime::build(config, None)?,
+            bans,
             metrics.clone(),
             drain.clone(),
         );
@@ -157,7 +164,13 @@ impl App {
     pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
         let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()))?;
         self.pipeline.runtime.store(Arc::new(runtime));
+        self.pipeline.bans.set_rules(config.bans.rules.clone());
         Ok(())
+    }
+
+    /// The hook for checks outside the pipeline (webhook signatures) to feed the ban rules.
+    pub fn record_offence(&self, offence: Offence, client: std::net::IpAddr) {
+        self.pipeline.record_offence(offence, client);
     }
 
     /// Counts a reload attempt.

@@ -18,6 +18,8 @@ pub const CONFIG_RELOADS: &str = "voxguard_config_reloads_total";
 pub const ADMISSION_REFUSALS: &str = "voxguard_admission_refusals_total";
 pub const FORWARDED_FOR_MALFORMED: &str = "voxguard_forwarded_for_malformed_total";
 pub const RATE_LIMITED: &str = "voxguard_rate_limited_total";
+pub const BANS_ACTIVE: &str = "voxguard_bans_active";
+pub const BANS: &str = "voxguard_bans_total";
 pub const RATE_LIMIT_KEYS: &str = "voxguard_rate_limit_tracked_keys";
 pub const RATE_LIMIT_EVICTIONS: &str = "voxguard_rate_limit_evictions_total";
 
@@ -66,6 +68,9 @@ pub struct AdmissionMetrics {
     pub tracked_keys: prometheus::IntGaugeVec,
     /// Labels: route. Keys evicted because the limiter was at `max_keys`.
     pub evictions: IntCounterVec,
+    pub bans_active: IntGauge,
+    /// Labels: rule. Bans imposed.
+    pub bans: IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -188,6 +193,8 @@ impl Metrics {
                     "Limiter keys evicted because the limiter was full.",
                     &["route"],
                 ),
+                bans_active: gauge(BANS_ACTIVE, "Client keys banned right now."),
+                bans: counter(BANS, "Temporary bans imposed, by rule.", &["rule"]),
             },
             config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
             registry,

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
+use crate::admission::ban::{BanList, Offence};
 use crate::admission::client_ip::client_ip;
 use crate::admission::conn_limit::{PerIpCounter, Slot};
 use crate::admission::ip_allow::IpLists;
@@ -112,6 +113,8 @@ impl Runtime {
 /// Shared by every connection.
 pub struct Pipeline {
     pub runtime: ArcSwap<Runtime>,
+    /// Survives reloads: rules are replaced, bans kept.
+    pub bans: BanList,
     pub metrics: Metrics,
     pub drain: Drain,
     ids: RequestIds,
@@ -127,9 +130,10 @@ pub struct ConnCtx<K> {
 }
 
 impl Pipeline {
-    pub fn new(runtime: Runtime, metrics: Metrics, drain: Drain) -> Arc<Self> {
+    pub fn new(runtime: Runtime, bans: BanList, metrics: Metrics, drain: Drain) -> Arc<Self> {
         Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
+            bans,
             metrics,
             drain,
             ids: RequestIds::new(),
@@ -207,6 +211,11 @@ impl Pipeline {
         req: &Request<Incoming>,
     ) -> Result<Option<Slot>, Rejection> {
         let m = &self.metrics.admission;
+        // Clients behind trusted proxies are only known here; direct ones were checked at accept.
+        if self.bans.banned(client).is_some() {
+            m.refusals.with_label_values(&["banned", &route.name]).inc();
+            return Err(Rejection::Forbidden);
+        }
         if let Some(lists) = rt.route_lists.get(&route.name) {
             lists.check(client).map_err(|refusal| {
                 m.refusals
@@ -220,6 +229,7 @@ impl Pipeline {
                 m.rate_limited
                     .with_label_values(&[&route.name, limited.scope()])
                     .inc();
+                self.record_offence(Offence::RateLimited, client);
                 Rejection::RateLimited {
                     retry_after_secs: limited.retry_after_secs(),
                 }
@@ -241,11 +251,23 @@ impl Pipeline {
         }
     }
 
+    /// Feeds one offence into the ban rules (rate limiting here; webhook signature failures from
+    /// the signature checks). Records a ban that fires.
+    pub fn record_offence(&self, offence: Offence, client: std::net::IpAddr) {
+        if let Some(ban) = self.bans.record(offence, client) {
+            let m = &self.metrics.admission;
+            m.bans.with_label_values(&[&ban.rule]).inc();
+            m.bans_active.set(self.bans.active_bans() as i64);
+            tracing::warn!(client = %client, rule = %ban.rule, duration = ?ban.duration, "client banned");
+        }
+    }
+
     /// Drops limiter keys whose bucket is full again and publishes key and eviction counts.
     /// Called periodically by the app, off the request path.
     pub fn sweep_limiters(&self) {
         let rt = self.runtime.load();
         let m = &self.metrics.admission;
+        m.bans_active.set(self.bans.sweep() as i64);
         for (route, limiter) in &rt.limiters {
             let (keys, evictions) = limiter.sweep();
             m.tracked_keys.with_label_values(&[route]).set(keys as i64);

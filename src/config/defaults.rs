@@ -28,6 +28,8 @@ pub const LOG_LEVEL: &str = "info";
 pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;
 /// Most client addresses tracked per route limiter; past it, the least-loaded keys are evicted.
 pub const RATE_LIMIT_MAX_KEYS: u64 = 100_000;
+/// Most addresses tracked by the ban list (bans and offence counts each).
+pub const BANS_MAX_ENTRIES: u64 = 100_000;
 /// How often limiter keys whose bucket is full again are dropped.
 pub const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 

@@ -17,6 +17,28 @@ pub struct FileConfig {
     pub upstream: Vec<UpstreamFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
+    #[serde(default)]
+    pub bans: BansFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BansFile {
+    pub max_entries: Option<u64>,
+    pub ipv6_prefix: Option<u8>,
+    #[serde(default)]
+    pub rule: Vec<BanRuleFile>,
+}
+
+/// `[[bans.rule]] on = "rate_limited", count = 20, window = "1m", duration = "10m"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanRuleFile {
+    pub name: Option<String>,
+    pub on: Option<String>,
+    pub count: Option<u32>,
+    pub window: Option<String>,
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

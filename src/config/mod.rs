@@ -54,6 +54,7 @@ pub struct Config {
     pub log: LogConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub bans: BansConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +151,47 @@ pub struct RouteConfig {
     pub deny: Vec<ipnet::IpNet>,
     pub rate_limit: Option<RateLimitConfig>,
     pub max_websocket_sessions_per_ip: Option<u32>,
+}
+
+/// What kind of offence a rule counts. The signature checks feed `SignatureFailure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offence {
+    SignatureFailure,
+    RateLimited,
+}
+
+impl std::str::FromStr for Offence {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "signature_failure" => Ok(Offence::SignatureFailure),
+            "rate_limited" => Ok(Offence::RateLimited),
+            other => Err(format!(
+                "{other:?} is not one of \"signature_failure\", \"rate_limited\""
+            )),
+        }
+    }
+}
+
+/// One rule: `count` offences of kind `on` within `window` → ban for `duration`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BanRule {
+    pub name: String,
+    pub on: Offence,
+    pub count: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub window: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub duration: Duration,
+}
+
+/// `[bans]`: the rules and the bound on tracked addresses.
+#[derive(Debug, Clone, Serialize)]
+pub struct BansConfig {
+    pub max_entries: usize,
+    pub ipv6_prefix: u8,
+    pub rules: Vec<BanRule>,
 }
 
 /// A rate such as `20/s`, `100/m`, `1000/h`.
@@ -601,8 +643,57 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         });
     }
 
+    let mut rules = Vec::new();
+    for (i, r) in f.bans.rule.iter().enumerate() {
+        let key = |k: &str| format!("bans.rule[{i}].{k}");
+        let name = r.name.clone().unwrap_or_else(|| format!("rule{i}"));
+        if rules.iter().any(|x: &BanRule| x.name == name) {
+            e.push(key("name"), format!("duplicate rule name {name:?}"));
+        }
+        let on = match r.on.as_deref().map(str::parse::<Offence>) {
+            Some(Ok(on)) => on,
+            Some(Err(reason)) => {
+                e.push(key("on"), reason);
+                continue;
+            }
+            None => {
+                e.push(key("on"), "required");
+                continue;
+            }
+        };
+        if r.window.is_none() || r.duration.is_none() || r.count.is_none() {
+            e.push(
+                format!("bans.rule[{i}]"),
+                "count, window and duration are required",
+            );
+            continue;
+        }
+        rules.push(BanRule {
+            name,
+            on,
+            count: e.positive(&key("count"), r.count.map(u64::from), 1) as u32,
+            window: e.duration(&key("window"), r.window.as_deref(), Duration::from_secs(60)),
+            duration: e.duration(
+                &key("duration"),
+                r.duration.as_deref(),
+                Duration::from_secs(60),
+            ),
+        });
+    }
+    let ban_prefix = f.bans.ipv6_prefix.unwrap_or(d::RATE_LIMIT_IPV6_PREFIX);
+    if ban_prefix > 128 {
+        e.push("bans.ipv6_prefix", "must be 0..=128");
+    }
+    let bans = BansConfig {
+        max_entries: e.positive("bans.max_entries", f.bans.max_entries, d::BANS_MAX_ENTRIES)
+            as usize,
+        ipv6_prefix: ban_prefix,
+        rules,
+    };
+
     if e.0.is_empty() {
         Ok(Config {
+            bans,
             server,
             admin: AdminConfig {
                 listen: admin_listen,
@@ -762,6 +853,21 @@ mod tests {
             errs[0].starts_with("route[0].rate_limit.per_ip:"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn ban_rules_parse_and_name_bad_keys() {
+        let c = Config::parse(
+            "[[bans.rule]]\nname = \"sig\"\non = \"signature_failure\"\ncount = 5\nwindow = \"15m\"\nduration = \"1h\"\n",
+            "t",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.bans.rules[0].duration, Duration::from_secs(3600));
+        let errs = errors(
+            "[[bans.rule]]\non = \"sneezing\"\ncount = 5\nwindow = \"1m\"\nduration = \"1m\"\n",
+        );
+        assert!(errs[0].starts_with("bans.rule[0].on:"), "{errs:?}");
     }
 
     #[test]

@@ -76,6 +76,15 @@ pub async fn run_tls(
             drop(tcp); // closed before the TLS handshake
             continue;
         }
+        if pipeline.bans.banned(peer.ip()).is_some() {
+            pipeline
+                .metrics
+                .admission
+                .refusals
+                .with_label_values(&["banned", "_accept"])
+                .inc();
+            continue; // dropping `tcp` closes it before the TLS handshake
+        }
         let ip_slot = match &per_ip {
             None => None,
             Some(counter) => match counter.try_acquire(peer.ip()) {

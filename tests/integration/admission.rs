@@ -336,3 +336,101 @@ async fn websocket_sessions_per_address_and_route_are_capped() {
     }
     assert!(released, "the slot is released when the session ends");
 }
+
+const BAN_ON_RATE_LIMITS: &str = "\n[[bans.rule]]\nname = \"flood\"\non = \"rate_limited\"\ncount = 2\nwindow = \"1m\"\nduration = \"1s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_rate_limiting_bans_the_address_at_accept_until_the_ban_expires() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}{BAN_ON_RATE_LIMITS}",
+        config_text(
+            dir.path(),
+            backend,
+            "",
+            "rate_limit = { per_ip = \"1/m\", burst = 1 }"
+        )
+    );
+    let proxy = spawn_proxy_with(dir, &text).await;
+    let ca = &proxy.ca_pem;
+    let status = async |src: &str| {
+        get_from(src, proxy.tls, ca, "/headers", &[])
+            .await
+            .map(|r| r.0)
+    };
+    assert_eq!(status("127.0.0.2").await, Some(200));
+    assert_eq!(status("127.0.0.2").await, Some(429), "first offence");
+    assert_eq!(
+        status("127.0.0.2").await,
+        Some(429),
+        "second offence: the rule fires"
+    );
+    assert_eq!(status("127.0.0.2").await, None, "banned: closed before TLS");
+    assert_eq!(
+        status("127.0.0.3").await,
+        Some(200),
+        "other addresses are not affected"
+    );
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"voxguard_bans_total{rule="flood"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("voxguard_bans_active 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"voxguard_admission_refusals_total{reason="banned",route="_accept"} 1"#),
+        "{metrics}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        status("127.0.0.2").await,
+        Some(429),
+        "the ban expired; the rate limit still applies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signature_failure_hook_bans_after_five_failures() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "\n[[bans.rule]]\nname = \"bad-signatures\"\non = \"signature_failure\"\ncount = 5\nwindow = \"15m\"\nduration = \"1h\"\n";
+    let text = format!(
+        "{}{rule}",
+        config_text(dir.path(), backend, "trusted_proxies = [\"127.0.0.2\"]", "")
+    );
+    let proxy = spawn_proxy_with(dir, &text).await;
+    let offender: std::net::IpAddr = "127.0.0.4".parse().unwrap();
+    for _ in 0..4 {
+        proxy.app.record_offence(
+            voxguard::admission::ban::Offence::SignatureFailure,
+            offender,
+        );
+    }
+    assert!(
+        get_from("127.0.0.4", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .is_some(),
+        "four are not enough"
+    );
+    proxy.app.record_offence(
+        voxguard::admission::ban::Offence::SignatureFailure,
+        offender,
+    );
+    assert!(
+        get_from("127.0.0.4", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .is_none(),
+        "banned at accept"
+    );
+    // Behind a trusted proxy the ban applies once the client address is known: 403.
+    let via_proxy = get_from(
+        "127.0.0.2",
+        proxy.tls,
+        &proxy.ca_pem,
+        "/headers",
+        &[("x-forwarded-for", "127.0.0.4")],
+    )
+    .await;
+    assert_eq!(via_proxy.unwrap().0, 403);
+}

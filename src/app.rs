@@ -132,6 +132,7 @@ impl App {
                 handshake_timeout: s.tls.handshake_timeout,
                 max_connections: s.max_connections,
                 max_connections_per_ip: s.max_connections_per_ip,
+                proxy_protocol: s.proxy_protocol,
             },
         ));
         if let Some(l) = redirect_listener {

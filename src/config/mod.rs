@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// `None` = no per-address cap (the default: Twilio and load balancers concentrate many
     /// legitimate connections on few addresses).
     pub max_connections_per_ip: Option<u32>,
+    /// Every connection on `listen` starts with a PROXY protocol v1/v2 header (L4 load balancers).
+    pub proxy_protocol: bool,
     #[serde(serialize_with = "ser_duration")]
     pub header_read_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
@@ -442,6 +444,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             d::GRACE_PERIOD,
         ),
         http_redirect_listen,
+        proxy_protocol: s.proxy_protocol.unwrap_or(false),
         max_connections_per_ip: s
             .max_connections_per_ip
             .map(|v| e.positive("server.max_connections_per_ip", Some(u64::from(v)), 1) as u32),

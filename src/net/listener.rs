@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::conn_limit::{PerIpCounter, Slot};
 use crate::metrics::NetMetrics;
 use crate::net::conn::{self, Activity, HttpSettings};
+use crate::net::proxy_protocol;
 use crate::net::tls::handshake_failure_reason;
 use crate::pipeline::{ConnCtx, Pipeline};
 use crate::proxy::body::{ProxyBody, empty};
@@ -41,6 +42,8 @@ pub struct TlsListenerSettings {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: Option<u32>,
+    /// Expect a PROXY protocol v1/v2 header before TLS on every connection.
+    pub proxy_protocol: bool,
 }
 
 /// Accepts until the drain starts. Every connection runs in a task tracked by the drain.
@@ -66,75 +69,101 @@ pub async fn run_tls(
                 }
             },
         };
-        if let Err(refusal) = pipeline.runtime.load().accept_lists.check(peer.ip()) {
-            pipeline
-                .metrics
-                .admission
-                .refusals
-                .with_label_values(&[refusal.label(), "_accept"])
-                .inc();
-            drop(tcp); // closed before the TLS handshake
-            continue;
-        }
-        if pipeline.bans.banned(peer.ip()).is_some() {
-            pipeline
-                .metrics
-                .admission
-                .refusals
-                .with_label_values(&["banned", "_accept"])
-                .inc();
-            continue; // dropping `tcp` closes it before the TLS handshake
-        }
-        let ip_slot = match &per_ip {
-            None => None,
-            Some(counter) => match counter.try_acquire(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    pipeline
-                        .metrics
-                        .admission
-                        .refusals
-                        .with_label_values(&["ip_connections", "_accept"])
-                        .inc();
-                    continue; // dropping `tcp` closes it before the TLS handshake
-                }
-            },
-        };
         let _ = tcp.set_nodelay(true);
         let net = pipeline.metrics.net.clone();
         let over_limit = open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections;
         net.active_connections.inc();
-        let guard = Arc::new(ConnGuard {
+        let guard = ConnGuard {
             open: open.clone(),
             gauge: net.active_connections.clone(),
-            _per_ip: ip_slot,
-        });
+            _per_ip: None,
+        };
         if over_limit {
             net.connections_rejected
                 .with_label_values(&["max_connections"])
                 .inc();
         }
-        drain.tasks.spawn(handle_tls(
+        let conn = Accepted {
             tcp,
             peer,
+            guard,
+            over_limit,
+        };
+        drain.tasks.spawn(handle_tls(
+            conn,
             acceptor.clone(),
             pipeline.clone(),
             settings.clone(),
-            guard,
-            over_limit,
+            per_ip.clone(),
         ));
     }
 }
 
-async fn handle_tls(
+/// A connection as accepted, counted but not yet admitted.
+struct Accepted {
     tcp: TcpStream,
     peer: SocketAddr,
+    guard: ConnGuard,
+    over_limit: bool,
+}
+
+/// Admission at accept, before TLS: global lists, bans, the per-address connection cap.
+/// `Err` carries the refusal reason (a metric label); the caller closes the connection.
+fn admit_connection(
+    pipeline: &Pipeline,
+    ip: std::net::IpAddr,
+    per_ip: Option<&Arc<PerIpCounter>>,
+) -> Result<Option<Slot>, &'static str> {
+    pipeline
+        .runtime
+        .load()
+        .accept_lists
+        .check(ip)
+        .map_err(|refusal| refusal.label())?;
+    if pipeline.bans.banned(ip).is_some() {
+        return Err("banned");
+    }
+    match per_ip {
+        None => Ok(None),
+        Some(counter) => counter.try_acquire(ip).map(Some).ok_or("ip_connections"),
+    }
+}
+
+async fn handle_tls(
+    conn: Accepted,
     acceptor: TlsAcceptor,
     pipeline: Arc<Pipeline>,
     settings: TlsListenerSettings,
-    guard: Arc<ConnGuard>,
-    over_limit: bool,
+    per_ip: Option<Arc<PerIpCounter>>,
 ) {
+    let Accepted {
+        mut tcp,
+        mut peer,
+        mut guard,
+        over_limit,
+    } = conn;
+    let refusals = &pipeline.metrics.admission.refusals;
+    if settings.proxy_protocol {
+        match proxy_protocol::read_header(&mut tcp, settings.handshake_timeout).await {
+            Ok(Some(source)) => peer = source,
+            Ok(None) => {} // LOCAL / UNKNOWN: the balancer's own connection
+            Err(reason) => {
+                refusals
+                    .with_label_values(&["proxy_protocol", "_accept"])
+                    .inc();
+                tracing::debug!(peer = %peer.ip(), reason, "bad PROXY protocol header; closing");
+                return;
+            }
+        }
+    }
+    match admit_connection(&pipeline, peer.ip(), per_ip.as_ref()) {
+        Ok(slot) => guard._per_ip = slot,
+        Err(reason) => {
+            refusals.with_label_values(&[reason, "_accept"]).inc();
+            return; // dropping `tcp` closes it before the TLS handshake
+        }
+    }
+    let guard = Arc::new(guard);
     let net: &NetMetrics = &pipeline.metrics.net;
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,

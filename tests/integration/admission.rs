@@ -434,3 +434,98 @@ async fn the_signature_failure_hook_bans_after_five_failures() {
     .await;
     assert_eq!(via_proxy.unwrap().0, 403);
 }
+
+/// Sends `header` on a fresh TCP connection, then TLS and one GET. `None` if the proxy closed it.
+async fn get_after_proxy_header(
+    proxy: &crate::support::TestProxy,
+    header: &[u8],
+) -> Option<(u16, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.tls).await.ok()?;
+    tcp.write_all(header).await.ok()?;
+    let cfg = crate::support::client::tls_config(
+        &[&proxy.ca_pem],
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13],
+    );
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .ok()?;
+    let mut send = crate::support::client::h1_over(tls).await;
+    let res = send
+        .send_request(crate::support::client::get("/headers"))
+        .await
+        .ok()?;
+    let (status, _, body) = crate::support::client::read(res).await;
+    Some((status, body))
+}
+
+fn proxy_v2_ipv4(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&8443u16.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_give_the_client_address_and_bad_headers_close() {
+    let proxy = proxy_with(
+        "proxy_protocol = true\ndeny = [\"198.51.100.66\"]",
+        "allow = [\"203.0.113.0/24\"]",
+    )
+    .await;
+
+    let v1 =
+        get_after_proxy_header(&proxy, b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 8443\r\n").await;
+    let (status, body) = v1.expect("v1 header accepted");
+    assert_eq!(
+        status, 200,
+        "the PROXY source is the client the route allows"
+    );
+    assert!(body.contains("x-forwarded-for: 203.0.113.9"), "{body}");
+
+    let v2 = get_after_proxy_header(&proxy, &proxy_v2_ipv4([203, 0, 113, 10], 6000)).await;
+    assert_eq!(v2.expect("v2 header accepted").0, 200);
+
+    let outside = get_after_proxy_header(&proxy, &proxy_v2_ipv4([192, 0, 2, 1], 6000)).await;
+    assert_eq!(
+        outside.unwrap().0,
+        403,
+        "route allow list applies to the PROXY source"
+    );
+
+    let denied = get_after_proxy_header(&proxy, &proxy_v2_ipv4([198, 51, 100, 66], 6000)).await;
+    assert!(
+        denied.is_none(),
+        "global deny list applies to the PROXY source, before TLS"
+    );
+
+    assert!(
+        get_after_proxy_header(&proxy, b"PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\n")
+            .await
+            .is_none()
+    );
+    assert!(
+        get_after_proxy_header(&proxy, b"").await.is_none(),
+        "plain TLS without a header is closed"
+    );
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"voxguard_admission_refusals_total{reason="proxy_protocol",route="_accept"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"voxguard_admission_refusals_total{reason="deny_list",route="_accept"} 1"#),
+        "{metrics}"
+    );
+}

@@ -529,3 +529,33 @@ async fn proxy_protocol_v1_and_v2_give_the_client_address_and_bad_headers_close(
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_loopback_client_is_admitted_by_its_own_address() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        dir.path(),
+        backend,
+        "",
+        "allow = [\"::1\"]\nrate_limit = { per_ip = \"1/m\", burst = 1 }",
+    )
+    .replace(
+        "listen = \"127.0.0.1:0\"\ndata_dir",
+        "listen = \"[::1]:0\"\ndata_dir",
+    );
+    let proxy = spawn_proxy_with(dir, &text).await;
+    assert!(proxy.tls.is_ipv6());
+    let (status, body) = get_from("::1", proxy.tls, &proxy.ca_pem, "/headers", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("x-forwarded-for: ::1"), "{body}");
+    assert_eq!(
+        get_from("::1", proxy.tls, &proxy.ca_pem, "/headers", &[])
+            .await
+            .unwrap()
+            .0,
+        429
+    );
+}

@@ -76,18 +76,7 @@ impl BanList {
     }
 
     fn key(&self, ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let bits = u32::from(self.ipv6_prefix.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-            v4 => v4,
-        }
+        super::client_key(ip, self.ipv6_prefix)
     }
 
     /// Time left on `ip`'s ban, or `None` if it is not banned. Cheap when there are no bans.

@@ -188,18 +188,7 @@ impl<C: Clock + Clone> RouteLimiter<C> {
 
     /// The limiter key: IPv4 as is, IPv6 masked to the configured prefix.
     pub fn key(&self, ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let bits = u32::from(self.spec.ipv6_prefix.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-            v4 => v4,
-        }
+        super::client_key(ip, self.spec.ipv6_prefix)
     }
 
     /// Admits or refuses one request from `ip`. Per-IP is checked first, so one noisy client

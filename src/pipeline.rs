@@ -157,7 +157,6 @@ impl Pipeline {
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .map(str::to_owned);
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
         let peer = conn.peer.ip().to_canonical();
         let decided = client_ip(peer, req.headers(), &rt.trusted_proxies);
         if decided.malformed_forwarded_for {
@@ -165,7 +164,7 @@ impl Pipeline {
         }
         let client = decided.ip;
 
-        let route = rt.routes.select(host.as_deref(), &path).cloned();
+        let route = rt.routes.select(host.as_deref(), req.uri().path()).cloned();
         let route_label: Arc<str> = route
             .as_ref()
             .map_or_else(|| "none".into(), |r| r.name.as_str().into());
@@ -187,7 +186,6 @@ impl Pipeline {
         let record = AccessRecord {
             route: route_label,
             method,
-            path,
             status: response.status().as_u16(),
             client,
             request_id,

@@ -174,38 +174,18 @@ impl BanList {
     }
 }
 
+/// Makes room for one ban: expired ones go first; if none had expired, the eighth closest to expiry
+/// goes at once, so a flood of new bans pays for one scan per `cap / 8` inserts, not one per insert.
 fn evict_bans(bans: &mut HashMap<IpAddr, Instant>, now: Instant, cap: usize) {
     bans.retain(|_, until| *until > now);
-    while bans.len() >= cap {
-        let Some(soonest) = bans
-            .iter()
-            .min_by_key(|(_, until)| **until)
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        bans.remove(&soonest);
+    if bans.len() >= cap {
+        super::evict_lowest(bans, (cap / 8).max(1), |until| *until);
     }
 }
 
+/// Makes room for one key's offences: the eighth with the oldest last offence goes.
 fn evict_strikes(strikes: &mut HashMap<(String, IpAddr), VecDeque<Instant>>, cap: usize) {
-    // Oldest last offence first; drop an eighth at a time to amortise the scan.
-    let mut last: Vec<Instant> = strikes.values().filter_map(|t| t.back().copied()).collect();
-    let n = (cap / 8).max(1).min(last.len());
-    if n == 0 {
-        return;
-    }
-    let (_, threshold, _) = last.select_nth_unstable(n - 1);
-    let threshold = *threshold;
-    let mut removed = 0;
-    strikes.retain(|_, t| {
-        if removed < n && t.back().is_none_or(|b| *b <= threshold) {
-            removed += 1;
-            false
-        } else {
-            true
-        }
-    });
+    super::evict_lowest(strikes, (cap / 8).max(1), |times| times.back().copied());
 }
 
 #[cfg(test)]
@@ -307,6 +287,33 @@ mod tests {
         }
         assert!(bans.active_bans() <= 1000);
         assert!(bans.lock().strikes.len() <= 1000);
+    }
+
+    #[test]
+    fn a_full_ban_list_drops_the_bans_closest_to_expiry_first() {
+        let (bans, clock) = setup(16);
+        let ban = |i: u32| {
+            for _ in 0..5 {
+                bans.record(
+                    Offence::SignatureFailure,
+                    IpAddr::V4((0x0a00_0000 + i).into()),
+                );
+            }
+        };
+        ban(0); // ends soonest
+        clock.advance(Duration::from_secs(600));
+        for i in 1..=16 {
+            ban(i);
+        }
+        assert!(bans.active_bans() <= 16);
+        assert!(
+            bans.banned(ip("10.0.0.0")).is_none(),
+            "the oldest ban made room"
+        );
+        assert!(
+            bans.banned(ip("10.0.0.16")).is_some(),
+            "the newest ban is kept"
+        );
     }
 
     #[test]

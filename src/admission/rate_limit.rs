@@ -55,19 +55,7 @@ impl<K: Hash + Eq + Clone> BoundedStore<K> {
 
     /// Drops the lowest-TAT eighth of a full shard (amortises the scan over many inserts).
     fn evict(&self, map: &mut HashMap<K, u64>) {
-        let mut tats: Vec<u64> = map.values().copied().collect();
-        let n = (tats.len() / 8).max(1);
-        let (_, threshold, _) = tats.select_nth_unstable(n - 1);
-        let threshold = *threshold;
-        let mut removed = 0;
-        map.retain(|_, tat| {
-            if removed < n && *tat <= threshold {
-                removed += 1;
-                false
-            } else {
-                true
-            }
-        });
+        let removed = super::evict_lowest(map, (map.len() / 8).max(1), |tat| *tat);
         self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
     }
 }

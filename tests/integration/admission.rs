@@ -146,12 +146,9 @@ async fn over_the_per_ip_rate_is_429_with_retry_after_per_client() {
             200
         );
     }
-    let cfg = crate::support::client::tls_config(&[ca], &[b"http/1.1"], &[&rustls::version::TLS13]);
-    let tls =
-        crate::support::client::tls_connect_from("127.0.0.2".parse().unwrap(), proxy.tls, cfg)
-            .await
-            .unwrap();
-    let mut send = crate::support::client::h1_over(tls).await;
+    let mut send = crate::support::client::h1_from("127.0.0.2", proxy.tls, ca)
+        .await
+        .unwrap();
     let res = send
         .send_request(crate::support::client::get("/headers"))
         .await
@@ -251,19 +248,9 @@ async fn reload_keeps_limiter_state_for_unchanged_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_capped_and_released() {
     let proxy = proxy_with("max_connections_per_ip = 1", "").await;
-    let cfg = crate::support::client::tls_config(
-        &[&proxy.ca_pem],
-        &[b"http/1.1"],
-        &[&rustls::version::TLS13],
-    );
-    let first = crate::support::client::tls_connect_from(
-        "127.0.0.2".parse().unwrap(),
-        proxy.tls,
-        cfg.clone(),
-    )
-    .await
-    .unwrap();
-    let mut first = crate::support::client::h1_over(first).await;
+    let mut first = crate::support::client::h1_from("127.0.0.2", proxy.tls, &proxy.ca_pem)
+        .await
+        .unwrap();
     let res = first
         .send_request(crate::support::client::get("/headers"))
         .await

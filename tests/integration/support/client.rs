@@ -68,6 +68,19 @@ pub async fn tls_connect_from(
         .await
 }
 
+/// A TLS 1.3 HTTP/1.1 connection from `source`; `None` if the proxy refused or closed it.
+pub async fn h1_from(
+    source: &str,
+    addr: SocketAddr,
+    ca: &[u8],
+) -> Option<hyper::client::conn::http1::SendRequest<BoxBody>> {
+    let cfg = tls_config(&[ca], &[b"http/1.1"], &[&rustls::version::TLS13]);
+    let tls = tls_connect_from(source.parse().unwrap(), addr, cfg)
+        .await
+        .ok()?;
+    Some(h1_over(tls).await)
+}
+
 /// One GET from `source` with extra headers; `None` if the connection was refused or closed.
 pub async fn get_from(
     source: &str,
@@ -76,11 +89,7 @@ pub async fn get_from(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, String)> {
-    let cfg = tls_config(&[ca], &[b"http/1.1"], &[&rustls::version::TLS13]);
-    let tls = tls_connect_from(source.parse().unwrap(), addr, cfg)
-        .await
-        .ok()?;
-    let mut send = h1_over(tls).await;
+    let mut send = h1_from(source, addr, ca).await?;
     let mut req = get(path);
     for (k, v) in headers {
         req.headers_mut().append(

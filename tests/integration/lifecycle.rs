@@ -263,3 +263,35 @@ async fn a_second_signal_exits_at_once() {
         .unwrap();
     assert_eq!(exit.code(), Some(130));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_have_no_colour_codes_when_not_on_a_terminal() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_text(dir.path(), backend, "", "")).unwrap();
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("voxguard started") {
+                return line;
+            }
+        }
+        panic!("voxguard exited before starting");
+    })
+    .await
+    .unwrap();
+    assert!(
+        !started.contains('\u{1b}'),
+        "ANSI escape in a piped log: {started:?}"
+    );
+    assert!(started.contains("INFO"), "{started}");
+}

@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod conn_limit;
 pub mod ip_allow;
 pub mod rate_limit;
+pub mod signature;
 
 use std::collections::HashMap;
 use std::hash::Hash;

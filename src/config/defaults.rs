@@ -21,6 +21,15 @@ pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Body cap on routes with `[route.webhook]` when `max_body_bytes` is not set: the body is buffered.
+pub const WEBHOOK_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// How far a signed timestamp may be from now (Stripe's, Slack's and Standard Webhooks' own default).
+pub const WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
+/// How long accepted ids are remembered for schemes without a timestamp (twice the tolerance otherwise).
+pub const WEBHOOK_REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub const WEBHOOK_REPLAY_MAX_ENTRIES: u64 = 100_000;
+/// A signed route's body must arrive within this (→ 408): it is buffered, so slow bodies hold memory.
+pub const WEBHOOK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const WEBSOCKET_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 pub const LOG_LEVEL: &str = "info";

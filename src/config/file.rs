@@ -113,6 +113,35 @@ pub struct RouteFile {
     pub deny: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitFile>,
     pub max_websocket_sessions_per_ip: Option<u32>,
+    pub webhook: Option<WebhookFile>,
+}
+
+/// `secret_env = "A"` or `secret_env = ["A", "B"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[route.webhook] scheme = "twilio", secret_env = "TWILIO_AUTH_TOKEN", public_url = "https://…"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub scheme: Option<String>,
+    pub secret_env: Option<OneOrMany>,
+    pub secret_file: Option<OneOrMany>,
+    pub public_url: Option<String>,
+    pub tolerance: Option<String>,
+    pub replay: Option<bool>,
+    pub replay_window: Option<String>,
+    pub replay_max_entries: Option<u64>,
+    pub body_timeout: Option<String>,
+    pub header: Option<String>,
+    pub algorithm: Option<String>,
+    pub encoding: Option<String>,
+    pub prefix: Option<String>,
+    pub id_header: Option<String>,
 }
 
 /// `rate_limit = { per_ip = "20/s", burst = 40, total = "500/s", total_burst = 1000 }`

@@ -8,6 +8,7 @@
 
 pub mod defaults;
 pub mod file;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -153,6 +154,8 @@ pub struct RouteConfig {
     pub deny: Vec<ipnet::IpNet>,
     pub rate_limit: Option<RateLimitConfig>,
     pub max_websocket_sessions_per_ip: Option<u32>,
+    /// Signature verification; the body is buffered (up to `max_body_bytes`) on such routes.
+    pub webhook: Option<webhook::WebhookConfig>,
 }
 
 /// What kind of offence a rule counts. The signature checks feed `SignatureFailure`.
@@ -257,7 +260,7 @@ fn ser_rate<S: serde::Serializer>(
     }
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
@@ -304,7 +307,7 @@ impl Config {
 }
 
 /// Collects errors while converting; each conversion returns `Option` so validation continues.
-struct Errors(Vec<KeyError>);
+pub(crate) struct Errors(Vec<KeyError>);
 
 impl Errors {
     fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
@@ -622,7 +625,11 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             path_prefix,
             upstream,
             preserve_host: r.preserve_host.unwrap_or(true),
-            max_body_bytes: r.max_body_bytes.unwrap_or(d::MAX_BODY_BYTES),
+            max_body_bytes: r.max_body_bytes.unwrap_or(if r.webhook.is_some() {
+                d::WEBHOOK_MAX_BODY_BYTES
+            } else {
+                d::MAX_BODY_BYTES
+            }),
             websocket: r.websocket.unwrap_or(false),
             websocket_idle_timeout: e.duration(
                 &key("websocket_idle_timeout"),
@@ -643,6 +650,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             max_websocket_sessions_per_ip: r.max_websocket_sessions_per_ip.map(|v| {
                 e.positive(&key("max_websocket_sessions_per_ip"), Some(u64::from(v)), 1) as u32
             }),
+            webhook: r
+                .webhook
+                .as_ref()
+                .and_then(|w| webhook::validate(&mut e, &key("webhook"), w, env)),
         });
     }
 

@@ -1,0 +1,160 @@
+//! Decoding signatures into fixed-length bytes, and the MACs and comparisons every scheme shares.
+//! A signature that does not decode to exactly the MAC's length is malformed: there is no partial
+//! match, and the comparison itself is constant-time (`subtle`).
+
+use base64::Engine as _;
+use ring::hmac;
+use subtle::ConstantTimeEq;
+
+use super::Failure;
+use crate::config::webhook::HmacAlgorithm;
+
+/// `true` if equal; time depends only on the lengths.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Exactly `2 * len` hex digits (either case) → `len` bytes.
+pub fn hex_exact(s: &str, len: usize) -> Result<Vec<u8>, Failure> {
+    if s.len() != 2 * len {
+        return Err(Failure::Malformed);
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Ok(b - b'0'),
+        b'a'..=b'f' => Ok(b - b'a' + 10),
+        b'A'..=b'F' => Ok(b - b'A' + 10),
+        _ => Err(Failure::Malformed),
+    };
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+/// Standard padded base64 of exactly `len` bytes → the bytes.
+pub fn base64_exact(s: &str, len: usize) -> Result<Vec<u8>, Failure> {
+    if s.len() != len.div_ceil(3) * 4 {
+        return Err(Failure::Malformed);
+    }
+    match base64::engine::general_purpose::STANDARD.decode(s) {
+        Ok(bytes) if bytes.len() == len => Ok(bytes),
+        _ => Err(Failure::Malformed),
+    }
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+pub fn to_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl HmacAlgorithm {
+    fn ring(self) -> hmac::Algorithm {
+        match self {
+            HmacAlgorithm::Sha256 => hmac::HMAC_SHA256,
+            HmacAlgorithm::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        }
+    }
+
+    /// MAC length in bytes.
+    pub fn len(self) -> usize {
+        match self {
+            HmacAlgorithm::Sha256 => 32,
+            HmacAlgorithm::Sha1 => 20,
+        }
+    }
+}
+
+/// HMAC of the concatenated `parts` (no copy of the body is made).
+pub fn mac(alg: HmacAlgorithm, key: &[u8], parts: &[&[u8]]) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(&hmac::Key::new(alg.ring(), key));
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.sign()
+}
+
+/// Whether any of `candidates` is the MAC of `parts` under any of `keys`; every pair is compared
+/// (no early exit). Returns the matching candidate.
+pub fn any_mac_matches<'c>(
+    alg: HmacAlgorithm,
+    keys: &[super::Secret],
+    parts: &[&[u8]],
+    candidates: &'c [Vec<u8>],
+) -> Option<&'c [u8]> {
+    let mut found = None;
+    for key in keys {
+        let tag = mac(alg, key.bytes(), parts);
+        for c in candidates {
+            if ct_eq(tag.as_ref(), c) && found.is_none() {
+                found = Some(c.as_slice());
+            }
+        }
+    }
+    found
+}
+
+/// SHA-256 digest.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_must_be_exact_length_and_digits() {
+        assert_eq!(hex_exact("0aFf", 2).unwrap(), vec![0x0a, 0xff]);
+        assert_eq!(hex_exact("0aF", 2), Err(Failure::Malformed));
+        assert_eq!(hex_exact("0aFf00", 2), Err(Failure::Malformed));
+        assert_eq!(hex_exact("0g00", 2), Err(Failure::Malformed));
+        assert_eq!(hex_exact("", 0).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn base64_must_decode_to_the_exact_length() {
+        let twenty = to_base64(&[7; 20]);
+        assert_eq!(base64_exact(&twenty, 20).unwrap(), vec![7; 20]);
+        assert_eq!(base64_exact(&twenty[..27], 20), Err(Failure::Malformed));
+        assert_eq!(
+            base64_exact(&to_base64(&[7; 21]), 20),
+            Err(Failure::Malformed)
+        );
+        assert_eq!(
+            base64_exact("!!!!!!!!!!!!!!!!!!!!!!!!!!!=", 20),
+            Err(Failure::Malformed)
+        );
+    }
+
+    #[test]
+    fn every_key_is_tried() {
+        let keys = [
+            super::super::Secret::new(b"old".to_vec()),
+            super::super::Secret::new(b"new".to_vec()),
+        ];
+        let good = mac(HmacAlgorithm::Sha256, b"new", &[b"body"])
+            .as_ref()
+            .to_vec();
+        let cands = [vec![0; 32], good.clone()];
+        assert_eq!(
+            any_mac_matches(HmacAlgorithm::Sha256, &keys, &[b"bo", b"dy"], &cands),
+            Some(good.as_slice())
+        );
+        assert_eq!(
+            any_mac_matches(HmacAlgorithm::Sha256, &keys[..1], &[b"body"], &cands),
+            None
+        );
+    }
+}

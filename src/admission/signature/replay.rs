@@ -1,0 +1,254 @@
+//! Replay protection: the delivery ids a route has accepted, remembered for a window in a bounded map.
+//!
+//! An id is claimed when its request is verified and settled when the backend answers: a non-5xx answer
+//! keeps it for the window, so a repeat is refused (409); a 5xx, a timeout, a connection error or a
+//! client that went away releases it (the guard's `Drop`), so the provider's retry goes through. While
+//! the first delivery is still in flight a duplicate is refused too: the backend is already handling it.
+//!
+//! Ids are stored as SHA-256 digests: fixed size, and nothing a provider put in a header is kept. When
+//! full, expired entries go first, then the eighth closest to expiry; in-flight claims are never evicted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::encoding::sha256;
+use crate::admission::ban::Now;
+use crate::admission::evict_lowest;
+use crate::config::webhook::ReplayConfig;
+
+#[derive(Clone, Copy)]
+enum Entry {
+    InFlight,
+    Accepted { until: Instant },
+}
+
+/// One route's accepted ids.
+pub struct ReplayCache {
+    map: Mutex<HashMap<[u8; 32], Entry>>,
+    pub spec: ReplayConfig,
+    evictions: AtomicU64,
+    now: Now,
+}
+
+/// A repeat of an id that is accepted or in flight.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replayed;
+
+impl ReplayCache {
+    pub fn new(spec: ReplayConfig, now: Now) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::new(HashMap::new()),
+            spec,
+            evictions: AtomicU64::new(0),
+            now,
+        })
+    }
+
+    pub fn with_system_clock(spec: ReplayConfig) -> Arc<Self> {
+        Self::new(spec, Arc::new(Instant::now))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims every id of one delivery, or none if any of them is taken.
+    pub fn claim(self: &Arc<Self>, ids: &[Vec<u8>]) -> Result<Claim, Replayed> {
+        let now = (self.now)();
+        let keys: Vec<[u8; 32]> = ids.iter().map(|id| sha256(id)).collect();
+        let mut map = self.lock();
+        let taken = |e: &Entry| match *e {
+            Entry::InFlight => true,
+            Entry::Accepted { until } => until > now,
+        };
+        if keys.iter().any(|k| map.get(k).is_some_and(taken)) {
+            return Err(Replayed);
+        }
+        let room = self.spec.max_entries.saturating_sub(keys.len());
+        if map.len() > room {
+            map.retain(|_, e| taken(e));
+            if map.len() > room {
+                let batch = (self.spec.max_entries / 8).max(map.len() - room);
+                // In-flight claims rank above every accepted id.
+                let gone = evict_lowest(&mut map, batch, |e| match *e {
+                    Entry::InFlight => (true, None),
+                    Entry::Accepted { until } => (false, Some(until)),
+                });
+                self.evictions.fetch_add(gone as u64, Ordering::Relaxed);
+            }
+        }
+        for k in &keys {
+            map.insert(*k, Entry::InFlight);
+        }
+        Ok(Claim {
+            cache: self.clone(),
+            keys,
+            settled: false,
+        })
+    }
+
+    /// Ids held (accepted, possibly expired, and in flight).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids dropped to stay under `max_entries` before their window ended.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Drops expired entries (called periodically, off the request path).
+    pub fn sweep(&self) -> usize {
+        let now = (self.now)();
+        let mut map = self.lock();
+        map.retain(|_, e| match *e {
+            Entry::InFlight => true,
+            Entry::Accepted { until } => until > now,
+        });
+        map.len()
+    }
+}
+
+/// A delivery's claim on its ids. Settle it with the backend's status; dropped unsettled, it releases
+/// the ids so a retry can go through.
+pub struct Claim {
+    cache: Arc<ReplayCache>,
+    keys: Vec<[u8; 32]>,
+    settled: bool,
+}
+
+impl Claim {
+    /// Keeps the ids for the window unless the backend failed (5xx).
+    pub fn settle(mut self, status: http::StatusCode) {
+        if status.is_server_error() {
+            return; // Drop releases.
+        }
+        self.settled = true;
+        let until = (self.cache.now)() + self.cache.spec.window;
+        let mut map = self.cache.lock();
+        for k in &self.keys {
+            map.insert(*k, Entry::Accepted { until });
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut map = self.cache.lock();
+            for k in &self.keys {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use std::sync::atomic::AtomicU64 as Clock;
+    use std::time::Duration;
+
+    fn cache(max: usize) -> (Arc<ReplayCache>, Arc<Clock>) {
+        let start = Instant::now();
+        let secs = Arc::new(Clock::new(0));
+        let s = secs.clone();
+        let now: Now = Arc::new(move || start + Duration::from_secs(s.load(Ordering::Relaxed)));
+        let spec = ReplayConfig {
+            window: Duration::from_secs(600),
+            max_entries: max,
+        };
+        (ReplayCache::new(spec, now), secs)
+    }
+
+    fn id(s: &str) -> Vec<Vec<u8>> {
+        vec![s.as_bytes().to_vec()]
+    }
+
+    #[test]
+    fn an_answered_id_is_refused_until_the_window_ends() {
+        let (c, clock) = cache(100);
+        c.claim(&id("a")).unwrap().settle(StatusCode::OK);
+        assert_eq!(c.claim(&id("a")).err(), Some(Replayed));
+        clock.store(599, Ordering::Relaxed);
+        assert!(c.claim(&id("a")).is_err());
+        clock.store(601, Ordering::Relaxed);
+        assert!(c.claim(&id("a")).is_ok());
+    }
+
+    #[test]
+    fn a_4xx_answer_counts_as_accepted() {
+        let (c, _) = cache(100);
+        c.claim(&id("a")).unwrap().settle(StatusCode::BAD_REQUEST);
+        assert!(c.claim(&id("a")).is_err());
+    }
+
+    #[test]
+    fn a_5xx_or_an_unsettled_claim_lets_the_retry_through() {
+        let (c, _) = cache(100);
+        c.claim(&id("a"))
+            .unwrap()
+            .settle(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(c.claim(&id("a")).is_ok(), "after a 5xx");
+        drop(c.claim(&id("b")).unwrap());
+        assert!(
+            c.claim(&id("b")).is_ok(),
+            "after a timeout or a dropped connection"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_in_flight_is_refused() {
+        let (c, _) = cache(100);
+        let first = c.claim(&id("a")).unwrap();
+        assert!(c.claim(&id("a")).is_err());
+        first.settle(StatusCode::OK);
+        assert!(c.claim(&id("a")).is_err());
+    }
+
+    #[test]
+    fn any_shared_id_is_a_replay() {
+        let (c, _) = cache(100);
+        c.claim(&[b"mac:1".to_vec(), b"id:x".to_vec()])
+            .unwrap()
+            .settle(StatusCode::OK);
+        assert!(
+            c.claim(&[b"mac:1".to_vec(), b"id:y".to_vec()]).is_err(),
+            "edited id"
+        );
+        assert!(c.claim(&[b"mac:2".to_vec(), b"id:y".to_vec()]).is_ok());
+    }
+
+    #[test]
+    fn stays_bounded_and_evicts_the_oldest_first() {
+        let (c, clock) = cache(16);
+        for i in 0..16 {
+            clock.store(i, Ordering::Relaxed);
+            c.claim(&id(&format!("k{i}")))
+                .unwrap()
+                .settle(StatusCode::OK);
+        }
+        let in_flight = c.claim(&id("pending")).unwrap();
+        for i in 16..40 {
+            c.claim(&id(&format!("k{i}")))
+                .unwrap()
+                .settle(StatusCode::OK);
+            assert!(c.len() <= 16);
+        }
+        assert!(c.evictions() > 0);
+        assert!(
+            c.claim(&id("pending")).is_err(),
+            "in-flight claims are never evicted"
+        );
+        assert!(c.claim(&id("k39")).is_err(), "the newest is kept");
+        assert!(c.claim(&id("k0")).is_ok(), "the oldest went first");
+        drop(in_flight);
+    }
+}

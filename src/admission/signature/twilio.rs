@@ -1,0 +1,366 @@
+//! Twilio: `X-Twilio-Signature` = base64 HMAC-SHA1 (or HMAC-SHA256 when
+//! `X-Twilio-Webhooks-Signature-Settings` names it) of the full URL Twilio called, followed by each
+//! POST form parameter as name + value, sorted by name and then value. A JSON body is covered instead
+//! by the URL's `bodySHA256` query parameter (hex SHA-256 of the raw body), and nothing is appended.
+//! WebSocket handshakes (Media Streams) are signed over the `wss://` URL.
+//!
+//! As the official validators do, the URL is tried as given and with the default port toggled
+//! (`https://host/x` ⇄ `https://host:443/x`). A non-default port is never dropped: a request signed
+//! for another port does not verify. A non-empty body that is neither a form nor covered by
+//! `bodySHA256` is malformed: the signature would not cover it.
+//!
+//! Replay id: `I-Twilio-Idempotency-Token` (the same on Twilio's retries). It is not signed, and
+//! Twilio's signature has no timestamp, so legitimate repeats (an IVR menu answered twice) have equal
+//! signatures: without the token nothing is remembered. docs/webhooks/twilio.md explains the limits.
+
+use super::encoding::{base64_exact, ct_eq, hex_exact, mac, sha256, to_base64};
+use super::{Failure, Secret, SignatureScheme, SignedRequest, Verified, header};
+use crate::config::webhook::HmacAlgorithm;
+
+const SIGNATURE: &str = "x-twilio-signature";
+const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
+const IDEMPOTENCY: &str = "i-twilio-idempotency-token";
+const MAX_HEADER: usize = 256;
+
+pub struct Twilio;
+
+/// `algorithm=HMAC_SHA256` in the settings header; absent means the Auth Token scheme, HMAC-SHA1.
+fn algorithm(req: &SignedRequest<'_>) -> Result<HmacAlgorithm, Failure> {
+    let settings = match header(req.headers, SETTINGS, MAX_HEADER) {
+        Err(Failure::Missing) => return Ok(HmacAlgorithm::Sha1),
+        other => other?,
+    };
+    let named = settings.split(',').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        (k.trim() == "algorithm").then(|| v.trim())
+    });
+    match named {
+        None | Some("HMAC_SHA1") => Ok(HmacAlgorithm::Sha1),
+        Some("HMAC_SHA256") => Ok(HmacAlgorithm::Sha256),
+        Some(_) => Err(Failure::Malformed),
+    }
+}
+
+fn is_form(req: &SignedRequest<'_>) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// The `bodySHA256` query parameter of `url`, if any.
+fn body_hash_param(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "bodySHA256")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// What the signature covers besides the URL: the form parameters, sorted; `Err` if the body would
+/// be unsigned.
+fn signed_params(req: &SignedRequest<'_>) -> Result<Vec<(String, String)>, Failure> {
+    if let Some(hash) = body_hash_param(req.url) {
+        let expected = hex_exact(&hash, 32)?;
+        if !ct_eq(&expected, &sha256(req.body)) {
+            return Err(Failure::Mismatch);
+        }
+        return Ok(Vec::new());
+    }
+    if req.body.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !is_form(req) {
+        return Err(Failure::Malformed);
+    }
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(req.body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    params.sort();
+    Ok(params)
+}
+
+/// The URL as given and with its default port toggled.
+fn url_variants(url: &str) -> Vec<String> {
+    let mut out = vec![url.to_string()];
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return out;
+    };
+    let default = match scheme {
+        "https" | "wss" => "443",
+        "http" | "ws" => "80",
+        _ => return out,
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    // The port follows the last ':' outside an IPv6 literal's brackets.
+    let port_at = authority
+        .rfind(':')
+        .filter(|&i| !authority[i..].contains(']'));
+    let toggled = match port_at {
+        Some(i) if &authority[i + 1..] == default => {
+            format!("{scheme}://{}{tail}", &authority[..i])
+        }
+        Some(_) => return out,
+        None => format!("{scheme}://{authority}:{default}{tail}"),
+    };
+    out.push(toggled);
+    out
+}
+
+/// URL followed by name + value of each parameter.
+fn signed_string(url: &str, params: &[(String, String)]) -> String {
+    let mut s = String::with_capacity(
+        url.len() + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
+    );
+    s.push_str(url);
+    for (k, v) in params {
+        s.push_str(k);
+        s.push_str(v);
+    }
+    s
+}
+
+impl SignatureScheme for Twilio {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn verify(&self, req: &SignedRequest<'_>, keys: &[Secret]) -> Result<Verified, Failure> {
+        let sig = header(req.headers, SIGNATURE, MAX_HEADER)?;
+        let alg = algorithm(req)?;
+        let candidate = base64_exact(sig, alg.len())?;
+        let params = signed_params(req)?;
+        let mut strings: Vec<String> = url_variants(req.url)
+            .iter()
+            .map(|u| signed_string(u, &params))
+            .collect();
+        // twilio-python drops repeated identical (name, value) pairs; the other SDKs keep them.
+        let mut unique = params.clone();
+        unique.dedup();
+        if unique.len() != params.len() {
+            let deduped: Vec<String> = url_variants(req.url)
+                .iter()
+                .map(|u| signed_string(u, &unique))
+                .collect();
+            strings.extend(deduped);
+        }
+        let mut matched = false;
+        for key in keys {
+            for s in &strings {
+                matched |= ct_eq(mac(alg, key.bytes(), &[s.as_bytes()]).as_ref(), &candidate);
+            }
+        }
+        if !matched {
+            return Err(Failure::Mismatch);
+        }
+        let replay_ids = header(req.headers, IDEMPOTENCY, MAX_HEADER)
+            .ok()
+            .map(|t| [b"id:", t.as_bytes()].concat())
+            .into_iter()
+            .collect();
+        Ok(Verified { replay_ids })
+    }
+
+    fn sign(&self, req: &SignedRequest<'_>, key: &[u8]) -> Result<Vec<(String, String)>, String> {
+        let alg =
+            algorithm(req).map_err(|_| "unknown algorithm in the settings header".to_string())?;
+        let params = match signed_params(req) {
+            Ok(p) => p,
+            Err(Failure::Mismatch) => {
+                return Err("bodySHA256 in the URL is not the body's SHA-256".into());
+            }
+            Err(_) => {
+                return Err("a body that is not a form needs ?bodySHA256=<hex SHA-256 of the body> in the URL".into());
+            }
+        };
+        let tag = mac(alg, key, &[signed_string(req.url, &params).as_bytes()]);
+        Ok(vec![("X-Twilio-Signature".into(), to_base64(tag.as_ref()))])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{Req, key};
+    use super::*;
+
+    // From twilio-python's tests/unit/test_request_validator.py (token "12345").
+    const TOKEN: &str = "12345";
+    const URI: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    const EXPECTED: &str = "RSOYDt4T1cUTdK1PDd93/VVr8B8=";
+    const WITH_443: &str = "kvajT1Ptam85bY51eRf/AJRuM3w=";
+    const HTTP_WITH_80: &str = "0ZXoZLH/DfblKGATFgpif+LLRf4=";
+    const HTTP_PORT_1234: &str = "Zmvh+3yNM1Phv2jhDCwEM3q5ebU=";
+    const DUPLICATES: &str = "IK+Dwps556ElfBT0I3Rgjkr1wJU=";
+    const JSON_BODY: &str = "{\"property\": \"value\", \"boolean\": true}";
+    const BODY_HASH: &str = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
+    const JSON_SIGNATURE: &str = "a9nBmqA0ju/hNViExpshrM61xv4=";
+
+    fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            s.append_pair(k, v);
+        }
+        s.finish().into_bytes()
+    }
+
+    fn params() -> Vec<u8> {
+        form(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+            ("Caller", "+14158675309"),
+        ])
+    }
+
+    fn req(url: &str, body: &[u8], sig: &str) -> Req {
+        Req::new(url, body, 0)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", sig)
+    }
+
+    fn check(r: &Req) -> Result<Verified, Failure> {
+        Twilio.verify(&r.signed(), &[key(TOKEN)])
+    }
+
+    #[test]
+    fn verifies_the_sdk_vectors() {
+        assert!(check(&req(URI, &params(), EXPECTED)).is_ok());
+        let dup = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234";
+        assert!(check(&req(URI, dup, DUPLICATES)).is_ok());
+        let json = Req::new(
+            &format!("{URI}&bodySHA256={BODY_HASH}"),
+            JSON_BODY.as_bytes(),
+            0,
+        )
+        .header("content-type", "application/json")
+        .header("x-twilio-signature", JSON_SIGNATURE);
+        assert!(check(&json).is_ok());
+        assert_eq!(hex_sha256(JSON_BODY), BODY_HASH);
+    }
+
+    fn hex_sha256(body: &str) -> String {
+        super::super::encoding::to_hex(&sha256(body.as_bytes()))
+    }
+
+    #[test]
+    fn accepts_the_url_with_and_without_the_default_port() {
+        assert!(
+            check(&req(URI, &params(), WITH_443)).is_ok(),
+            "signed with :443"
+        );
+        let with_port = URI.replace(".com", ".com:443");
+        assert!(
+            check(&req(&with_port, &params(), EXPECTED)).is_ok(),
+            "configured with :443"
+        );
+        let http = URI.replace("https", "http");
+        assert!(check(&req(&http, &params(), HTTP_WITH_80)).is_ok());
+        let http_1234 = http.replace(".com", ".com:1234");
+        assert!(check(&req(&http_1234, &params(), HTTP_PORT_1234)).is_ok());
+    }
+
+    #[test]
+    fn a_non_default_port_is_not_dropped() {
+        let other_port = URI.replace(".com", ".com:8443");
+        assert_eq!(
+            check(&req(&other_port, &params(), EXPECTED)),
+            Err(Failure::Mismatch)
+        );
+    }
+
+    #[test]
+    fn tampering_fails() {
+        let changed = params()
+            .iter()
+            .map(|&b| if b == b'4' { b'5' } else { b })
+            .collect::<Vec<_>>();
+        assert_eq!(
+            check(&req(URI, &changed, EXPECTED)),
+            Err(Failure::Mismatch),
+            "param changed"
+        );
+        let mut added = params();
+        added.extend_from_slice(b"&Extra=1");
+        assert_eq!(
+            check(&req(URI, &added, EXPECTED)),
+            Err(Failure::Mismatch),
+            "param added"
+        );
+        let path = URI.replace("myapp", "other");
+        assert_eq!(
+            check(&req(&path, &params(), EXPECTED)),
+            Err(Failure::Mismatch),
+            "path"
+        );
+        let query = URI.replace("foo=1", "foo=2");
+        assert_eq!(
+            check(&req(&query, &params(), EXPECTED)),
+            Err(Failure::Mismatch),
+            "query"
+        );
+        let wrong = Twilio.verify(&req(URI, &params(), EXPECTED).signed(), &[key("54321")]);
+        assert_eq!(wrong, Err(Failure::Mismatch), "wrong token");
+        assert_eq!(
+            check(&req(URI, &params(), &EXPECTED[..27])),
+            Err(Failure::Malformed)
+        );
+        assert_eq!(check(&req(URI, &params(), "")), Err(Failure::Malformed));
+        let bad_hash = Req::new(
+            &format!("{URI}&bodySHA256={BODY_HASH}"),
+            b"{\"property\": 1}",
+            0,
+        )
+        .header("x-twilio-signature", JSON_SIGNATURE);
+        assert_eq!(
+            check(&bad_hash),
+            Err(Failure::Mismatch),
+            "body changed under bodySHA256"
+        );
+    }
+
+    #[test]
+    fn an_unsigned_body_is_malformed() {
+        let json = Req::new(URI, JSON_BODY.as_bytes(), 0)
+            .header("content-type", "application/json")
+            .header("x-twilio-signature", EXPECTED);
+        assert_eq!(check(&json), Err(Failure::Malformed));
+    }
+
+    #[test]
+    fn sha256_settings_and_websocket_urls_round_trip() {
+        let ws = Req::new("wss://voice.example.com/media?x=1", b"", 0).header(
+            "x-twilio-webhooks-signature-settings",
+            "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256",
+        );
+        let signed = ws.sign_with(&Twilio, TOKEN.as_bytes());
+        assert_eq!(
+            signed.headers["x-twilio-signature"].len(),
+            44,
+            "32-byte MAC"
+        );
+        assert!(check(&signed).is_ok());
+        let mut as_https = signed;
+        as_https.url = as_https.url.replace("wss", "https");
+        assert_eq!(check(&as_https), Err(Failure::Mismatch));
+        let unknown = req(URI, &params(), EXPECTED)
+            .header("x-twilio-webhooks-signature-settings", "algorithm=HMAC_MD5");
+        assert_eq!(check(&unknown), Err(Failure::Malformed));
+    }
+
+    #[test]
+    fn the_idempotency_token_is_the_replay_id() {
+        let r = req(URI, &params(), EXPECTED).header("i-twilio-idempotency-token", "tok-1");
+        assert_eq!(check(&r).unwrap().replay_ids, vec![b"id:tok-1".to_vec()]);
+        assert!(
+            check(&req(URI, &params(), EXPECTED))
+                .unwrap()
+                .replay_ids
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! `[route.webhook]`: which signature scheme a route requires, its secrets (by reference, resolved at
+//! load and on every reload so rotation is a SIGHUP), the public URL for URL-signing schemes, and the
+//! replay window. Secret values are decoded into key bytes here, once, and never printed: `Secret`'s
+//! `Debug` is masked and `check` prints only the references.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::defaults as d;
+use super::file::{OneOrMany, WebhookFile};
+use super::{Errors, ser_duration};
+
+/// A provider's signing scheme, with the options of the generic one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemeKind {
+    Twilio,
+    Github,
+    Stripe,
+    StandardWebhooks,
+    Slack,
+    Telnyx,
+    Hmac(HmacSpec),
+}
+
+impl SchemeKind {
+    /// The name used in config, metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SchemeKind::Twilio => "twilio",
+            SchemeKind::Github => "github",
+            SchemeKind::Stripe => "stripe",
+            SchemeKind::StandardWebhooks => "standard-webhooks",
+            SchemeKind::Slack => "slack",
+            SchemeKind::Telnyx => "telnyx",
+            SchemeKind::Hmac(_) => "hmac",
+        }
+    }
+
+    /// Schemes that sign a timestamp and so have a tolerance.
+    pub fn timestamped(&self) -> bool {
+        matches!(
+            self,
+            SchemeKind::Stripe
+                | SchemeKind::StandardWebhooks
+                | SchemeKind::Slack
+                | SchemeKind::Telnyx
+        )
+    }
+
+    /// Turns a secret as the provider shows it into the key bytes the scheme uses.
+    /// The error never contains the secret.
+    pub fn decode_secret(&self, secret: &str) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match self {
+            // Standard Webhooks / Svix: "whsec_" + base64 of the key bytes.
+            SchemeKind::StandardWebhooks => {
+                let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
+                match b64.decode(raw) {
+                    Ok(k) if !k.is_empty() => Ok(k),
+                    _ => Err("is not a Standard Webhooks secret (\"whsec_\" + base64)".into()),
+                }
+            }
+            // Telnyx: the account's Ed25519 public key, base64 of 32 bytes.
+            SchemeKind::Telnyx => match b64.decode(secret) {
+                Ok(k) if k.len() == 32 => Ok(k),
+                _ => Err("is not a Telnyx public key (base64 of 32 bytes)".into()),
+            },
+            // Stripe keys with the whole "whsec_…" string; the others with the bytes as shown.
+            _ => Ok(secret.as_bytes().to_vec()),
+        }
+    }
+}
+
+impl std::str::FromStr for SchemeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "twilio" => SchemeKind::Twilio,
+            "github" => SchemeKind::Github,
+            "stripe" => SchemeKind::Stripe,
+            "standard-webhooks" | "svix" => SchemeKind::StandardWebhooks,
+            "slack" => SchemeKind::Slack,
+            "telnyx" => SchemeKind::Telnyx,
+            "hmac" => SchemeKind::Hmac(HmacSpec::default()),
+            other => {
+                return Err(format!(
+                    "{other:?} is not one of twilio, github, stripe, standard-webhooks (or svix), slack, telnyx, hmac"
+                ));
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    Sha256,
+    Sha1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacEncoding {
+    Hex,
+    Base64,
+}
+
+/// The generic scheme: `header: <prefix><encoded HMAC of the raw body>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HmacSpec {
+    /// Lower-case header name.
+    pub header: String,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: MacEncoding,
+    pub prefix: String,
+    /// A header whose value identifies a delivery (remembered for replay protection).
+    pub id_header: Option<String>,
+}
+
+impl Default for HmacSpec {
+    fn default() -> Self {
+        Self {
+            header: "x-hub-signature-256".into(),
+            algorithm: HmacAlgorithm::Sha256,
+            encoding: MacEncoding::Hex,
+            prefix: "sha256=".into(),
+            id_header: None,
+        }
+    }
+}
+
+/// Where a secret comes from; this, not the value, is what `check` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// Key bytes, decoded from a secret. Cheap to clone; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The origin a provider calls, e.g. `https://voice.example.com`: what a URL-signing scheme signs,
+/// since the backend only sees the internal host and plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// `https` or `http` (a WebSocket handshake is signed as `wss`/`ws`).
+    pub secure: bool,
+    /// Host and, if given, port, exactly as written.
+    pub authority: String,
+}
+
+impl PublicUrl {
+    /// The URL the provider signed: this origin plus the request's raw path and query.
+    pub fn url_for(&self, path_and_query: &str, websocket: bool) -> String {
+        let scheme = match (self.secure, websocket) {
+            (true, false) => "https",
+            (false, false) => "http",
+            (true, true) => "wss",
+            (false, true) => "ws",
+        };
+        format!("{scheme}://{}{path_and_query}", self.authority)
+    }
+}
+
+impl std::str::FromStr for PublicUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} must be the scheme, host and optional port the provider calls, with no path, e.g. \"https://voice.example.com\""
+            )
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
+        let secure = match scheme {
+            "https" | "wss" => true,
+            "http" | "ws" => false,
+            _ => return Err(bad()),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let valid = !authority.is_empty()
+            && !authority.contains(['/', '?', '#', '@', ' '])
+            && authority.parse::<http::uri::Authority>().is_ok();
+        if !valid {
+            return Err(bad());
+        }
+        Ok(PublicUrl {
+            secure,
+            authority: authority.to_string(),
+        })
+    }
+}
+
+/// Remembering accepted delivery ids so a repeat is refused (409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplayConfig {
+    #[serde(serialize_with = "ser_duration")]
+    pub window: Duration,
+    pub max_entries: usize,
+}
+
+/// A validated `[route.webhook]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookConfig {
+    pub scheme: SchemeKind,
+    /// Where the secrets come from, in order; any of them verifies (rotation).
+    #[serde(serialize_with = "ser_refs")]
+    pub secret_refs: Vec<SecretRef>,
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
+    #[serde(serialize_with = "ser_public_url")]
+    pub public_url: Option<PublicUrl>,
+    /// How far a signed timestamp may be from now, either way (timestamped schemes only).
+    #[serde(serialize_with = "ser_duration")]
+    pub tolerance: Duration,
+    /// `None`: replay protection off.
+    pub replay: Option<ReplayConfig>,
+    /// The whole body must arrive within this, or 408.
+    #[serde(serialize_with = "ser_duration")]
+    pub body_timeout: Duration,
+}
+
+fn ser_refs<S: serde::Serializer>(v: &[SecretRef], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|r| r.to_string()))
+}
+
+fn ser_public_url<S: serde::Serializer>(v: &Option<PublicUrl>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        None => s.serialize_none(),
+        Some(u) => s.collect_str(&u.url_for("", false)),
+    }
+}
+
+fn refs(v: Option<&OneOrMany>) -> Vec<String> {
+    match v {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s.clone()],
+        Some(OneOrMany::Many(v)) => v.clone(),
+    }
+}
+
+/// Reads a secret; surrounding whitespace (the newline `echo` and editors add) is not part of it.
+fn resolve(r: &SecretRef, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let raw = match r {
+        SecretRef::Env(name) => {
+            env(name).ok_or_else(|| format!("environment variable {name} is not set"))?
+        }
+        SecretRef::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    };
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(format!("{r} is empty"));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Validates one route's `webhook` table; `key` is its path, e.g. `route[0].webhook`.
+pub(super) fn validate(
+    e: &mut Errors,
+    key: &str,
+    f: &WebhookFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<WebhookConfig> {
+    let k = |s: &str| format!("{key}.{s}");
+    let mut scheme = match f.scheme.as_deref().map(str::parse::<SchemeKind>) {
+        Some(Ok(s)) => s,
+        Some(Err(reason)) => {
+            e.push(k("scheme"), reason);
+            return None;
+        }
+        None => {
+            e.push(k("scheme"), "required");
+            return None;
+        }
+    };
+    let hmac_keys = [
+        ("header", f.header.is_some()),
+        ("algorithm", f.algorithm.is_some()),
+        ("encoding", f.encoding.is_some()),
+        ("prefix", f.prefix.is_some()),
+        ("id_header", f.id_header.is_some()),
+    ];
+    if let SchemeKind::Hmac(spec) = &mut scheme {
+        hmac_spec(e, &k, f, spec);
+    } else {
+        for (name, set) in hmac_keys {
+            if set {
+                e.push(k(name), "only used by scheme = \"hmac\"");
+            }
+        }
+    }
+
+    let public_url = match f.public_url.as_deref() {
+        None if scheme == SchemeKind::Twilio => {
+            e.push(
+                k("public_url"),
+                "required for twilio: the scheme, host and port Twilio calls, e.g. \"https://voice.example.com\"",
+            );
+            None
+        }
+        None => None,
+        Some(_) if scheme != SchemeKind::Twilio => {
+            e.push(
+                k("public_url"),
+                "only used by twilio (the other schemes do not sign the URL)",
+            );
+            None
+        }
+        Some(v) => match v.parse::<PublicUrl>() {
+            Ok(u) => Some(u),
+            Err(reason) => {
+                e.push(k("public_url"), reason);
+                None
+            }
+        },
+    };
+
+    let mut secret_refs: Vec<SecretRef> = refs(f.secret_env.as_ref())
+        .into_iter()
+        .map(SecretRef::Env)
+        .collect();
+    secret_refs.extend(
+        refs(f.secret_file.as_ref())
+            .into_iter()
+            .map(|p| SecretRef::File(p.into())),
+    );
+    if secret_refs.is_empty() {
+        e.push(
+            key.to_string(),
+            "set secret_env or secret_file (a name or a list of names: during rotation old and new both verify)",
+        );
+    }
+    let mut secrets = Vec::new();
+    for r in &secret_refs {
+        let which = match r {
+            SecretRef::Env(_) => "secret_env",
+            SecretRef::File(_) => "secret_file",
+        };
+        match resolve(r, env)
+            .and_then(|s| scheme.decode_secret(&s).map_err(|why| format!("{r} {why}")))
+        {
+            Ok(bytes) => secrets.push(Secret::new(bytes)),
+            Err(reason) => e.push(k(which), reason),
+        }
+    }
+
+    if f.tolerance.is_some() && !scheme.timestamped() {
+        e.push(
+            k("tolerance"),
+            format!("{} signs no timestamp", scheme.name()),
+        );
+    }
+    let tolerance = e.duration(
+        &k("tolerance"),
+        f.tolerance.as_deref(),
+        d::WEBHOOK_TOLERANCE,
+    );
+    let default_window = if scheme.timestamped() {
+        // An id older than the tolerance is refused as stale anyway.
+        tolerance * 2
+    } else {
+        d::WEBHOOK_REPLAY_WINDOW
+    };
+    let replay = f.replay.unwrap_or(true).then(|| ReplayConfig {
+        window: e.duration(
+            &k("replay_window"),
+            f.replay_window.as_deref(),
+            default_window,
+        ),
+        max_entries: e.positive(
+            &k("replay_max_entries"),
+            f.replay_max_entries,
+            d::WEBHOOK_REPLAY_MAX_ENTRIES,
+        ) as usize,
+    });
+    let body_timeout = e.duration(
+        &k("body_timeout"),
+        f.body_timeout.as_deref(),
+        d::WEBHOOK_BODY_TIMEOUT,
+    );
+    Some(WebhookConfig {
+        scheme,
+        secret_refs,
+        secrets,
+        public_url,
+        tolerance,
+        replay,
+        body_timeout,
+    })
+}
+
+fn hmac_spec(e: &mut Errors, k: &dyn Fn(&str) -> String, f: &WebhookFile, spec: &mut HmacSpec) {
+    match f.header.as_deref() {
+        None => e.push(k("header"), "required for scheme = \"hmac\""),
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => spec.header = name.as_str().to_string(),
+            Err(_) => e.push(k("header"), format!("{h:?} is not a header name")),
+        },
+    }
+    spec.algorithm = match f.algorithm.as_deref() {
+        None | Some("sha256") => HmacAlgorithm::Sha256,
+        Some("sha1") => HmacAlgorithm::Sha1,
+        Some(other) => {
+            e.push(
+                k("algorithm"),
+                format!("{other:?} is not one of \"sha256\", \"sha1\""),
+            );
+            HmacAlgorithm::Sha256
+        }
+    };
+    spec.encoding = match f.encoding.as_deref() {
+        None | Some("hex") => MacEncoding::Hex,
+        Some("base64") => MacEncoding::Base64,
+        Some(other) => {
+            e.push(
+                k("encoding"),
+                format!("{other:?} is not one of \"hex\", \"base64\""),
+            );
+            MacEncoding::Hex
+        }
+    };
+    spec.prefix = f.prefix.clone().unwrap_or_default();
+    spec.id_header = match f.id_header.as_deref() {
+        None => None,
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => Some(name.as_str().to_string()),
+            Err(_) => {
+                e.push(k("id_header"), format!("{h:?} is not a header name"));
+                None
+            }
+        },
+    };
+}

@@ -22,6 +22,10 @@ pub const BANS_ACTIVE: &str = "voxguard_bans_active";
 pub const BANS: &str = "voxguard_bans_total";
 pub const RATE_LIMIT_KEYS: &str = "voxguard_rate_limit_tracked_keys";
 pub const RATE_LIMIT_EVICTIONS: &str = "voxguard_rate_limit_evictions_total";
+pub const WEBHOOK_VERIFIED: &str = "voxguard_webhook_verified_total";
+pub const WEBHOOK_FAILURES: &str = "voxguard_webhook_signature_failures_total";
+pub const WEBHOOK_REPLAY_IDS: &str = "voxguard_webhook_replay_ids";
+pub const WEBHOOK_REPLAY_EVICTIONS: &str = "voxguard_webhook_replay_evictions_total";
 
 /// Every metric the proxy exports, cheap to clone (all handles are `Arc`s inside).
 #[derive(Clone)]
@@ -31,6 +35,7 @@ pub struct Metrics {
     pub net: NetMetrics,
     pub ws: WsMetrics,
     pub admission: AdmissionMetrics,
+    pub webhook: WebhookMetrics,
     /// `outcome` = ok | error.
     pub config_reloads: IntCounterVec,
 }
@@ -74,6 +79,18 @@ pub struct AdmissionMetrics {
 }
 
 #[derive(Clone)]
+pub struct WebhookMetrics {
+    /// Labels: route, scheme.
+    pub verified: IntCounterVec,
+    /// Labels: route, scheme, reason (missing, malformed, mismatch, stale, replayed).
+    pub failures: IntCounterVec,
+    /// Labels: route. Delivery ids held by the replay cache (updated by the sweep).
+    pub replay_ids: prometheus::IntGaugeVec,
+    /// Labels: route. Ids dropped before their window ended because the cache was full.
+    pub replay_evictions: IntCounterVec,
+}
+
+#[derive(Clone)]
 pub struct WsMetrics {
     pub active: IntGauge,
     /// Labels: route, direction (client_to_upstream, upstream_to_client).
@@ -90,6 +107,14 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
             c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                prometheus::IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -195,6 +220,28 @@ impl Metrics {
                 ),
                 bans_active: gauge(BANS_ACTIVE, "Client keys banned right now."),
                 bans: counter(BANS, "Temporary bans imposed, by rule.", &["rule"]),
+            },
+            webhook: WebhookMetrics {
+                verified: counter(
+                    WEBHOOK_VERIFIED,
+                    "Webhook requests whose signature verified, by route and scheme.",
+                    &["route", "scheme"],
+                ),
+                failures: counter(
+                    WEBHOOK_FAILURES,
+                    "Webhook requests refused (403, or 409 when replayed), by route, scheme and reason.",
+                    &["route", "scheme", "reason"],
+                ),
+                replay_ids: gauge_vec(
+                    WEBHOOK_REPLAY_IDS,
+                    "Delivery ids remembered against replays.",
+                    &["route"],
+                ),
+                replay_evictions: counter(
+                    WEBHOOK_REPLAY_EVICTIONS,
+                    "Delivery ids dropped early because the replay cache was full.",
+                    &["route"],
+                ),
             },
             config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
             registry,

@@ -16,6 +16,9 @@ use crate::admission::client_ip::client_ip;
 use crate::admission::conn_limit::{PerIpCounter, Slot};
 use crate::admission::ip_allow::IpLists;
 use crate::admission::rate_limit::RouteLimiter;
+use crate::admission::signature::replay::Claim;
+use crate::admission::signature::verifier::{self, WebhookVerifier};
+use crate::admission::signature::{Failure, unix_now};
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
 use crate::net::conn::Activity;
@@ -42,6 +45,9 @@ pub struct Runtime {
     pub limiters: std::collections::HashMap<String, Arc<RouteLimiter>>,
     /// Per-route WebSocket sessions per address; the live counts survive reloads.
     ws_sessions: std::collections::HashMap<String, Arc<PerIpCounter>>,
+    /// Per-route signature verifiers, only for routes with `[route.webhook]`; replay caches are
+    /// kept across reloads while unchanged.
+    pub webhooks: std::collections::HashMap<String, Arc<WebhookVerifier>>,
 }
 
 impl Runtime {
@@ -93,9 +99,22 @@ impl Runtime {
                 Some((r.name.clone(), counter))
             })
             .collect();
+        let webhooks = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let cfg = r.webhook.as_ref()?;
+                let previous = previous.and_then(|p| p.webhooks.get(&r.name));
+                Some((
+                    r.name.clone(),
+                    Arc::new(WebhookVerifier::build(cfg, previous.map(|p| p.as_ref()))),
+                ))
+            })
+            .collect();
         Ok(Self {
             limiters,
             ws_sessions,
+            webhooks,
             routes: RouteTable::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             accept_lists: IpLists::new(config.server.allow.clone(), config.server.deny.clone()),
@@ -178,7 +197,26 @@ impl Pipeline {
                         original_host: host.as_deref(),
                         request_id: &request_id,
                     };
-                    self.proxy(&rt, &route, req, ctx, &conn, session_slot).await
+                    match rt.webhooks.get(&route.name) {
+                        None => self.proxy(&rt, &route, req, ctx, &conn, session_slot).await,
+                        Some(verifier) => {
+                            match self
+                                .verify_webhook(verifier, &route, req, client, &request_id)
+                                .await
+                            {
+                                Err(rejection) => rejection.response(),
+                                Ok((req, claim)) => {
+                                    let res = self
+                                        .proxy(&rt, &route, req, ctx, &conn, session_slot)
+                                        .await;
+                                    if let Some(claim) = claim {
+                                        claim.settle(res.status());
+                                    }
+                                    res
+                                }
+                            }
+                        }
+                    }
                 }
             },
         };
@@ -249,6 +287,61 @@ impl Pipeline {
         }
     }
 
+    /// Buffers the body of a signed route and verifies it; on success returns the request with the
+    /// exact bytes to forward and the delivery's replay claim. Failures are counted by reason, logged
+    /// without the signature, and (except replays) fed into the ban rules.
+    async fn verify_webhook(
+        &self,
+        verifier: &WebhookVerifier,
+        route: &RouteConfig,
+        req: Request<Incoming>,
+        client: std::net::IpAddr,
+        request_id: &str,
+    ) -> Result<(Request<http_body_util::Full<bytes::Bytes>>, Option<Claim>), Rejection> {
+        let (parts, body) = req.into_parts();
+        let declared = crate::proxy::http::content_length(&parts.headers);
+        let body =
+            crate::proxy::body::buffer(body, declared, route.max_body_bytes, verifier.body_timeout)
+                .await?;
+        let incoming = verifier::Incoming {
+            method: &parts.method,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            websocket: route.websocket
+                && crate::proxy::headers::is_websocket_upgrade(&parts.headers),
+            headers: &parts.headers,
+            body: &body,
+            now: unix_now(),
+        };
+        let scheme = verifier.scheme.name();
+        let m = &self.metrics.webhook;
+        match verifier.verify(&incoming) {
+            Ok(claim) => {
+                m.verified.with_label_values(&[&route.name, scheme]).inc();
+                let req = Request::from_parts(parts, http_body_util::Full::new(body));
+                Ok((req, claim))
+            }
+            Err(failure) => {
+                m.failures
+                    .with_label_values(&[&route.name, scheme, failure.label()])
+                    .inc();
+                tracing::warn!(
+                    route = %route.name,
+                    scheme,
+                    reason = failure.label(),
+                    client = %client,
+                    request_id,
+                    "webhook refused"
+                );
+                if failure == Failure::Replayed {
+                    Err(Rejection::Replayed)
+                } else {
+                    self.record_offence(Offence::SignatureFailure, client);
+                    Err(Rejection::BadSignature)
+                }
+            }
+        }
+    }
+
     /// Feeds one offence into the ban rules (rate limiting here; webhook signature failures from
     /// the signature checks). Records a ban that fires.
     pub fn record_offence(&self, offence: Offence, client: std::net::IpAddr) {
@@ -266,6 +359,19 @@ impl Pipeline {
         let rt = self.runtime.load();
         let m = &self.metrics.admission;
         m.bans_active.set(self.bans.sweep() as i64);
+        let w = &self.metrics.webhook;
+        for (route, verifier) in &rt.webhooks {
+            if let Some(cache) = &verifier.replay {
+                w.replay_ids
+                    .with_label_values(&[route])
+                    .set(cache.sweep() as i64);
+                let counter = w.replay_evictions.with_label_values(&[route]);
+                let evictions = cache.evictions();
+                if evictions > counter.get() {
+                    counter.inc_by(evictions - counter.get());
+                }
+            }
+        }
         for (route, limiter) in &rt.limiters {
             let (keys, evictions) = limiter.sweep();
             m.tracked_keys.with_label_values(&[route]).set(keys as i64);
@@ -277,15 +383,19 @@ impl Pipeline {
     }
 
     /// Forwards to the route's upstream; starts the WebSocket session on a 101.
-    async fn proxy<K: Clone + Send + Sync + 'static>(
+    async fn proxy<K: Clone + Send + Sync + 'static, B>(
         &self,
         rt: &Runtime,
         route: &RouteConfig,
-        req: Request<Incoming>,
+        req: Request<B>,
         ctx: ForwardCtx<'_>,
         conn: &ConnCtx<K>,
         session_slot: Option<Slot>,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<crate::proxy::body::BoxError>,
+    {
         let upstream = &rt.upstreams[&route.upstream];
         match forward(route, upstream, req, ctx).await {
             Ok(fwd) => {

@@ -18,6 +18,14 @@ pub enum Rejection {
     TooManySessions,
     #[error("request body larger than the route allows")]
     BodyTooLarge,
+    #[error("request body did not arrive in time")]
+    BodyTimeout,
+    #[error("request body could not be read")]
+    BadBody,
+    #[error("webhook signature not verified")]
+    BadSignature,
+    #[error("webhook delivery already accepted")]
+    Replayed,
     #[error("connection limit reached")]
     Overloaded,
     #[error("upstream unreachable")]
@@ -40,6 +48,10 @@ impl Rejection {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BadBody => StatusCode::BAD_REQUEST,
+            Rejection::BadSignature => StatusCode::FORBIDDEN,
+            Rejection::Replayed => StatusCode::CONFLICT,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamConnect | Rejection::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -76,6 +88,9 @@ impl Rejection {
                 HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS),
             );
         }
+        if self == Rejection::BodyTimeout {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self == Rejection::Overloaded {
             h.insert(
                 header::RETRY_AFTER,
@@ -104,6 +119,10 @@ mod tests {
                 429,
             ),
             (Rejection::BodyTooLarge, 413),
+            (Rejection::BodyTimeout, 408),
+            (Rejection::BadBody, 400),
+            (Rejection::BadSignature, 403),
+            (Rejection::Replayed, 409),
             (Rejection::Overloaded, 503),
             (Rejection::UpstreamConnect, 502),
             (Rejection::UpstreamProtocol, 502),

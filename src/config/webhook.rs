@@ -462,3 +462,147 @@ fn hmac_spec(e: &mut Errors, k: &dyn Fn(&str) -> String, f: &WebhookFile, spec: 
         },
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.webhook]\n";
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "TOKEN" => Some("s3cret-token\n".into()),
+            "OLD" => Some("old-token".into()),
+            "SVIX" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{extra}"), "t.toml", &env)
+    }
+
+    fn errors(extra: &str) -> String {
+        parse(extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn secrets_resolve_in_order_and_are_never_printed() {
+        let c = parse(
+            "scheme = \"twilio\"\nsecret_env = [\"TOKEN\", \"OLD\"]\npublic_url = \"https://voice.example.com/\"\n",
+        )
+        .unwrap();
+        let w = c.routes[0].webhook.as_ref().unwrap();
+        assert_eq!(
+            w.secrets[0].bytes(),
+            b"s3cret-token",
+            "trailing newline trimmed"
+        );
+        assert_eq!(w.secrets[1].bytes(), b"old-token");
+        assert_eq!(
+            c.routes[0].max_body_bytes,
+            1024 * 1024,
+            "signed routes cap at 1 MiB"
+        );
+        let shown = c.to_toml();
+        assert!(
+            shown.contains("env:TOKEN") && shown.contains("https://voice.example.com"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cret") && !format!("{c:?}").contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn secret_files_are_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "file-secret\n").unwrap();
+        let c = parse(&format!(
+            "scheme = \"github\"\nsecret_file = {:?}\n",
+            path.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.routes[0].webhook.as_ref().unwrap().secrets[0].bytes(),
+            b"file-secret"
+        );
+    }
+
+    #[test]
+    fn bad_webhook_keys_are_named_without_the_secret() {
+        let e = errors("scheme = \"twilio\"\nsecret_env = \"MISSING\"\n");
+        assert!(
+            e.contains("route[0].webhook.secret_env: environment variable MISSING is not set"),
+            "{e}"
+        );
+        assert!(
+            e.contains("route[0].webhook.public_url: required for twilio"),
+            "{e}"
+        );
+        let e = errors("scheme = \"standard-webhooks\"\nsecret_env = \"TOKEN\"\n");
+        assert!(
+            e.contains("route[0].webhook.secret_env: env:TOKEN is not a Standard Webhooks secret"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = errors("scheme = \"telnyx\"\nsecret_env = \"TOKEN\"\n");
+        assert!(e.contains("is not a Telnyx public key"), "{e}");
+        let e = errors("scheme = \"md5\"\nsecret_env = \"TOKEN\"\n");
+        assert!(
+            e.contains("route[0].webhook.scheme: \"md5\" is not one of"),
+            "{e}"
+        );
+        let e = errors("scheme = \"github\"\n");
+        assert!(
+            e.contains("route[0].webhook: set secret_env or secret_file"),
+            "{e}"
+        );
+        let e = errors(
+            "scheme = \"github\"\nsecret_env = \"TOKEN\"\ntolerance = \"1m\"\nheader = \"x\"\n",
+        );
+        assert!(
+            e.contains("route[0].webhook.tolerance: github signs no timestamp"),
+            "{e}"
+        );
+        assert!(
+            e.contains("route[0].webhook.header: only used by scheme = \"hmac\""),
+            "{e}"
+        );
+        let e = errors(
+            "scheme = \"twilio\"\nsecret_env = \"TOKEN\"\npublic_url = \"https://x.example/voice\"\n",
+        );
+        assert!(
+            e.contains("route[0].webhook.public_url: \"https://x.example/voice\" must be"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_scheme() {
+        let c = parse("scheme = \"svix\"\nsecret_env = \"SVIX\"\n").unwrap();
+        let w = c.routes[0].webhook.as_ref().unwrap();
+        assert_eq!(w.scheme.name(), "standard-webhooks");
+        assert_eq!(w.tolerance.as_secs(), 300);
+        assert_eq!(
+            w.replay.unwrap().window.as_secs(),
+            600,
+            "twice the tolerance"
+        );
+        let c = parse("scheme = \"github\"\nsecret_env = \"TOKEN\"\nreplay = false\n").unwrap();
+        assert!(c.routes[0].webhook.as_ref().unwrap().replay.is_none());
+        let c = parse(
+            "scheme = \"hmac\"\nsecret_env = \"TOKEN\"\nheader = \"X-Signature\"\nalgorithm = \"sha1\"\nencoding = \"base64\"\n",
+        )
+        .unwrap();
+        match &c.routes[0].webhook.as_ref().unwrap().scheme {
+            super::SchemeKind::Hmac(spec) => {
+                assert_eq!(spec.header, "x-signature");
+                assert_eq!(spec.prefix, "");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -30,6 +30,32 @@ pub fn empty() -> ProxyBody {
     full(Bytes::new())
 }
 
+/// Reads a whole request body (signed routes verify the exact bytes): over `cap` → 413, not complete
+/// within `timeout` → 408, a broken body → 400. A declared `Content-Length` over the cap is refused
+/// before anything is read.
+pub async fn buffer<B>(
+    body: B,
+    declared_len: Option<u64>,
+    cap: u64,
+    timeout: std::time::Duration,
+) -> Result<Bytes, crate::respond::Rejection>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    use crate::respond::Rejection;
+    if declared_len.is_some_and(|len| len > cap) {
+        return Err(Rejection::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(Rejection::BodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::BodyTooLarge),
+        Ok(Err(_)) => Err(Rejection::BadBody),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
 /// Raised by [`Limited`] when the body passes its cap.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the route's max_body_bytes")]

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::config::RouteConfig;
-use crate::proxy::body::{Limited, ProxyBody, empty};
+use crate::proxy::body::{BoxError, Limited, ProxyBody, empty};
 use crate::proxy::headers;
 use crate::proxy::upstream::Upstream;
 use crate::respond::Rejection;
@@ -31,12 +30,17 @@ pub struct Forwarded {
     pub websocket: Option<(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade)>,
 }
 
-pub async fn forward(
+/// `B` is the client's streamed body, or the buffered bytes of a verified webhook.
+pub async fn forward<B>(
     route: &RouteConfig,
     upstream: &Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     ctx: ForwardCtx<'_>,
-) -> Result<Forwarded, Rejection> {
+) -> Result<Forwarded, Rejection>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     if content_length(req.headers()).is_some_and(|len| len > route.max_body_bytes) {
         return Err(Rejection::BodyTooLarge);
     }
@@ -120,7 +124,8 @@ pub async fn forward(
     })
 }
 
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
+/// The declared `Content-Length`, if it parses.
+pub fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?

@@ -65,7 +65,7 @@ impl HmacAlgorithm {
     }
 
     /// MAC length in bytes.
-    pub fn len(self) -> usize {
+    pub fn mac_len(self) -> usize {
         match self {
             HmacAlgorithm::Sha256 => 32,
             HmacAlgorithm::Sha1 => 20,

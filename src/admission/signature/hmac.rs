@@ -24,7 +24,7 @@ impl Hmac {
         let encoded = value
             .strip_prefix(self.spec.prefix.as_str())
             .ok_or(Failure::Malformed)?;
-        let len = self.spec.algorithm.len();
+        let len = self.spec.algorithm.mac_len();
         match self.spec.encoding {
             MacEncoding::Hex => hex_exact(encoded, len),
             MacEncoding::Base64 => base64_exact(encoded, len),

@@ -17,6 +17,7 @@ pub mod standard;
 pub mod stripe;
 pub mod telnyx;
 pub mod twilio;
+pub mod verifier;
 
 use http::{HeaderMap, Method};
 

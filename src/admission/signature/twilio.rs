@@ -132,7 +132,7 @@ impl SignatureScheme for Twilio {
     fn verify(&self, req: &SignedRequest<'_>, keys: &[Secret]) -> Result<Verified, Failure> {
         let sig = header(req.headers, SIGNATURE, MAX_HEADER)?;
         let alg = algorithm(req)?;
-        let candidate = base64_exact(sig, alg.len())?;
+        let candidate = base64_exact(sig, alg.mac_len())?;
         let params = signed_params(req)?;
         let mut strings: Vec<String> = url_variants(req.url)
             .iter()

@@ -7,4 +7,5 @@ mod config_cli;
 mod http;
 mod lifecycle;
 mod tls;
+mod webhook;
 mod websocket;

@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod client;
+pub mod recorder;
+pub mod sdk;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,8 +64,17 @@ pub async fn spawn_proxy(backend: SocketAddr, server_extra: &str, route_extra: &
 }
 
 pub async fn spawn_proxy_with(dir: tempfile::TempDir, text: &str) -> TestProxy {
+    spawn_proxy_env(dir, text, &|_| None).await
+}
+
+/// With an environment for `*_env` references (secrets).
+pub async fn spawn_proxy_env(
+    dir: tempfile::TempDir,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> TestProxy {
     voxguard::install_crypto_provider();
-    let config = Config::parse(text, "test.toml", &|_| None).expect("test config is valid");
+    let config = Config::parse(text, "test.toml", env).expect("test config is valid");
     let app = App::start(&config).await.expect("proxy starts");
     let ca_pem = std::fs::read(&app.addrs.cert_file).unwrap();
     TestProxy {

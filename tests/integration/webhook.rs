@@ -118,6 +118,7 @@ async fn twilio_sdk_signed_form_is_forwarded_byte_identical_and_tampering_is_ref
     assert_eq!(send(&proxy, &signed).await, (200, "recorded\n".into()));
     let seen = recorder.requests();
     assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
     assert_eq!(
         seen[0].body,
         signed.body.as_bytes(),

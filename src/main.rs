@@ -15,6 +15,10 @@ fn main() -> ExitCode {
             println!("voxguard {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Webhook(cmd) => {
+            voxguard::install_crypto_provider();
+            ExitCode::from(voxguard::cli::webhook::run(cmd, &process_env) as u8)
+        }
         Command::Check { config } => match Config::load(&config, &process_env) {
             Ok(c) => {
                 println!("# {}: ok\n{}", config.display(), c.to_toml());

@@ -1,5 +1,7 @@
 //! Command-line interface. `run` lives in `main.rs`; the other subcommands are here.
 
+pub mod webhook;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,9 @@ pub enum Command {
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
     },
+    /// Sign or verify a webhook request the way the proxy does, to test a provider setup.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Print the version.
     Version,
 }

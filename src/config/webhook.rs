@@ -270,7 +270,7 @@ fn refs(v: Option<&OneOrMany>) -> Vec<String> {
 }
 
 /// Reads a secret; surrounding whitespace (the newline `echo` and editors add) is not part of it.
-fn resolve(r: &SecretRef, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn resolve(r: &SecretRef, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let raw = match r {
         SecretRef::Env(name) => {
             env(name).ok_or_else(|| format!("environment variable {name} is not set"))?

@@ -8,4 +8,5 @@ mod http;
 mod lifecycle;
 mod tls;
 mod webhook;
+mod webhook_cli;
 mod websocket;

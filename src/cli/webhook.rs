@@ -17,9 +17,9 @@ use crate::config::webhook::{
 #[derive(Subcommand, Debug)]
 pub enum WebhookCommand {
     /// Print the signature header(s) a provider would send for this request.
-    Sign(WebhookArgs),
+    Sign(Box<WebhookArgs>),
     /// Check a captured request's signature; exit 0 if it verifies, 1 (with the reason) if not.
-    Verify(WebhookArgs),
+    Verify(Box<WebhookArgs>),
 }
 
 #[derive(Args, Debug)]

@@ -223,3 +223,58 @@ impl Body for Tracked {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::respond::Rejection;
+
+    type Chunk = Result<Frame<Bytes>, std::io::Error>;
+
+    fn chunks(
+        parts: Vec<Chunk>,
+    ) -> http_body_util::StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Chunk>>> {
+        http_body_util::StreamBody::new(futures_util::stream::iter(parts))
+    }
+
+    fn data(n: usize) -> Chunk {
+        Ok(Frame::data(Bytes::from(vec![b'x'; n])))
+    }
+
+    #[tokio::test]
+    async fn buffers_the_exact_bytes_up_to_the_cap() {
+        let body = chunks(vec![data(3), data(4)]);
+        let got = buffer(body, None, 7, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got, Bytes::from_static(b"xxxxxxx"));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_past_the_cap_is_413_and_a_declared_one_is_refused_unread() {
+        let body = chunks(vec![data(5), data(5)]);
+        assert_eq!(
+            buffer(body, None, 8, Duration::from_secs(5)).await,
+            Err(Rejection::BodyTooLarge)
+        );
+        let never_read = chunks(vec![Err(std::io::Error::other("must not be polled"))]);
+        assert_eq!(
+            buffer(never_read, Some(9), 8, Duration::from_secs(5)).await,
+            Err(Rejection::BodyTooLarge)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_400_and_a_stalled_one_408() {
+        let broken = chunks(vec![data(1), Err(std::io::Error::other("reset"))]);
+        assert_eq!(
+            buffer(broken, None, 8, Duration::from_secs(5)).await,
+            Err(Rejection::BadBody)
+        );
+        let stalled = http_body_util::StreamBody::new(futures_util::stream::pending::<Chunk>());
+        assert_eq!(
+            buffer(stalled, None, 8, Duration::from_millis(50)).await,
+            Err(Rejection::BodyTimeout)
+        );
+    }
+}

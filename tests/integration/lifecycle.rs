@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::support::backend::spawn_backend;
-use crate::support::client::https_get;
+use crate::support::client::{https_get, https_post};
 use crate::support::{admin_get, bin, config_text};
 
 struct Running {
@@ -294,4 +294,125 @@ async fn text_logs_have_no_colour_codes_when_not_on_a_terminal() {
         "ANSI escape in a piped log: {started:?}"
     );
     assert!(started.contains("INFO"), "{started}");
+}
+
+/// The GitHub signature header value for `body` under `secret`, from the proxy's own scheme code.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    use voxguard::admission::signature::{SignatureScheme, SignedRequest, github::github};
+    let headers = http::HeaderMap::new();
+    let req = SignedRequest {
+        method: &http::Method::POST,
+        url: "",
+        headers: &headers,
+        body,
+        now: 0,
+    };
+    github().sign(&req, secret.as_bytes()).unwrap()[0].1.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_rotation_by_sighup_and_refusals_logged_without_signature_or_secret() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (old_file, new_file) = (dir.path().join("old.secret"), dir.path().join("new.secret"));
+    std::fs::write(&old_file, "old-secret-value\n").unwrap();
+    std::fs::write(&new_file, "new-secret-value\n").unwrap();
+    let path = dir.path().join("proxy.toml");
+    let with_secrets = |files: &[&std::path::Path]| {
+        let list: Vec<String> = files
+            .iter()
+            .map(|f| format!("{:?}", f.display().to_string()))
+            .collect();
+        let route = format!(
+            "[route.webhook]\nscheme = \"github\"\nsecret_file = [{}]\n",
+            list.join(", ")
+        );
+        config_text(dir.path(), backend, "", &route)
+    };
+    std::fs::write(&path, with_secrets(&[&old_file])).unwrap();
+    let mut proxy = start(&path, &dir.path().join("data")).await;
+    let (tls, ca) = (proxy.tls, proxy.ca.clone());
+    let post = |secret: &str, body: &'static [u8]| {
+        let sig = github_signature(secret, body);
+        let ca = ca.clone();
+        async move {
+            https_post(tls, &ca, "/headers", &[("x-hub-signature-256", &sig)], body)
+                .await
+                .0
+        }
+    };
+    assert_eq!(post("old-secret-value", b"{\"n\":1}").await, 200);
+    assert_eq!(
+        post("new-secret-value", b"{\"n\":2}").await,
+        403,
+        "not configured yet"
+    );
+
+    // Rotation: both verify while the provider moves over...
+    std::fs::write(&path, with_secrets(&[&new_file, &old_file])).unwrap();
+    signal(&proxy.child, "-HUP");
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = post("new-secret-value", b"{\"n\":3}").await;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the new secret verifies after SIGHUP");
+    assert_eq!(
+        post("old-secret-value", b"{\"n\":4}").await,
+        200,
+        "the old one still does"
+    );
+    assert_eq!(
+        post("old-secret-value", b"{\"n\":4}").await,
+        409,
+        "and the replay cache survived the reload"
+    );
+
+    // ...then only the new one.
+    std::fs::write(&path, with_secrets(&[&new_file])).unwrap();
+    signal(&proxy.child, "-HUP");
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = post("old-secret-value", b"{\"n\":5}").await;
+        if status == 403 {
+            break;
+        }
+    }
+    assert_eq!(status, 403, "the retired secret no longer verifies");
+    assert_eq!(post("new-secret-value", b"{\"n\":6}").await, 200);
+    let forged = format!("sha256={}", "e".repeat(64));
+    assert_eq!(
+        https_post(
+            tls,
+            &proxy.ca,
+            "/headers",
+            &[("x-hub-signature-256", &forged)],
+            b"{}"
+        )
+        .await
+        .0,
+        403
+    );
+
+    assert_eq!(terminate(&mut proxy).await, Some(0));
+    let logs = proxy.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("webhook refused") && logs.contains("\"reason\":\"mismatch\""),
+        "{logs}"
+    );
+    let leaked = [
+        "e".repeat(64),
+        github_signature("old-secret-value", b"{\"n\":5}")[7..].to_string(),
+        "old-secret-value".into(),
+        "new-secret-value".into(),
+    ];
+    for secret_thing in leaked {
+        assert!(
+            !logs.contains(&secret_thing),
+            "logs leak {secret_thing}: {logs}"
+        );
+    }
 }

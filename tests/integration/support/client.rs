@@ -174,6 +174,28 @@ pub async fn https_get(addr: SocketAddr, ca: &[u8], path: &str) -> (u16, HeaderM
     read(send.send_request(get(path)).await.unwrap()).await
 }
 
+/// One POST with `headers` and `body` on a fresh HTTP/1.1 TLS connection.
+pub async fn https_post(
+    addr: SocketAddr,
+    ca: &[u8],
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HeaderMap, String) {
+    let mut send = h1(addr, ca).await;
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = http_body_util::Full::new(Bytes::copy_from_slice(body))
+        .map_err(|never| match never {})
+        .boxed();
+    read(send.send_request(req.body(body).unwrap()).await.unwrap()).await
+}
+
 /// One plain-HTTP request (admin listener, redirect listener).
 pub async fn plain_request(
     addr: SocketAddr,

@@ -90,6 +90,7 @@ impl App {
             config.bans.max_entries,
             config.bans.ipv6_prefix,
         );
+        bans.set_exempt(config.bans.exempt.clone());
         let pipeline = Pipeline::new(
             Runtime::build(config, None)?,
             bans,
@@ -166,6 +167,7 @@ impl App {
         let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()))?;
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());
+        self.pipeline.bans.set_exempt(config.bans.exempt.clone());
         Ok(())
     }
 

@@ -27,6 +27,8 @@ pub type Now = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 struct State {
     rules: Vec<BanRule>,
+    /// Never banned and never counted (a provider's shared egress, a health checker).
+    exempt: Vec<ipnet::IpNet>,
     /// (rule name, key) → offence times within the window, oldest first.
     strikes: HashMap<(String, IpAddr), VecDeque<Instant>>,
     /// key → ban end.
@@ -48,6 +50,7 @@ impl BanList {
         Self {
             state: Mutex::new(State {
                 rules,
+                exempt: Vec::new(),
                 strikes: HashMap::new(),
                 bans: HashMap::new(),
             }),
@@ -73,6 +76,17 @@ impl BanList {
         st.strikes
             .retain(|(name, _), _| rules.iter().any(|r| &r.name == name));
         st.rules = rules;
+    }
+
+    /// Replaces the exempt networks (at start and on reload); bans they hold are lifted.
+    pub fn set_exempt(&self, exempt: Vec<ipnet::IpNet>) {
+        let mut st = self.lock();
+        st.bans
+            .retain(|ip, _| !exempt.iter().any(|n| n.contains(ip)));
+        st.strikes
+            .retain(|(_, ip), _| !exempt.iter().any(|n| n.contains(ip)));
+        st.exempt = exempt;
+        self.held.store(st.bans.len(), Ordering::Relaxed);
     }
 
     fn key(&self, ip: IpAddr) -> IpAddr {
@@ -103,6 +117,9 @@ impl BanList {
         let key = self.key(ip);
         let now = (self.now)();
         let mut st = self.lock();
+        if st.exempt.iter().any(|n| n.contains(&ip.to_canonical())) {
+            return None;
+        }
         if st.bans.get(&key).is_some_and(|until| *until > now) {
             return None; // already banned
         }
@@ -217,6 +234,35 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn exempt_addresses_are_never_counted_or_banned() {
+        let (bans, _) = setup(100);
+        for _ in 0..4 {
+            bans.record(Offence::SignatureFailure, ip("198.51.100.9"));
+        }
+        bans.set_exempt(vec!["198.51.100.0/24".parse().unwrap()]);
+        for _ in 0..10 {
+            assert_eq!(
+                bans.record(Offence::SignatureFailure, ip("198.51.100.9")),
+                None
+            );
+        }
+        assert_eq!(bans.banned(ip("198.51.100.9")), None);
+        for _ in 0..4 {
+            assert_eq!(
+                bans.record(Offence::SignatureFailure, ip("192.0.2.1")),
+                None
+            );
+        }
+        assert!(
+            bans.record(Offence::SignatureFailure, ip("192.0.2.1"))
+                .is_some(),
+            "others still are"
+        );
+        bans.set_exempt(vec!["192.0.2.1/32".parse().unwrap()]);
+        assert_eq!(bans.banned(ip("192.0.2.1")), None, "exempting lifts a ban");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct FileConfig {
 pub struct BansFile {
     pub max_entries: Option<u64>,
     pub ipv6_prefix: Option<u8>,
+    pub exempt: Option<Vec<String>>,
     #[serde(default)]
     pub rule: Vec<BanRuleFile>,
 }

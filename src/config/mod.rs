@@ -196,6 +196,9 @@ pub struct BanRule {
 pub struct BansConfig {
     pub max_entries: usize,
     pub ipv6_prefix: u8,
+    /// Addresses never banned and never counted (shared provider egress, monitoring).
+    #[serde(serialize_with = "ser_nets")]
+    pub exempt: Vec<ipnet::IpNet>,
     pub rules: Vec<BanRule>,
 }
 
@@ -702,6 +705,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         max_entries: e.positive("bans.max_entries", f.bans.max_entries, d::BANS_MAX_ENTRIES)
             as usize,
         ipv6_prefix: ban_prefix,
+        exempt: e.nets("bans.exempt", f.bans.exempt.as_ref()),
         rules,
     };
 

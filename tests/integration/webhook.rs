@@ -419,3 +419,31 @@ async fn twilio_media_stream_handshakes_are_verified_over_wss() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_verify_over_http2_too() {
+    let (proxy, recorder) = proxy_with("").await;
+    let signed = sign(json!({
+        "scheme": "twilio", "secret": TWILIO_TOKEN,
+        "url": "https://voice.example.com/twilio/h2?x=%2B1",
+        "params": [["CallSid", "CA9"], ["From", "+14155550100"]],
+    }))
+    .await;
+    let mut conn = crate::support::client::h2(proxy.tls, &proxy.ca_pem).await;
+    let mut req = Request::builder().method("POST").uri(format!(
+        "https://voice.example.com{}",
+        signed.path_and_query()
+    ));
+    for (k, v) in &signed.headers {
+        req = req.header(k, v);
+    }
+    let body = Full::new(Bytes::from(signed.body.clone()))
+        .map_err(|never| match never {})
+        .boxed();
+    let res = conn.send_request(req.body(body).unwrap()).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(read(res).await.0, 200);
+    let seen = recorder.requests();
+    assert_eq!(seen[0].body, signed.body.as_bytes());
+    assert_eq!(seen[0].path_and_query, "/twilio/h2?x=%2B1");
+}

@@ -51,29 +51,20 @@ def stripe(req):
     return [["Stripe-Signature", header], ["Content-Type", "application/json"]], req["body"], req["url"]
 
 
-def standard_webhooks(req):
-    from standardwebhooks.webhooks import Webhook
+def standard_webhooks(req, library="standardwebhooks"):
+    """Standard Webhooks' own library (webhook-* headers), or Svix's (svix-* headers)."""
+    if library == "svix":
+        from svix.webhooks import Webhook
+    else:
+        from standardwebhooks.webhooks import Webhook
 
     when = datetime.datetime.fromtimestamp(req["timestamp"], tz=datetime.timezone.utc)
     signature = Webhook(req["secret"]).sign(req["id"], when, req["body"])
+    prefix = "svix" if library == "svix" else "webhook"
     headers = [
-        ["webhook-id", req["id"]],
-        ["webhook-timestamp", str(req["timestamp"])],
-        ["webhook-signature", signature],
-        ["Content-Type", "application/json"],
-    ]
-    return headers, req["body"], req["url"]
-
-
-def svix(req):
-    from svix.webhooks import Webhook
-
-    when = datetime.datetime.fromtimestamp(req["timestamp"], tz=datetime.timezone.utc)
-    signature = Webhook(req["secret"]).sign(req["id"], when, req["body"])
-    headers = [
-        ["svix-id", req["id"]],
-        ["svix-timestamp", str(req["timestamp"])],
-        ["svix-signature", signature],
+        [prefix + "-id", req["id"]],
+        [prefix + "-timestamp", str(req["timestamp"])],
+        [prefix + "-signature", signature],
         ["Content-Type", "application/json"],
     ]
     return headers, req["body"], req["url"]
@@ -111,7 +102,7 @@ SCHEMES = {
     "twilio": twilio,
     "stripe": stripe,
     "standard-webhooks": standard_webhooks,
-    "svix": svix,
+    "svix": lambda req: standard_webhooks(req, library="svix"),
     "slack": slack,
     "telnyx": telnyx,
 }

@@ -191,12 +191,15 @@ impl BanList {
     }
 }
 
-/// Makes room for one ban: expired ones go first; if none had expired, the eighth closest to expiry
-/// goes at once, so a flood of new bans pays for one scan per `cap / 8` inserts, not one per insert.
+/// Makes room for one ban: expired ones go first, then the ones closest to expiry until an eighth of
+/// the room is free, so a flood of new bans pays for one scan per `cap / 8` inserts, not one per insert.
 fn evict_bans(bans: &mut HashMap<IpAddr, Instant>, now: Instant, cap: usize) {
     bans.retain(|_, until| *until > now);
-    if bans.len() >= cap {
-        super::evict_lowest(bans, (cap / 8).max(1), |until| *until);
+    // Leave an eighth free, so the next scan is `cap / 8` inserts away even if few bans had expired.
+    let target = cap.saturating_sub((cap / 8).max(1));
+    if bans.len() > target {
+        let excess = bans.len() - target;
+        super::evict_lowest(bans, excess, |until| *until);
     }
 }
 

@@ -66,13 +66,15 @@ impl ReplayCache {
         if keys.iter().any(|k| map.get(k).is_some_and(taken)) {
             return Err(Replayed);
         }
-        let room = self.spec.max_entries.saturating_sub(keys.len());
-        if map.len() > room {
+        let max = self.spec.max_entries;
+        if map.len() + keys.len() > max {
+            // Clean up once per batch, not once per claim: afterwards an eighth of the room is free.
             map.retain(|_, e| taken(e));
-            if map.len() > room {
-                let batch = (self.spec.max_entries / 8).max(map.len() - room);
+            let target = max.saturating_sub((max / 8).max(keys.len()));
+            if map.len() > target {
                 // In-flight claims rank above every accepted id.
-                let gone = evict_lowest(&mut map, batch, |e| match *e {
+                let excess = map.len() - target;
+                let gone = evict_lowest(&mut map, excess, |e| match *e {
                     Entry::InFlight => (true, None),
                     Entry::Accepted { until } => (false, Some(until)),
                 });

@@ -60,9 +60,12 @@ fn body_hash_param(url: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// One decoded form parameter, borrowed from the body where no decoding was needed.
+type Param<'a> = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>);
+
 /// What the signature covers besides the URL: the form parameters, sorted; `Err` if the body would
 /// be unsigned.
-fn signed_params(req: &SignedRequest<'_>) -> Result<Vec<(String, String)>, Failure> {
+fn signed_params<'a>(req: &SignedRequest<'a>) -> Result<Vec<Param<'a>>, Failure> {
     if let Some(hash) = body_hash_param(req.url) {
         let expected = hex_exact(&hash, 32)?;
         if !ct_eq(&expected, &sha256(req.body)) {
@@ -76,10 +79,8 @@ fn signed_params(req: &SignedRequest<'_>) -> Result<Vec<(String, String)>, Failu
     if !is_form(req) {
         return Err(Failure::Malformed);
     }
-    let mut params: Vec<(String, String)> = form_urlencoded::parse(req.body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    params.sort();
+    let mut params: Vec<Param<'a>> = form_urlencoded::parse(req.body).collect();
+    params.sort_unstable();
     Ok(params)
 }
 
@@ -111,17 +112,19 @@ fn url_variants(url: &str) -> Vec<String> {
     out
 }
 
-/// URL followed by name + value of each parameter.
-fn signed_string(url: &str, params: &[(String, String)]) -> String {
-    let mut s = String::with_capacity(
-        url.len() + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
-    );
-    s.push_str(url);
-    for (k, v) in params {
-        s.push_str(k);
-        s.push_str(v);
+/// What is MACed: the URL, then name + value of each parameter (in order; `dedup` skips a pair equal
+/// to the one before it). Slices, so a 64 KiB form is hashed without being copied.
+fn signed_parts<'p>(url: &'p str, params: &'p [Param<'_>], dedup: bool) -> Vec<&'p [u8]> {
+    let mut parts = Vec::with_capacity(1 + 2 * params.len());
+    parts.push(url.as_bytes());
+    for (i, (k, v)) in params.iter().enumerate() {
+        if dedup && i > 0 && params[i - 1] == params[i] {
+            continue;
+        }
+        parts.push(k.as_bytes());
+        parts.push(v.as_bytes());
     }
-    s
+    parts
 }
 
 impl SignatureScheme for Twilio {
@@ -134,24 +137,19 @@ impl SignatureScheme for Twilio {
         let alg = algorithm(req)?;
         let candidate = base64_exact(sig, alg.mac_len())?;
         let params = signed_params(req)?;
-        let mut strings: Vec<String> = url_variants(req.url)
-            .iter()
-            .map(|u| signed_string(u, &params))
-            .collect();
         // twilio-python drops repeated identical (name, value) pairs; the other SDKs keep them.
-        let mut unique = params.clone();
-        unique.dedup();
-        if unique.len() != params.len() {
-            let deduped: Vec<String> = url_variants(req.url)
-                .iter()
-                .map(|u| signed_string(u, &unique))
-                .collect();
-            strings.extend(deduped);
-        }
+        let has_duplicates = params.windows(2).any(|w| w[0] == w[1]);
+        let urls = url_variants(req.url);
         let mut matched = false;
-        for key in keys {
-            for s in &strings {
-                matched |= ct_eq(mac(alg, key.bytes(), &[s.as_bytes()]).as_ref(), &candidate);
+        for url in &urls {
+            for dedup in [false, true]
+                .into_iter()
+                .take(1 + usize::from(has_duplicates))
+            {
+                let parts = signed_parts(url, &params, dedup);
+                for key in keys {
+                    matched |= ct_eq(mac(alg, key.bytes(), &parts).as_ref(), &candidate);
+                }
             }
         }
         if !matched {
@@ -177,7 +175,7 @@ impl SignatureScheme for Twilio {
                 return Err("a body that is not a form needs ?bodySHA256=<hex SHA-256 of the body> in the URL".into());
             }
         };
-        let tag = mac(alg, key, &[signed_string(req.url, &params).as_bytes()]);
+        let tag = mac(alg, key, &signed_parts(req.url, &params, false));
         Ok(vec![("X-Twilio-Signature".into(), to_base64(tag.as_ref()))])
     }
 }
@@ -350,6 +348,39 @@ mod tests {
         let unknown = req(URI, &params(), EXPECTED)
             .header("x-twilio-webhooks-signature-settings", "algorithm=HMAC_MD5");
         assert_eq!(check(&unknown), Err(Failure::Malformed));
+    }
+
+    #[test]
+    fn repeated_identical_params_verify_with_and_without_dedup() {
+        // twilio-python signs sorted(set(values)): "A" + "1" once; the other SDKs sign it twice.
+        let body = b"A=1&B=2&A=1";
+        let once = to_base64(
+            mac(
+                HmacAlgorithm::Sha1,
+                TOKEN.as_bytes(),
+                &[URI.as_bytes(), b"A1B2"],
+            )
+            .as_ref(),
+        );
+        let twice = to_base64(
+            mac(
+                HmacAlgorithm::Sha1,
+                TOKEN.as_bytes(),
+                &[URI.as_bytes(), b"A1A1B2"],
+            )
+            .as_ref(),
+        );
+        assert!(check(&req(URI, body, &once)).is_ok(), "python's form");
+        assert!(check(&req(URI, body, &twice)).is_ok(), "node's form");
+        let thrice = to_base64(
+            mac(
+                HmacAlgorithm::Sha1,
+                TOKEN.as_bytes(),
+                &[URI.as_bytes(), b"A1A1A1B2"],
+            )
+            .as_ref(),
+        );
+        assert_eq!(check(&req(URI, body, &thrice)), Err(Failure::Mismatch));
     }
 
     #[test]

@@ -139,9 +139,10 @@ impl SignatureScheme for Twilio {
         let params = signed_params(req)?;
         // twilio-python drops repeated identical (name, value) pairs; the other SDKs keep them.
         let has_duplicates = params.windows(2).any(|w| w[0] == w[1]);
-        let urls = url_variants(req.url);
+        // Variants are tried in order and the first match ends the search: which URL form Twilio
+        // used is no secret. Every key is tried for each variant.
         let mut matched = false;
-        for url in &urls {
+        'variants: for url in &url_variants(req.url) {
             for dedup in [false, true]
                 .into_iter()
                 .take(1 + usize::from(has_duplicates))
@@ -149,6 +150,9 @@ impl SignatureScheme for Twilio {
                 let parts = signed_parts(url, &params, dedup);
                 for key in keys {
                     matched |= ct_eq(mac(alg, key.bytes(), &parts).as_ref(), &candidate);
+                }
+                if matched {
+                    break 'variants;
                 }
             }
         }

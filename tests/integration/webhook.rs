@@ -447,3 +447,41 @@ async fn signatures_verify_over_http2_too() {
     assert_eq!(seen[0].body, signed.body.as_bytes());
     assert_eq!(seen[0].path_and_query, "/twilio/h2?x=%2B1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_body_that_stalls_gets_408_and_is_never_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, recorder) = spawn_recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n{}",
+        config_text(dir.path(), backend, "", ""),
+        signed_routes().replace(
+            "scheme = \"stripe\"",
+            "scheme = \"stripe\"\nbody_timeout = \"300ms\""
+        )
+    );
+    let proxy = spawn_proxy_env(dir, &text, &env).await;
+    let cfg = crate::support::client::tls_config(
+        &[&proxy.ca_pem],
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13],
+    );
+    let mut tls = crate::support::client::tls_connect(proxy.tls, cfg)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /stripe/hook HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nstripe-signature: t=1,v1=00\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tls.read_to_end(&mut response),
+    )
+    .await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(recorder.requests().is_empty());
+}

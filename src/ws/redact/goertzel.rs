@@ -1,0 +1,338 @@
+//! In-band DTMF detection: Goertzel filters at the eight DTMF frequencies over fixed blocks of
+//! samples, with the acceptance rules spandsp and Asterisk use (after ITU-T Q.23/Q.24):
+//!
+//! - block of 102 samples at 8 kHz (12.75 ms; 204 at 16 kHz), so a 40 ms tone covers two whole blocks
+//!   whatever its alignment to the 20 ms frames;
+//! - both the strongest row and column tone above an absolute threshold (−45 dBFS-ish per tone, so
+//!   −25 dB tones are found with margin);
+//! - twist: the column tone at most 8 dB below the row tone (normal) and at most 4 dB above it
+//!   (reverse), each with 2 dB of measurement margin;
+//! - each winner 8 dB above the other tones of its group;
+//! - the two tones carry most of the block's energy (speech and music spread theirs);
+//! - a digit begins after two consecutive blocks agree, and ends after three blocks without it.
+//!
+//! The detector only reports; `tone_mask.rs` decides which audio to silence.
+
+use std::f32::consts::PI;
+
+const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
+const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+const DIGITS: [[char; 4]; 4] = [
+    ['1', '2', '3', 'A'],
+    ['4', '5', '6', 'B'],
+    ['7', '8', '9', 'C'],
+    ['*', '0', '#', 'D'],
+];
+
+/// The standards' 8 dB (normal) and 4 dB (reverse) twist, plus 2 dB: over one short block the
+/// measured ratio of a tone pair swings by about ±0.5 dB (leakage between the filters), a tone 1.5 %
+/// off frequency reads up to ~1 dB low, and a tone at the limit must still be found in two
+/// consecutive blocks. Missing a digit leaks it; accepting a little more twist costs nothing
+/// measurable in talk-off (see the speech tests). As power ratios.
+const NORMAL_TWIST: f32 = 10.0;
+const REVERSE_TWIST: f32 = 3.98;
+/// A winner must beat the others of its group by 8 dB.
+const RELATIVE_PEAK: f32 = 6.31;
+/// (row + column) Goertzel power against the block's energy: a centred pure tone pair gives
+/// `block / 2` (51 at 102 samples), a pair 1.5 % off centre about 42; this accepts pairs that hold
+/// roughly 70 % of the energy.
+const TO_TOTAL_ENERGY_PER_SAMPLE: f32 = 0.35;
+/// Per-tone Goertzel power threshold for 16-bit samples at 102 samples per block (Asterisk's).
+const THRESHOLD_AT_102: f32 = 8.0e7;
+
+const HITS_TO_BEGIN: u8 = 2;
+const MISSES_TO_END: u8 = 3;
+
+/// What one finished block said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockVerdict {
+    /// Index of the block's first sample in the stream.
+    pub start: u64,
+    /// This block alone looks like `digit`.
+    pub hit: Option<char>,
+    /// The digit being held once the begin rule has fired (until the end rule fires).
+    pub active: Option<char>,
+    /// A digit began with this block (its first hit block is the one before).
+    pub began: bool,
+}
+
+struct Goertzel {
+    coeff: f32,
+}
+
+impl Goertzel {
+    fn new(freq: f32, rate: f32) -> Self {
+        Self {
+            coeff: 2.0 * (2.0 * PI * freq / rate).cos(),
+        }
+    }
+
+    fn power(&self, block: &[f32]) -> f32 {
+        let (mut s1, mut s2) = (0.0f32, 0.0f32);
+        for &x in block {
+            let s = x + self.coeff * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - self.coeff * s1 * s2
+    }
+}
+
+/// One stream's detector (one per call, direction and track).
+pub struct DtmfDetector {
+    rows: [Goertzel; 4],
+    cols: [Goertzel; 4],
+    block_len: usize,
+    threshold: f32,
+    buf: Vec<f32>,
+    /// Samples consumed before `buf`.
+    position: u64,
+    candidate: Option<char>,
+    hits: u8,
+    active: Option<char>,
+    misses: u8,
+}
+
+impl DtmfDetector {
+    /// `rate`: 8000 or 16000 samples per second.
+    pub fn new(rate: u32) -> Self {
+        let r = rate as f32;
+        let block_len = (102 * rate / 8000) as usize;
+        let scale = block_len as f32 / 102.0;
+        Self {
+            rows: ROWS.map(|f| Goertzel::new(f, r)),
+            cols: COLS.map(|f| Goertzel::new(f, r)),
+            block_len,
+            // Goertzel power grows with the square of the block length.
+            threshold: THRESHOLD_AT_102 * scale * scale,
+            buf: Vec::with_capacity(block_len),
+            position: 0,
+            candidate: None,
+            hits: 0,
+            active: None,
+            misses: 0,
+        }
+    }
+
+    pub fn block_len(&self) -> usize {
+        self.block_len
+    }
+
+    /// Samples fed so far.
+    pub fn fed(&self) -> u64 {
+        self.position + self.buf.len() as u64
+    }
+
+    /// Feeds samples; calls `on_block` for every block they complete.
+    pub fn feed(
+        &mut self,
+        samples: impl Iterator<Item = i16>,
+        mut on_block: impl FnMut(BlockVerdict),
+    ) {
+        for s in samples {
+            self.buf.push(f32::from(s));
+            if self.buf.len() == self.block_len {
+                let start = self.position;
+                let hit = self.classify();
+                let verdict = self.advance(start, hit);
+                self.position += self.block_len as u64;
+                self.buf.clear();
+                on_block(verdict);
+            }
+        }
+    }
+
+    fn classify(&self) -> Option<char> {
+        let block = &self.buf;
+        let energy: f32 = block.iter().map(|x| x * x).sum();
+        let rows = self.rows.each_ref().map(|g| g.power(block));
+        let cols = self.cols.each_ref().map(|g| g.power(block));
+        let best = |p: &[f32; 4]| {
+            (0..4)
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                .expect("four tones")
+        };
+        let (r, c) = (best(&rows), best(&cols));
+        let (row, col) = (rows[r], cols[c]);
+        if row < self.threshold || col < self.threshold {
+            return None;
+        }
+        if col > row * REVERSE_TWIST || col * NORMAL_TWIST < row {
+            return None;
+        }
+        let peaks = |p: &[f32; 4], winner: usize| {
+            (0..4).all(|i| i == winner || p[i] * RELATIVE_PEAK < p[winner])
+        };
+        if !peaks(&rows, r) || !peaks(&cols, c) {
+            return None;
+        }
+        if row + col < TO_TOTAL_ENERGY_PER_SAMPLE * self.block_len as f32 * energy {
+            return None;
+        }
+        Some(DIGITS[r][c])
+    }
+
+    fn advance(&mut self, start: u64, hit: Option<char>) -> BlockVerdict {
+        let mut began = false;
+        if hit.is_some() && hit == self.candidate {
+            self.hits = self.hits.saturating_add(1);
+        } else {
+            self.candidate = hit;
+            self.hits = u8::from(hit.is_some());
+        }
+        match self.active {
+            Some(d) if hit == Some(d) => self.misses = 0,
+            Some(_) => {
+                self.misses += 1;
+                if self.misses >= MISSES_TO_END || (self.hits >= HITS_TO_BEGIN && hit.is_some()) {
+                    self.active = None;
+                    self.misses = 0;
+                }
+            }
+            None => {}
+        }
+        if self.active.is_none() && self.hits >= HITS_TO_BEGIN {
+            self.active = self.candidate;
+            self.misses = 0;
+            began = true;
+        }
+        BlockVerdict {
+            start,
+            hit,
+            active: self.active,
+            began,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `(row, col)` tone pair, `ms` long, each tone at `level_db` below full scale, `twist_db` added to
+    /// the column tone, frequencies scaled by `1 + detune`.
+    pub fn tone(
+        digit: char,
+        ms: u32,
+        rate: u32,
+        level_db: f32,
+        twist_db: f32,
+        detune: f32,
+    ) -> Vec<i16> {
+        let (r, c) = (0..4)
+            .flat_map(|r| (0..4).map(move |c| (r, c)))
+            .find(|&(r, c)| DIGITS[r][c] == digit)
+            .expect("a DTMF digit");
+        let amp = 32767.0 * 10f32.powf(level_db / 20.0);
+        let col_amp = amp * 10f32.powf(twist_db / 20.0);
+        let n = (rate * ms / 1000) as usize;
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / rate as f32;
+                let s = amp * (2.0 * PI * ROWS[r] * (1.0 + detune) * t).sin()
+                    + col_amp * (2.0 * PI * COLS[c] * (1.0 + detune) * t).sin();
+                s.clamp(-32768.0, 32767.0) as i16
+            })
+            .collect()
+    }
+
+    /// Digits detected in `samples` (one per begin).
+    pub fn detect(samples: &[i16], rate: u32) -> String {
+        let mut d = DtmfDetector::new(rate);
+        let mut out = String::new();
+        d.feed(samples.iter().copied(), |v| {
+            if v.began {
+                out.push(v.active.unwrap());
+            }
+        });
+        out
+    }
+
+    fn with_gaps(
+        digits: &str,
+        ms: u32,
+        rate: u32,
+        level: f32,
+        twist: f32,
+        detune: f32,
+    ) -> Vec<i16> {
+        let gap = vec![0i16; (rate / 1000 * 60) as usize];
+        let mut out = vec![0i16; 37]; // misalign with blocks and frames
+        for d in digits.chars() {
+            out.extend(tone(d, ms, rate, level, twist, detune));
+            out.extend(&gap);
+        }
+        out
+    }
+
+    const ALL: &str = "123A456B789C*0#D";
+
+    #[test]
+    fn all_sixteen_digits_at_8_and_16_khz() {
+        for rate in [8000, 16000] {
+            assert_eq!(
+                detect(&with_gaps(ALL, 60, rate, -10.0, 0.0, 0.0), rate),
+                ALL,
+                "{rate}"
+            );
+        }
+    }
+
+    #[test]
+    fn forty_ms_tones_at_any_alignment() {
+        for offset in (0..160).step_by(17) {
+            let mut s = vec![0i16; offset];
+            s.extend(with_gaps(ALL, 40, 8000, -10.0, 0.0, 0.0));
+            assert_eq!(detect(&s, 8000), ALL, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn edges_of_the_rules_are_detected() {
+        for (level, twist, detune) in [
+            (-25.0, 0.0, 0.0),
+            (-10.0, 0.0, 0.015),
+            (-10.0, 0.0, -0.015),
+            (-10.0, -7.5, 0.0), // normal twist: column 7.5 dB below row
+            (-10.0, 3.5, 0.0),  // reverse twist: column 3.5 dB above row
+            (-25.0, -7.5, 0.015),
+        ] {
+            let s = with_gaps(ALL, 40, 8000, level, twist, detune);
+            assert_eq!(
+                detect(&s, 8000),
+                ALL,
+                "level {level} twist {twist} detune {detune}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_short_or_too_twisted_is_not_a_digit() {
+        assert_eq!(detect(&with_gaps("5", 20, 8000, -10.0, 0.0, 0.0), 8000), "");
+        assert_eq!(
+            detect(&with_gaps("5", 60, 8000, -10.0, -12.0, 0.0), 8000),
+            ""
+        );
+        assert_eq!(detect(&with_gaps("5", 60, 8000, -10.0, 8.0, 0.0), 8000), "");
+        assert_eq!(
+            detect(&with_gaps("5", 60, 8000, -60.0, 0.0, 0.0), 8000),
+            "",
+            "too quiet"
+        );
+    }
+
+    #[test]
+    fn a_held_digit_is_one_digit_and_a_repeat_after_a_gap_is_two() {
+        let s = with_gaps("55", 400, 8000, -10.0, 0.0, 0.0);
+        assert_eq!(detect(&s, 8000), "55");
+    }
+
+    #[test]
+    fn a_single_sine_is_not_a_digit() {
+        let n = 8000;
+        let s: Vec<i16> = (0..n)
+            .map(|i| (8000.0 * (2.0 * PI * 770.0 * i as f32 / 8000.0).sin()) as i16)
+            .collect();
+        assert_eq!(detect(&s, 8000), "");
+    }
+}

@@ -1,0 +1,2 @@
+//! Redactors over decoded call events.
+pub mod goertzel;

@@ -78,7 +78,7 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
     s = s.min(CLIP) + BIAS;
     let exponent = (0..8).rev().find(|&e| s & (0x80 << e) != 0).unwrap_or(0);
     let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) as i32 | mantissa) as u8
+    !(sign | (exponent << 4) | mantissa) as u8
 }
 
 #[cfg(test)]

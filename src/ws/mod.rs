@@ -1,6 +1,8 @@
 //! WebSocket relay. Both sides are upgraded by hyper; each message is decoded by tungstenite and
 //! relayed one by one, so later stages (codecs, redactors) can inspect every message.
 
+pub mod call;
 pub mod protocols;
+pub mod record;
 pub mod redact;
 pub mod session;

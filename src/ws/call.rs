@@ -1,0 +1,590 @@
+//! One call's media processing: decode → redactors → encode, for the forwarded stream and the
+//! recording separately (each redactor has a scope), with the delays that let a tone's onset be
+//! silenced after it is detected. Synchronous and allocation-light: the session pump calls it per
+//! message.
+//!
+//! Order is kept per direction: a message waits behind media frames still inside the delay. The
+//! forwarded stream's delay is `dtmf_lookahead_ms` (0 by default: frames go out as they are decoded,
+//! so up to ~40 ms of a tone's onset can pass before it is confirmed); the recording's is at least the
+//! detector's confirmation delay, so recorded tones are silenced from their onset.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::protocols::{Direction, Frame, FrameCodec, Kind, Malformed, Track, str_at};
+use super::record::RecordedEvent;
+use super::redact::pause::Pause;
+use super::redact::text_pii::TextPii;
+use super::redact::tone_mask::ToneMask;
+use super::redact::{DTMF_MASK, Kind as Redaction, Report, Scope};
+
+/// A route's media policy, built once per config.
+pub struct MediaSettings {
+    pub codec: Box<dyn FrameCodec>,
+    pub sample_rate: u32,
+    pub text: Scope,
+    pub pii: TextPii,
+    pub dtmf_events: Scope,
+    pub dtmf_tones: Scope,
+    pub lookahead: Duration,
+    pub pause: Scope,
+    pub pause_mark: Option<String>,
+    pub resume_mark: Option<String>,
+    pub pause_after_dtmf: Option<Duration>,
+    pub max_pause: Duration,
+}
+
+/// What processing one message produced, in order.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    Forward(Direction, Message),
+    Record(RecordedEvent),
+}
+
+type StreamKey = (Direction, Track);
+
+struct Forwarded {
+    original: Message,
+    frame: Frame,
+    dirty: bool,
+    /// The media stream and sample range, for frames that wait in the delay.
+    media: Option<(StreamKey, u64, u64)>,
+}
+
+struct Recorded {
+    event: RecordedEvent,
+    media: Option<(StreamKey, u64, u64)>,
+}
+
+pub struct CallProcessor {
+    s: Arc<MediaSettings>,
+    started: Instant,
+    masks: HashMap<StreamKey, ToneMask>,
+    to_backend: VecDeque<Forwarded>,
+    to_caller: VecDeque<Forwarded>,
+    recording: VecDeque<Recorded>,
+    pause: Pause,
+}
+
+impl CallProcessor {
+    pub fn new(settings: Arc<MediaSettings>, now: Instant) -> Self {
+        let pause = Pause::new(settings.pause_after_dtmf, settings.max_pause);
+        Self {
+            s: settings,
+            started: now,
+            masks: HashMap::new(),
+            to_backend: VecDeque::new(),
+            to_caller: VecDeque::new(),
+            recording: VecDeque::new(),
+            pause,
+        }
+    }
+
+    /// Processes one text or binary message; appends what is ready to `out`.
+    pub fn process(
+        &mut self,
+        direction: Direction,
+        msg: Message,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<Report, Malformed> {
+        let mut frame = self.s.codec.decode(&msg, direction)?;
+        let mut report = Report::default();
+        if frame.kind == Kind::Mark && direction == Direction::ToCaller {
+            let name = frame.json.as_ref().and_then(|j| str_at(j, "/mark/name"));
+            if name.is_some() && name == self.s.pause_mark.as_deref() {
+                self.pause.pause(now);
+                return Ok(report); // consumed: the caller's side never sees it
+            }
+            if name.is_some() && name == self.s.resume_mark.as_deref() {
+                self.pause.resume();
+                return Ok(report);
+            }
+        }
+        let paused = self.pause.active(now);
+        let mut event = RecordedEvent {
+            at: now.saturating_duration_since(self.started),
+            direction,
+            kind: frame.kind,
+            track: frame.track,
+            audio: None,
+            json: None,
+        };
+        let mut dirty = false;
+        let mut media = None;
+        match frame.kind {
+            Kind::Media => {
+                let (key, start, end) = self.feed_tones(direction, &frame, now, &mut report);
+                media = key.map(|k| (k, start, end));
+                let audio = frame.audio.as_mut().expect("media frames carry audio");
+                let mut recorded = audio.clone();
+                if paused && self.s.pause != Scope::Off {
+                    report.add(Redaction::PausedFrame, 1);
+                    if self.s.pause.forward() {
+                        audio.silence();
+                        dirty = true;
+                    }
+                    if self.s.pause.record() {
+                        recorded.silence();
+                    }
+                }
+                event.audio = Some(recorded);
+            }
+            Kind::Dtmf => {
+                report.add(Redaction::DtmfEvent, 1);
+                self.pause.digit(now);
+                let json = frame.json.as_mut().expect("dtmf frames carry JSON");
+                let mut masked = json.clone();
+                mask_digit(&mut masked);
+                event.json = Some(if self.s.dtmf_events.record() {
+                    masked.clone()
+                } else {
+                    json.clone()
+                });
+                if self.s.dtmf_events.forward() {
+                    *json = masked;
+                    dirty = true;
+                }
+            }
+            _ => {
+                if let Some(json) = frame.json.as_mut() {
+                    let mut recorded = json.clone();
+                    let mut counted = Report::default();
+                    if self.s.text.record() {
+                        self.s.pii.redact_json(&mut recorded, &mut counted);
+                    }
+                    if self.s.text.forward() {
+                        let mut fwd = Report::default();
+                        dirty = self.s.pii.redact_json(json, &mut fwd);
+                        if !self.s.text.record() {
+                            counted = fwd;
+                        }
+                    }
+                    for (k, n) in counted.iter() {
+                        report.add(k, n);
+                    }
+                    event.json = Some(recorded);
+                }
+            }
+        }
+        self.queue(direction).push_back(Forwarded {
+            original: msg,
+            frame,
+            dirty,
+            media,
+        });
+        self.recording.push_back(Recorded { event, media });
+        if let Some((key, _, _)) = media {
+            self.apply_tone_masks(key);
+        }
+        self.release(out, false);
+        Ok(report)
+    }
+
+    /// Everything still waiting in a delay, at the end of the call.
+    pub fn flush(&mut self, out: &mut Vec<Output>) {
+        self.release(out, true);
+    }
+
+    fn queue(&mut self, direction: Direction) -> &mut VecDeque<Forwarded> {
+        match direction {
+            Direction::ToBackend => &mut self.to_backend,
+            Direction::ToCaller => &mut self.to_caller,
+        }
+    }
+
+    /// Runs the tone detector over a media frame; returns its stream and sample range (`None` when
+    /// tone redaction is off, so the frame never waits).
+    fn feed_tones(
+        &mut self,
+        direction: Direction,
+        frame: &Frame,
+        now: Instant,
+        report: &mut Report,
+    ) -> (Option<StreamKey>, u64, u64) {
+        if self.s.dtmf_tones == Scope::Off {
+            return (None, 0, 0);
+        }
+        let key = (direction, frame.track);
+        let rate = self.s.sample_rate;
+        let mask = self.masks.entry(key).or_insert_with(|| ToneMask::new(rate));
+        let start = mask.position();
+        let began = mask.feed(frame.audio.as_ref().expect("media").linear());
+        if began > 0 {
+            report.add(Redaction::DtmfTone, began);
+            self.pause.digit(now);
+        }
+        (Some(key), start, mask.position())
+    }
+
+    /// Silences every waiting frame of `key` that a tone range now covers.
+    fn apply_tone_masks(&mut self, key: StreamKey) {
+        let Some(mask) = self.masks.get(&key) else {
+            return;
+        };
+        let covered = |m: &Option<(StreamKey, u64, u64)>| {
+            m.is_some_and(|(k, a, b)| k == key && mask.covers(a, b))
+        };
+        if self.s.dtmf_tones.forward() {
+            let queue = match key.0 {
+                Direction::ToBackend => &mut self.to_backend,
+                Direction::ToCaller => &mut self.to_caller,
+            };
+            for item in queue.iter_mut().filter(|i| covered(&i.media)) {
+                if let Some(audio) = item.frame.audio.as_mut()
+                    && !audio.is_silent()
+                {
+                    audio.silence();
+                    item.dirty = true;
+                }
+            }
+        }
+        if self.s.dtmf_tones.record() {
+            for item in self.recording.iter_mut().filter(|i| covered(&i.media)) {
+                if let Some(audio) = item.event.audio.as_mut() {
+                    audio.silence();
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<Output>, all: bool) {
+        let rate = u64::from(self.s.sample_rate);
+        let forward_delay = self.s.lookahead.as_millis() as u64 * rate / 1000;
+        let ready = |masks: &HashMap<StreamKey, ToneMask>,
+                     media: &Option<(StreamKey, u64, u64)>,
+                     delay: u64| {
+            all || media.is_none_or(|(k, _, end)| {
+                masks.get(&k).is_some_and(|m| m.position() >= end + delay)
+            })
+        };
+        for direction in [Direction::ToBackend, Direction::ToCaller] {
+            loop {
+                let head_ready = {
+                    let q = match direction {
+                        Direction::ToBackend => &self.to_backend,
+                        Direction::ToCaller => &self.to_caller,
+                    };
+                    q.front()
+                        .is_some_and(|i| ready(&self.masks, &i.media, forward_delay))
+                };
+                if !head_ready {
+                    break;
+                }
+                let item = self.queue(direction).pop_front().expect("a head");
+                let msg = if item.dirty {
+                    self.s.codec.encode(&item.frame)
+                } else {
+                    item.original
+                };
+                out.push(Output::Forward(direction, msg));
+            }
+        }
+        while let Some(head) = self.recording.front() {
+            let delay = head
+                .media
+                .and_then(|(k, _, _)| self.masks.get(&k))
+                .map_or(0, |m| forward_delay.max(m.confirmation_delay()));
+            if !ready(&self.masks, &head.media, delay) {
+                break;
+            }
+            let item = self.recording.pop_front().expect("a head");
+            out.push(Output::Record(item.event));
+        }
+    }
+}
+
+/// Replaces the digit of a `dtmf` event (Twilio `dtmf.digit`, Vonage-style `digit`).
+fn mask_digit(json: &mut Value) {
+    if let Some(d) = json.pointer_mut("/dtmf/digit") {
+        *d = Value::String(DTMF_MASK.into());
+    }
+    if let Some(d) = json.get_mut("digit") {
+        *d = Value::String(DTMF_MASK.into());
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ws::protocols::audio::linear_to_ulaw;
+    use crate::ws::protocols::twilio::TwilioCodec;
+    use crate::ws::protocols::twilio::tests::{DTMF, START, media};
+    use crate::ws::protocols::{Audio, audio::ulaw_to_linear};
+    use crate::ws::redact::goertzel::tests::{detect, tone};
+
+    pub fn settings(lookahead_ms: u64) -> MediaSettings {
+        MediaSettings {
+            codec: Box::new(TwilioCodec),
+            sample_rate: 8000,
+            text: Scope::Both,
+            pii: TextPii::new(&["start.customParameters".into()], Vec::new()),
+            dtmf_events: Scope::Record,
+            dtmf_tones: Scope::Both,
+            lookahead: Duration::from_millis(lookahead_ms),
+            pause: Scope::Record,
+            pause_mark: Some("voxguard:pause".into()),
+            resume_mark: Some("voxguard:resume".into()),
+            pause_after_dtmf: None,
+            max_pause: Duration::from_secs(300),
+        }
+    }
+
+    /// Runs `samples` through as 20 ms Twilio media frames; returns (forwarded, recorded) audio.
+    pub fn run_audio(p: &mut CallProcessor, samples: &[i16]) -> (Vec<i16>, Vec<i16>) {
+        let t = Instant::now();
+        let mut out = Vec::new();
+        for (i, chunk) in samples.chunks(160).enumerate() {
+            let ulaw: Vec<u8> = chunk.iter().map(|&s| linear_to_ulaw(s)).collect();
+            let msg = Message::text(media("inbound", &ulaw));
+            p.process(
+                Direction::ToBackend,
+                msg,
+                t + Duration::from_millis(20 * i as u64),
+                &mut out,
+            )
+            .unwrap();
+        }
+        p.flush(&mut out);
+        let (mut fwd, mut rec) = (Vec::new(), Vec::new());
+        for o in out {
+            match o {
+                Output::Forward(_, m) => {
+                    let f = TwilioCodec.decode(&m, Direction::ToBackend).unwrap();
+                    fwd.extend(f.audio.unwrap().linear());
+                }
+                Output::Record(e) => rec.extend(e.audio.unwrap().linear()),
+            }
+        }
+        (fwd, rec)
+    }
+
+    fn ulaw_tone(digits: &str) -> Vec<i16> {
+        let mut s = vec![0i16; 333];
+        for d in digits.chars() {
+            s.extend(tone(d, 70, 8000, -12.0, 0.0, 0.0));
+            s.extend(vec![0i16; 600]);
+        }
+        // through μ-law and back, as the wire carries it
+        s.iter()
+            .map(|&x| ulaw_to_linear(linear_to_ulaw(x)))
+            .collect()
+    }
+
+    #[test]
+    fn untouched_messages_are_forwarded_byte_identical() {
+        let mut p = CallProcessor::new(Arc::new(settings(0)), Instant::now());
+        let mut out = Vec::new();
+        let speechless = media("inbound", &[0x7E; 160]);
+        p.process(
+            Direction::ToBackend,
+            Message::text(speechless.clone()),
+            Instant::now(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out[0],
+            Output::Forward(Direction::ToBackend, Message::text(speechless))
+        );
+    }
+
+    #[test]
+    fn custom_parameters_are_redacted_both_ways_and_dtmf_events_only_in_the_recording() {
+        let mut p = CallProcessor::new(Arc::new(settings(0)), Instant::now());
+        let mut out = Vec::new();
+        let report = p
+            .process(
+                Direction::ToBackend,
+                Message::text(START),
+                Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(report.count(Redaction::Phone), 1);
+        assert_eq!(report.count(Redaction::Card), 1);
+        let Output::Forward(_, fwd) = &out[0] else {
+            panic!()
+        };
+        let fwd: Value = serde_json::from_str(fwd.to_text().unwrap()).unwrap();
+        assert_eq!(
+            fwd["start"]["customParameters"]["caller"],
+            "[REDACTED:phone]"
+        );
+        assert_eq!(
+            fwd["start"]["customParameters"]["note"],
+            "card [REDACTED:card]"
+        );
+        assert_eq!(fwd["start"]["callSid"], "CA123");
+        let Output::Record(rec) = &out[1] else {
+            panic!()
+        };
+        assert_eq!(
+            rec.json.as_ref().unwrap()["start"]["customParameters"]["caller"],
+            "[REDACTED:phone]"
+        );
+
+        out.clear();
+        p.process(
+            Direction::ToBackend,
+            Message::text(DTMF),
+            Instant::now(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out[0],
+            Output::Forward(Direction::ToBackend, Message::text(DTMF)),
+            "IVRs get their digits"
+        );
+        let Output::Record(rec) = &out[1] else {
+            panic!()
+        };
+        assert_eq!(rec.json.as_ref().unwrap()["dtmf"]["digit"], DTMF_MASK);
+    }
+
+    #[test]
+    fn tones_are_silenced_in_the_recording_from_their_onset() {
+        let digits = "159#";
+        let audio = ulaw_tone(digits);
+        assert_eq!(
+            detect(&audio, 8000),
+            digits,
+            "the test signal has its digits"
+        );
+        let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+        let (fwd, rec) = run_audio(&mut p, &audio);
+        assert_eq!(
+            (fwd.len(), rec.len()),
+            (audio.len(), audio.len()),
+            "length and timing kept"
+        );
+        assert_eq!(detect(&rec, 8000), "");
+        assert_eq!(detect(&fwd, 8000), "", "with the default 40 ms lookahead");
+        let mut no_lookahead = CallProcessor::new(Arc::new(settings(0)), Instant::now());
+        let (_, rec) = run_audio(&mut no_lookahead, &audio);
+        assert_eq!(detect(&rec, 8000), "", "the recording needs no lookahead");
+    }
+
+    #[test]
+    fn with_lookahead_the_forwarded_stream_is_silenced_from_the_onset_too() {
+        let audio = ulaw_tone("5");
+        let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+        let (fwd, rec) = run_audio(&mut p, &audio);
+        let loud = |s: &[i16]| s.iter().filter(|x| x.abs() > 200).count();
+        assert_eq!(loud(&rec), 0);
+        assert_eq!(loud(&fwd), 0, "no tone sample forwarded");
+        let mut no_lookahead = CallProcessor::new(Arc::new(settings(0)), Instant::now());
+        let (leaky, _) = run_audio(&mut no_lookahead, &audio);
+        assert!(
+            loud(&leaky) > 0 && loud(&leaky) <= 320,
+            "without lookahead only the onset passes: {}",
+            loud(&leaky)
+        );
+    }
+
+    #[test]
+    fn every_digit_at_every_alignment_leaves_nothing_to_detect() {
+        for offset in (0..160).step_by(23) {
+            let mut audio = vec![0i16; offset];
+            for d in "123A456B789C*0#D".chars() {
+                audio.extend(tone(d, 40, 8000, -20.0, 0.0, 0.0));
+                audio.extend(vec![0i16; 400]);
+            }
+            let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+            let (fwd, rec) = run_audio(&mut p, &audio);
+            assert_eq!(detect(&fwd, 8000), "", "forwarded, offset {offset}");
+            assert_eq!(detect(&rec, 8000), "", "recorded, offset {offset}");
+        }
+    }
+
+    #[test]
+    fn pause_marks_are_consumed_and_silence_the_recording() {
+        let mut p = CallProcessor::new(Arc::new(settings(0)), Instant::now());
+        let mut out = Vec::new();
+        let t = Instant::now();
+        let mark = |name: &str| {
+            Message::text(format!(
+                r#"{{"event":"mark","streamSid":"MZ1","mark":{{"name":"{name}"}}}}"#
+            ))
+        };
+        p.process(Direction::ToCaller, mark("voxguard:pause"), t, &mut out)
+            .unwrap();
+        assert!(out.is_empty(), "the pause mark is not forwarded");
+        let speech = media("inbound", &[0x10; 160]);
+        let r = p
+            .process(
+                Direction::ToBackend,
+                Message::text(speech.clone()),
+                t,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(r.count(Redaction::PausedFrame), 1);
+        p.process(Direction::ToCaller, mark("voxguard:resume"), t, &mut out)
+            .unwrap();
+        p.process(
+            Direction::ToBackend,
+            Message::text(speech.clone()),
+            t,
+            &mut out,
+        )
+        .unwrap();
+        p.process(Direction::ToCaller, mark("other"), t, &mut out)
+            .unwrap();
+        p.flush(&mut out);
+        let forwarded: Vec<&Output> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Forward(..)))
+            .collect();
+        assert_eq!(forwarded.len(), 3, "both frames, and the unconfigured mark");
+        let recorded: Vec<bool> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Record(e) if e.kind == Kind::Media => {
+                    Some(e.audio.as_ref().unwrap().is_silent())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            recorded,
+            vec![true, false],
+            "silent while paused, audible after resume"
+        );
+        assert!(
+            matches!(forwarded[0], Output::Forward(_, m) if *m == Message::text(speech.clone())),
+            "forward untouched (pause scope = record)"
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_and_change_nothing() {
+        let mut p = CallProcessor::new(Arc::new(settings(0)), Instant::now());
+        let mut out = Vec::new();
+        assert_eq!(
+            p.process(
+                Direction::ToBackend,
+                Message::text("{"),
+                Instant::now(),
+                &mut out
+            ),
+            Err(Malformed::Json)
+        );
+        assert_eq!(
+            p.process(
+                Direction::ToBackend,
+                Message::binary(vec![1u8]),
+                Instant::now(),
+                &mut out
+            ),
+            Err(Malformed::UnexpectedBinary)
+        );
+        assert!(out.is_empty());
+        let _ = Audio::Ulaw(Vec::new());
+    }
+}

@@ -1,6 +1,7 @@
 //! Wiring only: builds the components from a [`Config`], binds the listeners, spawns the tasks,
 //! and returns the bound addresses. No request logic lives here.
 
+use crate::ws::record::{MemorySink, RecordingSink};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +51,13 @@ pub struct App {
     drain: Drain,
     background: CancellationToken,
     grace: std::time::Duration,
+    /// Where media routes with `record = true` send their redacted events. This release keeps the
+    /// last calls in memory (the encrypted recorder is a later issue).
+    pub recordings: Arc<MemorySink>,
 }
+
+/// Calls kept by the in-memory recording sink.
+const RECORDINGS_KEPT: usize = 16;
 
 async fn sweep_limiters(pipeline: Arc<Pipeline>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(crate::config::defaults::RATE_LIMIT_SWEEP_INTERVAL);
@@ -85,6 +92,8 @@ impl App {
             background.clone(),
         ));
 
+        let recordings = MemorySink::new(RECORDINGS_KEPT);
+        let sink: Arc<dyn RecordingSink> = recordings.clone();
         let bans = BanList::with_system_clock(
             config.bans.rules.clone(),
             config.bans.max_entries,
@@ -92,7 +101,7 @@ impl App {
         );
         bans.set_exempt(config.bans.exempt.clone());
         let pipeline = Pipeline::new(
-            Runtime::build(config, None)?,
+            Runtime::build(config, None, &sink)?,
             bans,
             metrics.clone(),
             drain.clone(),
@@ -158,13 +167,15 @@ impl App {
             drain,
             background,
             grace: config.server.grace_period,
+            recordings,
         })
     }
 
     /// Replaces routes, upstreams and per-route limits; live connections keep running. Listener
     /// addresses, TLS files and server-level limits take effect on restart only.
     pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
-        let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()))?;
+        let sink: Arc<dyn RecordingSink> = self.recordings.clone();
+        let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()), &sink)?;
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());
         self.pipeline.bans.set_exempt(config.bans.exempt.clone());

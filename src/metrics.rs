@@ -22,6 +22,12 @@ pub const BANS_ACTIVE: &str = "voxguard_bans_active";
 pub const BANS: &str = "voxguard_bans_total";
 pub const RATE_LIMIT_KEYS: &str = "voxguard_rate_limit_tracked_keys";
 pub const RATE_LIMIT_EVICTIONS: &str = "voxguard_rate_limit_evictions_total";
+pub const MEDIA_MESSAGES: &str = "voxguard_media_messages_total";
+pub const MEDIA_REDACTIONS: &str = "voxguard_media_redactions_total";
+pub const MEDIA_MALFORMED: &str = "voxguard_media_malformed_total";
+pub const MEDIA_PROCESSING: &str = "voxguard_media_message_processing_seconds";
+pub const MEDIA_SESSION_DURATION: &str = "voxguard_media_session_duration_seconds";
+pub const MEDIA_RECORDING_DROPPED: &str = "voxguard_media_recording_dropped_total";
 pub const WEBHOOK_VERIFIED: &str = "voxguard_webhook_verified_total";
 pub const WEBHOOK_FAILURES: &str = "voxguard_webhook_signature_failures_total";
 pub const WEBHOOK_REPLAY_IDS: &str = "voxguard_webhook_replay_ids";
@@ -36,6 +42,7 @@ pub struct Metrics {
     pub ws: WsMetrics,
     pub admission: AdmissionMetrics,
     pub webhook: WebhookMetrics,
+    pub media: MediaMetrics,
     /// `outcome` = ok | error.
     pub config_reloads: IntCounterVec,
 }
@@ -79,6 +86,22 @@ pub struct AdmissionMetrics {
 }
 
 #[derive(Clone)]
+pub struct MediaMetrics {
+    /// Labels: route, direction (to_backend, to_caller), kind (media, start, dtmf, mark, …).
+    pub messages: IntCounterVec,
+    /// Labels: route, kind (card, ssn, phone, email, pattern, dtmf_event, dtmf_tone, paused_frame).
+    pub redactions: IntCounterVec,
+    /// Labels: route, reason (json, field, base64, partial_sample, unexpected_binary).
+    pub malformed: IntCounterVec,
+    /// Labels: route. Decode → redactors → encode, per message.
+    pub processing: HistogramVec,
+    /// Labels: route.
+    pub session_duration: HistogramVec,
+    /// Labels: route. Recorded events dropped because the recorder's queue was full.
+    pub recording_dropped: IntCounterVec,
+}
+
+#[derive(Clone)]
 pub struct WebhookMetrics {
     /// Labels: route, scheme.
     pub verified: IntCounterVec,
@@ -115,6 +138,14 @@ impl Metrics {
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
             g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["route"])
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -220,6 +251,40 @@ impl Metrics {
                 ),
                 bans_active: gauge(BANS_ACTIVE, "Client keys banned right now."),
                 bans: counter(BANS, "Temporary bans imposed, by rule.", &["rule"]),
+            },
+            media: MediaMetrics {
+                messages: counter(
+                    MEDIA_MESSAGES,
+                    "Media stream messages decoded, by route, direction and kind.",
+                    &["route", "direction", "kind"],
+                ),
+                redactions: counter(
+                    MEDIA_REDACTIONS,
+                    "Things redacted from media streams, by route and kind.",
+                    &["route", "kind"],
+                ),
+                malformed: counter(
+                    MEDIA_MALFORMED,
+                    "Media messages that could not be decoded (never forwarded as is), by route and reason.",
+                    &["route", "reason"],
+                ),
+                processing: histogram(
+                    MEDIA_PROCESSING,
+                    "Time to decode, redact and encode one media message.",
+                    vec![
+                        1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
+                    ],
+                ),
+                session_duration: histogram(
+                    MEDIA_SESSION_DURATION,
+                    "Media session lengths.",
+                    vec![1.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0],
+                ),
+                recording_dropped: counter(
+                    MEDIA_RECORDING_DROPPED,
+                    "Recorded events dropped because the recorder could not keep up.",
+                    &["route"],
+                ),
             },
             webhook: WebhookMetrics {
                 verified: counter(

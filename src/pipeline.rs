@@ -29,7 +29,12 @@ use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::respond::Rejection;
 use crate::routing::RouteTable;
 use crate::shutdown::Drain;
+use crate::ws::intercept::MediaRoute;
+use crate::ws::record::RecordingSink;
 use crate::ws::session::{self, SessionSettings};
+
+/// The key of a route-wide session counter.
+const ROUTE_WIDE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// Everything that SIGHUP can replace: routes, upstream pools, lists and per-request settings.
 pub struct Runtime {
@@ -48,12 +53,21 @@ pub struct Runtime {
     /// Per-route signature verifiers, only for routes with `[route.webhook]`; replay caches are
     /// kept across reloads while unchanged.
     pub webhooks: std::collections::HashMap<String, Arc<WebhookVerifier>>,
+    /// Media interception per route (routes with a `[route.media]` codec).
+    media: std::collections::HashMap<String, MediaRoute>,
+    /// Route-wide media session caps (`[route.media] max_sessions`), one key per route; live
+    /// counts survive reloads.
+    media_sessions: std::collections::HashMap<String, Arc<PerIpCounter>>,
 }
 
 impl Runtime {
     /// Builds from `config`, reusing `previous`'s limiter state for routes whose name and
     /// `rate_limit` are unchanged (a reload must not hand every client a fresh burst).
-    pub fn build(config: &Config, previous: Option<&Runtime>) -> Result<Self, UpstreamError> {
+    pub fn build(
+        config: &Config,
+        previous: Option<&Runtime>,
+        recorder: &Arc<dyn RecordingSink>,
+    ) -> Result<Self, UpstreamError> {
         let mut upstreams = std::collections::HashMap::new();
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Upstream::build(u)?);
@@ -111,10 +125,37 @@ impl Runtime {
                 ))
             })
             .collect();
+        let media = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.name.clone(),
+                    MediaRoute::from_config(r.media.as_ref()?, recorder)?,
+                ))
+            })
+            .collect();
+        let media_sessions = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let max = r.media.as_ref()?.max_sessions?;
+                let counter = match previous.and_then(|p| p.media_sessions.get(&r.name)) {
+                    Some(live) => {
+                        live.set_max(max);
+                        live.clone()
+                    }
+                    None => PerIpCounter::new(max),
+                };
+                Some((r.name.clone(), counter))
+            })
+            .collect();
         Ok(Self {
             limiters,
             ws_sessions,
             webhooks,
+            media,
+            media_sessions,
             routes: RouteTable::new(&config.routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             accept_lists: IpLists::new(config.server.allow.clone(), config.server.deny.clone()),
@@ -245,7 +286,7 @@ impl Pipeline {
         route: &RouteConfig,
         client: std::net::IpAddr,
         req: &Request<Incoming>,
-    ) -> Result<Option<Slot>, Rejection> {
+    ) -> Result<Vec<Slot>, Rejection> {
         let m = &self.metrics.admission;
         // Clients behind trusted proxies are only known here; direct ones were checked at accept.
         if self.bans.banned(client).is_some() {
@@ -273,18 +314,28 @@ impl Pipeline {
         }
         let websocket =
             route.websocket && crate::proxy::headers::is_websocket_upgrade(req.headers());
-        match rt.ws_sessions.get(&route.name) {
-            Some(sessions) if websocket => match sessions.try_acquire(client) {
-                Some(slot) => Ok(Some(slot)),
-                None => {
-                    m.refusals
-                        .with_label_values(&["websocket_sessions", &route.name])
-                        .inc();
-                    Err(Rejection::TooManySessions)
-                }
-            },
-            _ => Ok(None),
+        let mut slots = Vec::new();
+        if !websocket {
+            return Ok(slots);
         }
+        if let Some(sessions) = rt.ws_sessions.get(&route.name) {
+            slots.push(sessions.try_acquire(client).ok_or_else(|| {
+                m.refusals
+                    .with_label_values(&["websocket_sessions", &route.name])
+                    .inc();
+                Rejection::TooManySessions
+            })?);
+        }
+        if let Some(sessions) = rt.media_sessions.get(&route.name) {
+            // One key for the whole route.
+            slots.push(sessions.try_acquire(ROUTE_WIDE).ok_or_else(|| {
+                m.refusals
+                    .with_label_values(&["media_sessions", &route.name])
+                    .inc();
+                Rejection::TooManySessions
+            })?);
+        }
+        Ok(slots)
     }
 
     /// Buffers the body of a signed route and verifies it; on success returns the request with the
@@ -390,7 +441,7 @@ impl Pipeline {
         req: Request<B>,
         ctx: ForwardCtx<'_>,
         conn: &ConnCtx<K>,
-        session_slot: Option<Slot>,
+        session_slot: Vec<Slot>,
     ) -> Response<ProxyBody>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -404,12 +455,15 @@ impl Pipeline {
                         route: route.name.as_str().into(),
                         idle_timeout: route.websocket_idle_timeout,
                         max_message_bytes: route.websocket_max_message_bytes,
+                        media: rt.media.get(&route.name).cloned(),
+                        max_duration: route.media.as_ref().map(|m| m.max_duration),
                     };
                     self.drain.tasks.spawn(session::run(
                         client_up,
                         upstream_up,
                         settings,
                         self.metrics.ws.clone(),
+                        self.metrics.media.clone(),
                         self.drain.grace_over.clone(),
                         (conn.keep.clone(), session_slot),
                     ));

@@ -30,6 +30,15 @@ pub const WEBHOOK_REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const WEBHOOK_REPLAY_MAX_ENTRIES: u64 = 100_000;
 /// A signed route's body must arrive within this (→ 408): it is buffered, so slow bodies hold memory.
 pub const WEBHOOK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Forwarded audio is held this long so a DTMF tone's onset can be silenced once it is confirmed
+/// (the detector needs ~38 ms); 0 forwards at once and lets up to ~40 ms of each tone through.
+pub const MEDIA_DTMF_LOOKAHEAD_MS: u64 = 40;
+pub const MEDIA_PAUSE_MARK: &str = "voxguard:pause";
+pub const MEDIA_RESUME_MARK: &str = "voxguard:resume";
+/// A pause (mark or DTMF entry) never lasts longer than this at a stretch.
+pub const MEDIA_MAX_PAUSE: Duration = Duration::from_secs(300);
+/// A media session is closed (1001) after this long.
+pub const MEDIA_MAX_DURATION: Duration = Duration::from_secs(3600);
 pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const WEBSOCKET_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 pub const LOG_LEVEL: &str = "info";

@@ -115,6 +115,30 @@ pub struct RouteFile {
     pub rate_limit: Option<RateLimitFile>,
     pub max_websocket_sessions_per_ip: Option<u32>,
     pub webhook: Option<WebhookFile>,
+    pub media: Option<MediaFile>,
+}
+
+/// `[route.media] protocol = "twilio"` and what to redact where.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaFile {
+    pub protocol: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub record: Option<bool>,
+    pub on_malformed: Option<String>,
+    pub text: Option<String>,
+    pub text_fields: Option<Vec<String>>,
+    pub patterns: Option<Vec<String>>,
+    pub dtmf_events: Option<String>,
+    pub dtmf_tones: Option<String>,
+    pub dtmf_lookahead_ms: Option<u64>,
+    pub pause: Option<String>,
+    pub pause_mark: Option<String>,
+    pub resume_mark: Option<String>,
+    pub pause_on_dtmf: Option<String>,
+    pub max_pause: Option<String>,
+    pub max_duration: Option<String>,
+    pub max_sessions: Option<u32>,
 }
 
 /// `secret_env = "A"` or `secret_env = ["A", "B"]`.

@@ -8,6 +8,7 @@
 
 pub mod defaults;
 pub mod file;
+pub mod media;
 pub mod webhook;
 
 use std::collections::HashSet;
@@ -156,6 +157,8 @@ pub struct RouteConfig {
     pub max_websocket_sessions_per_ip: Option<u32>,
     /// Signature verification; the body is buffered (up to `max_body_bytes`) on such routes.
     pub webhook: Option<webhook::WebhookConfig>,
+    /// Media interception on a WebSocket route (implies `websocket = true`).
+    pub media: Option<media::MediaConfig>,
 }
 
 /// What kind of offence a rule counts. The signature checks feed `SignatureFailure`.
@@ -616,6 +619,12 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 format!("{h:?} must be a bare host name without port"),
             );
         }
+        if r.media.is_some() && r.websocket == Some(false) {
+            e.push(
+                key("websocket"),
+                "a route with [route.media] is a WebSocket route",
+            );
+        }
         if !seen_matches.insert((host.clone(), path_prefix.clone())) {
             e.push(
                 key("path_prefix"),
@@ -633,7 +642,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             } else {
                 d::MAX_BODY_BYTES
             }),
-            websocket: r.websocket.unwrap_or(false),
+            websocket: r.websocket.unwrap_or(false) || r.media.is_some(),
             websocket_idle_timeout: e.duration(
                 &key("websocket_idle_timeout"),
                 r.websocket_idle_timeout.as_deref(),
@@ -657,6 +666,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 .webhook
                 .as_ref()
                 .and_then(|w| webhook::validate(&mut e, &key("webhook"), w, env)),
+            media: r
+                .media
+                .as_ref()
+                .and_then(|m| media::validate(&mut e, &key("media"), m)),
         });
     }
 

@@ -38,6 +38,37 @@ pub struct MediaSettings {
     pub max_pause: Duration,
 }
 
+impl MediaSettings {
+    /// `None` for `passthrough`: nothing to decode.
+    pub fn from_config(c: &crate::config::media::MediaConfig) -> Option<Self> {
+        use crate::config::media::Protocol;
+        let codec: Box<dyn FrameCodec> = match c.protocol {
+            Protocol::Twilio => Box::new(super::protocols::twilio::TwilioCodec),
+            Protocol::Pcm => Box::new(super::protocols::pcm::PcmCodec),
+            Protocol::Passthrough => return None,
+        };
+        let patterns = c
+            .patterns
+            .iter()
+            .filter_map(|p| regex::Regex::new(p).ok())
+            .collect();
+        Some(Self {
+            codec,
+            sample_rate: c.sample_rate,
+            text: c.text,
+            pii: TextPii::new(&c.text_fields, patterns),
+            dtmf_events: c.dtmf_events,
+            dtmf_tones: c.dtmf_tones,
+            lookahead: Duration::from_millis(c.dtmf_lookahead_ms),
+            pause: c.pause,
+            pause_mark: c.pause_mark.clone(),
+            resume_mark: c.resume_mark.clone(),
+            pause_after_dtmf: c.pause_on_dtmf,
+            max_pause: c.max_pause,
+        })
+    }
+}
+
 /// What processing one message produced, in order.
 #[derive(Debug, PartialEq)]
 pub enum Output {

@@ -2,6 +2,7 @@
 //! relayed one by one, so later stages (codecs, redactors) can inspect every message.
 
 pub mod call;
+pub mod intercept;
 pub mod protocols;
 pub mod record;
 pub mod redact;

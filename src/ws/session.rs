@@ -16,7 +16,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::WsMetrics;
+use super::intercept::{CloseCall, MediaRoute, MediaSession};
+use super::protocols::Direction;
+use crate::metrics::{MediaMetrics, WsMetrics};
 
 /// Per-route session limits.
 #[derive(Clone)]
@@ -24,6 +26,10 @@ pub struct SessionSettings {
     pub route: Arc<str>,
     pub idle_timeout: Duration,
     pub max_message_bytes: usize,
+    /// Media interception (`[route.media]` with a codec); `None` relays messages untouched.
+    pub media: Option<MediaRoute>,
+    /// The session is closed (1001) when this has passed.
+    pub max_duration: Option<Duration>,
 }
 
 /// How long to wait for the far side's reply to a relayed close frame.
@@ -46,6 +52,7 @@ pub async fn run<K: Send>(
     upstream: OnUpgrade,
     settings: SessionSettings,
     metrics: WsMetrics,
+    media_metrics: MediaMetrics,
     grace_over: CancellationToken,
     keep: K,
 ) {
@@ -70,7 +77,26 @@ pub async fn run<K: Send>(
             .messages
             .with_label_values(&[&*settings.route, "upstream_to_client"]),
     };
-    let end = pump(client, upstream, &settings, &counters, &grace_over).await;
+    let started = std::time::Instant::now();
+    let mut media = settings
+        .media
+        .as_ref()
+        .map(|m| MediaSession::start(m, settings.route.clone(), media_metrics.clone()));
+    let end = pump(
+        client,
+        upstream,
+        &settings,
+        &counters,
+        &grace_over,
+        media.as_mut(),
+    )
+    .await;
+    if media.is_some() {
+        media_metrics
+            .session_duration
+            .with_label_values(&[&*settings.route])
+            .observe(started.elapsed().as_secs_f64());
+    }
     metrics.active.dec();
     tracing::debug!(route = &*settings.route, ?end, "WebSocket session ended");
     drop(keep);
@@ -91,6 +117,9 @@ pub enum End {
     Draining,
     TooLarge,
     Error,
+    /// A message could not be redacted and the route closes on that.
+    Malformed,
+    MaxDuration,
 }
 
 #[derive(Clone, Copy)]
@@ -106,6 +135,7 @@ pub async fn pump<C, U>(
     settings: &SessionSettings,
     counters: &Counters,
     grace_over: &CancellationToken,
+    mut media: Option<&mut MediaSession>,
 ) -> End
 where
     C: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
@@ -113,10 +143,21 @@ where
 {
     let idle = tokio::time::sleep(settings.idle_timeout);
     tokio::pin!(idle);
+    let deadline = tokio::time::sleep(
+        settings
+            .max_duration
+            .unwrap_or(Duration::from_secs(u32::MAX.into())),
+    );
+    tokio::pin!(deadline);
     loop {
         let (from, next) = tokio::select! {
             m = client.next() => (From::Client, m),
             m = upstream.next() => (From::Upstream, m),
+            _ = &mut deadline => {
+                flush_media(&mut media, &mut client, &mut upstream).await;
+                close_both(&mut client, &mut upstream, "maximum call duration").await;
+                return End::MaxDuration;
+            }
             _ = &mut idle => {
                 close_both(&mut client, &mut upstream, "idle timeout").await;
                 return End::Idle;
@@ -128,6 +169,44 @@ where
         };
         idle.as_mut()
             .reset(tokio::time::Instant::now() + settings.idle_timeout);
+        if let Some(m) = media.as_deref_mut() {
+            match next {
+                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                    let (direction, counter) = match from {
+                        From::Client => (Direction::ToBackend, &counters.to_upstream),
+                        From::Upstream => (Direction::ToCaller, &counters.to_client),
+                    };
+                    counter.inc();
+                    match m.handle(direction, msg) {
+                        Ok(sends) => {
+                            if send_all(sends, &mut client, &mut upstream).await.is_err() {
+                                close_both(&mut client, &mut upstream, "peer gone").await;
+                                return End::Error;
+                            }
+                        }
+                        Err(CloseCall { code, reason }) => {
+                            let close = |code| {
+                                Message::Close(Some(CloseFrame {
+                                    code,
+                                    reason: reason.into(),
+                                }))
+                            };
+                            let _ = tokio::join!(
+                                client.send(close(code)),
+                                upstream.send(going_away(reason))
+                            );
+                            return End::Malformed;
+                        }
+                    }
+                    continue;
+                }
+                // Whatever ends the call, what waits in a delay goes out first.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    flush_media(&mut media, &mut client, &mut upstream).await;
+                }
+                _ => {}
+            }
+        }
         let step = match from {
             From::Client => relay(next, &mut client, &mut upstream, &counters.to_upstream).await,
             From::Upstream => relay(next, &mut upstream, &mut client, &counters.to_client).await,
@@ -197,6 +276,35 @@ where
             let _ = to.send(going_away("peer went away")).await;
             Step::Failed
         }
+    }
+}
+
+/// Sends each message to its side, in order.
+async fn send_all<C, U>(
+    sends: Vec<(Direction, Message)>,
+    client: &mut C,
+    upstream: &mut U,
+) -> Result<(), WsError>
+where
+    C: Sink<Message, Error = WsError> + Unpin,
+    U: Sink<Message, Error = WsError> + Unpin,
+{
+    for (direction, msg) in sends {
+        match direction {
+            Direction::ToBackend => upstream.send(msg).await?,
+            Direction::ToCaller => client.send(msg).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn flush_media<C, U>(media: &mut Option<&mut MediaSession>, client: &mut C, upstream: &mut U)
+where
+    C: Sink<Message, Error = WsError> + Unpin,
+    U: Sink<Message, Error = WsError> + Unpin,
+{
+    if let Some(m) = media.as_deref_mut() {
+        let _ = send_all(m.finish(), client, upstream).await;
     }
 }
 

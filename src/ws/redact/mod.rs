@@ -80,37 +80,4 @@ impl Report {
     }
 }
 
-/// Where a redactor applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Both,
-    Forward,
-    Record,
-    Off,
-}
-
-impl Scope {
-    pub fn forward(self) -> bool {
-        matches!(self, Scope::Both | Scope::Forward)
-    }
-
-    pub fn record(self) -> bool {
-        matches!(self, Scope::Both | Scope::Record)
-    }
-}
-
-impl std::str::FromStr for Scope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "both" => Ok(Scope::Both),
-            "forward" => Ok(Scope::Forward),
-            "record" => Ok(Scope::Record),
-            "off" => Ok(Scope::Off),
-            other => Err(format!(
-                "{other:?} is not one of \"both\", \"forward\", \"record\", \"off\""
-            )),
-        }
-    }
-}
+pub use crate::config::media::Scope;

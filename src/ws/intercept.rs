@@ -1,0 +1,149 @@
+//! A media session's side of the pump: runs each data message through the call's
+//! [`CallProcessor`], hands recorded events to the recorder without ever waiting for it, and records
+//! metrics. Says what to send where; the pump does the sending.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::{Histogram, IntCounter};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::call::{CallProcessor, MediaSettings, Output};
+use super::protocols::{Direction, Malformed};
+use super::record::RecordedEvent;
+use crate::config::media::OnMalformed;
+use crate::metrics::MediaMetrics;
+
+/// Per-route media settings a session starts from.
+#[derive(Clone)]
+pub struct MediaRoute {
+    pub settings: Arc<MediaSettings>,
+    pub on_malformed: OnMalformed,
+    /// Recording is on for the route, and this is where it goes.
+    pub recorder: Option<Arc<dyn super::record::RecordingSink>>,
+}
+
+impl MediaRoute {
+    /// `None` for `passthrough` (nothing to decode).
+    pub fn from_config(
+        c: &crate::config::media::MediaConfig,
+        sink: &Arc<dyn super::record::RecordingSink>,
+    ) -> Option<Self> {
+        Some(Self {
+            settings: Arc::new(MediaSettings::from_config(c)?),
+            on_malformed: c.on_malformed,
+            recorder: c.record.then(|| sink.clone()),
+        })
+    }
+}
+
+pub struct MediaSession {
+    processor: CallProcessor,
+    route: Arc<str>,
+    metrics: MediaMetrics,
+    on_malformed: OnMalformed,
+    recorder: Option<mpsc::Sender<RecordedEvent>>,
+    dropped: IntCounter,
+    processing: Histogram,
+    outs: Vec<Output>,
+}
+
+/// A message that cannot be redacted ends the call (route `on_malformed = "close"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCall {
+    pub code: CloseCode,
+    pub reason: &'static str,
+}
+
+impl MediaSession {
+    pub fn start(route: &MediaRoute, name: Arc<str>, metrics: MediaMetrics) -> Self {
+        let recorder = route.recorder.as_ref().map(|r| r.start_call(&name));
+        Self {
+            processor: CallProcessor::new(route.settings.clone(), Instant::now()),
+            dropped: metrics.recording_dropped.with_label_values(&[&name]),
+            processing: metrics.processing.with_label_values(&[&name]),
+            route: name,
+            metrics,
+            on_malformed: route.on_malformed,
+            recorder,
+            outs: Vec::new(),
+        }
+    }
+
+    /// Processes one text or binary message; returns what to send, in order.
+    pub fn handle(
+        &mut self,
+        direction: Direction,
+        msg: Message,
+    ) -> Result<Vec<(Direction, Message)>, CloseCall> {
+        let started = Instant::now();
+        let decoded = self
+            .processor
+            .process(direction, msg, started, &mut self.outs);
+        self.processing.observe(started.elapsed().as_secs_f64());
+        match decoded {
+            Ok(report) => {
+                for (kind, n) in report.iter() {
+                    self.metrics
+                        .redactions
+                        .with_label_values(&[&self.route, kind.label()])
+                        .inc_by(u64::from(n));
+                }
+            }
+            Err(malformed) => {
+                self.metrics
+                    .malformed
+                    .with_label_values(&[&self.route, malformed.label()])
+                    .inc();
+                tracing::debug!(
+                    route = &*self.route,
+                    reason = malformed.label(),
+                    "malformed media message dropped"
+                );
+                if self.on_malformed == OnMalformed::Close {
+                    return Err(CloseCall {
+                        code: match malformed {
+                            Malformed::UnexpectedBinary => CloseCode::Policy,
+                            _ => CloseCode::Invalid,
+                        },
+                        reason: "message could not be redacted",
+                    });
+                }
+            }
+        }
+        Ok(self.drain())
+    }
+
+    /// Everything still held in a delay (call end).
+    pub fn finish(&mut self) -> Vec<(Direction, Message)> {
+        self.processor.flush(&mut self.outs);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<(Direction, Message)> {
+        let mut sends = Vec::new();
+        for out in self.outs.drain(..) {
+            match out {
+                Output::Forward(d, m) => sends.push((d, m)),
+                Output::Record(event) => {
+                    self.metrics
+                        .messages
+                        .with_label_values(&[
+                            &self.route,
+                            event.direction.label(),
+                            event.kind.label(),
+                        ])
+                        .inc();
+                    if let Some(tx) = &self.recorder
+                        && tx.try_send(event).is_err()
+                    {
+                        self.dropped.inc();
+                    }
+                }
+            }
+        }
+        sends
+    }
+}

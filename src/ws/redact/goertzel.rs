@@ -7,7 +7,7 @@
 //!   −25 dB tones are found with margin);
 //! - twist: the column tone at most 8 dB below the row tone (normal) and at most 4 dB above it
 //!   (reverse), each with 2 dB of measurement margin;
-//! - each winner 8 dB above the other tones of its group;
+//! - each winner 6 dB above the other tones of its group;
 //! - the two tones carry most of the block's energy (speech and music spread theirs);
 //! - a digit begins after two consecutive blocks agree, and ends after three blocks without it.
 //!
@@ -31,8 +31,11 @@ const DIGITS: [[char; 4]; 4] = [
 /// measurable in talk-off (see the speech tests). As power ratios.
 const NORMAL_TWIST: f32 = 10.0;
 const REVERSE_TWIST: f32 = 3.98;
-/// A winner must beat the others of its group by 8 dB.
-const RELATIVE_PEAK: f32 = 6.31;
+/// A winner must beat the others of its group by 6 dB. Asterisk uses 8 dB; with a column tone 7.5 dB
+/// below its row tone (normal twist), the row tone's leakage into the other column filters reaches
+/// ~7.7 dB below the winner in some alignments, and the digit would be missed. Twist, the energy
+/// ratio and the two-block rule keep speech out (see the talk-off tests).
+const RELATIVE_PEAK: f32 = 3.98;
 /// (row + column) Goertzel power against the block's energy: a centred pure tone pair gives
 /// `block / 2` (51 at 102 samples), a pair 1.5 % off centre about 42; this accepts pairs that hold
 /// roughly 70 % of the energy.

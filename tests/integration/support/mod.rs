@@ -1,6 +1,7 @@
 //! Test harness: the proxy in-process (or as the real binary), a real backend, real TLS clients.
 //! Everything listens on 127.0.0.1:0.
 
+pub mod audio;
 pub mod backend;
 pub mod client;
 pub mod recorder;

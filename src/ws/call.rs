@@ -78,7 +78,11 @@ pub enum Output {
 
 type StreamKey = (Direction, Track);
 
+/// The recording's delay in time: the detector's confirmation delay (3 blocks, ~38 ms at 8 kHz).
+const CONFIRMATION_WAIT: Duration = Duration::from_millis(40);
+
 struct Forwarded {
+    arrived: Instant,
     original: Message,
     frame: Frame,
     dirty: bool,
@@ -87,6 +91,7 @@ struct Forwarded {
 }
 
 struct Recorded {
+    arrived: Instant,
     event: RecordedEvent,
     media: Option<(StreamKey, u64, u64)>,
 }
@@ -202,23 +207,41 @@ impl CallProcessor {
                 }
             }
         }
+        let ends_stream = frame.kind == Kind::Stop;
         self.queue(direction).push_back(Forwarded {
+            arrived: now,
             original: msg,
             frame,
             dirty,
             media,
         });
-        self.recording.push_back(Recorded { event, media });
+        self.recording.push_back(Recorded {
+            arrived: now,
+            event,
+            media,
+        });
         if let Some((key, _, _)) = media {
             self.apply_tone_masks(key);
         }
-        self.release(out, false);
+        // `stop` ends the stream: nothing more will come to complete a delay.
+        self.release(out, now, ends_stream);
         Ok(report)
     }
 
     /// Everything still waiting in a delay, at the end of the call.
     pub fn flush(&mut self, out: &mut Vec<Output>) {
-        self.release(out, true);
+        self.release(out, Instant::now(), true);
+    }
+
+    /// Releases frames that waited past their delay in wall-clock time (the stream went quiet, so no
+    /// later samples will come to release them). The pump calls this on a timer.
+    pub fn release_due(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.release(out, now, false);
+    }
+
+    /// Whether anything waits in a delay.
+    pub fn holding(&self) -> bool {
+        !(self.to_backend.is_empty() && self.to_caller.is_empty() && self.recording.is_empty())
     }
 
     fn queue(&mut self, direction: Direction) -> &mut VecDeque<Forwarded> {
@@ -283,15 +306,19 @@ impl CallProcessor {
         }
     }
 
-    fn release(&mut self, out: &mut Vec<Output>, all: bool) {
+    fn release(&mut self, out: &mut Vec<Output>, now: Instant, all: bool) {
         let rate = u64::from(self.s.sample_rate);
         let forward_delay = self.s.lookahead.as_millis() as u64 * rate / 1000;
+        // A frame never waits longer than its delay plus two frames of wall-clock time.
+        let max_wait = self.s.lookahead.max(CONFIRMATION_WAIT) + Duration::from_millis(40);
         let ready = |masks: &HashMap<StreamKey, ToneMask>,
                      media: &Option<(StreamKey, u64, u64)>,
+                     arrived: Instant,
                      delay: u64| {
-            all || media.is_none_or(|(k, _, end)| {
-                masks.get(&k).is_some_and(|m| m.position() >= end + delay)
-            })
+            all || now.saturating_duration_since(arrived) >= max_wait
+                || media.is_none_or(|(k, _, end)| {
+                    masks.get(&k).is_some_and(|m| m.position() >= end + delay)
+                })
         };
         for direction in [Direction::ToBackend, Direction::ToCaller] {
             loop {
@@ -301,7 +328,7 @@ impl CallProcessor {
                         Direction::ToCaller => &self.to_caller,
                     };
                     q.front()
-                        .is_some_and(|i| ready(&self.masks, &i.media, forward_delay))
+                        .is_some_and(|i| ready(&self.masks, &i.media, i.arrived, forward_delay))
                 };
                 if !head_ready {
                     break;
@@ -320,7 +347,7 @@ impl CallProcessor {
                 .media
                 .and_then(|(k, _, _)| self.masks.get(&k))
                 .map_or(0, |m| forward_delay.max(m.confirmation_delay()));
-            if !ready(&self.masks, &head.media, delay) {
+            if !ready(&self.masks, &head.media, head.arrived, delay) {
                 break;
             }
             let item = self.recording.pop_front().expect("a head");
@@ -516,6 +543,34 @@ pub(crate) mod tests {
             "without lookahead only the onset passes: {}",
             loud(&leaky)
         );
+    }
+
+    #[test]
+    fn audio_without_tones_is_recorded_and_forwarded_as_is() {
+        let hum: Vec<i16> = (0..1600)
+            .map(|i| {
+                (6000.0 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 8000.0).sin()) as i16
+            })
+            .collect();
+        let wire: Vec<i16> = hum
+            .iter()
+            .map(|&x| ulaw_to_linear(linear_to_ulaw(x)))
+            .collect();
+        let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+        let (fwd, rec) = run_audio(&mut p, &hum);
+        assert_eq!(fwd, wire);
+        assert_eq!(rec, wire);
+        let mut with_tone = hum.clone();
+        with_tone.extend(tone('4', 80, 8000, -10.0, 0.0, 0.0));
+        with_tone.extend(hum.clone());
+        let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+        let (_, rec) = run_audio(&mut p, &with_tone);
+        let pattern: String = rec
+            .chunks(160)
+            .map(|c| if c.iter().all(|&x| x == 0) { '_' } else { '#' })
+            .collect();
+        assert!(pattern.starts_with("########"), "{pattern}");
+        assert!(pattern.ends_with("########"), "{pattern}");
     }
 
     #[test]

@@ -116,6 +116,15 @@ impl MediaSession {
         Ok(self.drain())
     }
 
+    /// What waited past its delay in wall-clock time; `None` if nothing waits.
+    pub fn due(&mut self) -> Option<Vec<(Direction, Message)>> {
+        if !self.processor.holding() {
+            return None;
+        }
+        self.processor.release_due(Instant::now(), &mut self.outs);
+        Some(self.drain())
+    }
+
     /// Everything still held in a delay (call end).
     pub fn finish(&mut self) -> Vec<(Direction, Message)> {
         self.processor.flush(&mut self.outs);

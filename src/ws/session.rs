@@ -32,6 +32,9 @@ pub struct SessionSettings {
     pub max_duration: Option<Duration>,
 }
 
+/// How often a media session releases frames that waited out their delay on a quiet stream.
+const MEDIA_TICK: Duration = Duration::from_millis(20);
+
 /// How long to wait for the far side's reply to a relayed close frame.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -149,10 +152,21 @@ where
             .unwrap_or(Duration::from_secs(u32::MAX.into())),
     );
     tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(MEDIA_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (from, next) = tokio::select! {
             m = client.next() => (From::Client, m),
             m = upstream.next() => (From::Upstream, m),
+            _ = tick.tick(), if media.is_some() => {
+                if let Some(sends) = media.as_deref_mut().and_then(MediaSession::due)
+                    && send_all(sends, &mut client, &mut upstream).await.is_err()
+                {
+                    close_both(&mut client, &mut upstream, "peer gone").await;
+                    return End::Error;
+                }
+                continue;
+            }
             _ = &mut deadline => {
                 flush_media(&mut media, &mut client, &mut upstream).await;
                 close_both(&mut client, &mut upstream, "maximum call duration").await;

@@ -6,6 +6,7 @@ mod admission;
 mod config_cli;
 mod http;
 mod lifecycle;
+mod media;
 mod media_audio;
 mod tls;
 mod webhook;

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod recorder;
 pub mod sdk;
+pub mod ws_backend;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -156,3 +156,47 @@ impl MediaSession {
         sends
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::record::RecordingSink;
+
+    /// A recorder that never reads: its queue fills up.
+    struct Stuck(std::sync::Mutex<Vec<mpsc::Receiver<RecordedEvent>>>);
+
+    impl RecordingSink for Stuck {
+        fn start_call(&self, _route: &str) -> mpsc::Sender<RecordedEvent> {
+            let (tx, rx) = mpsc::channel(4);
+            self.0.lock().unwrap().push(rx);
+            tx
+        }
+    }
+
+    #[test]
+    fn a_stuck_recorder_never_stalls_the_call() {
+        let metrics = crate::metrics::Metrics::new();
+        let route = MediaRoute {
+            settings: Arc::new(crate::ws::call::tests::settings(0)),
+            on_malformed: OnMalformed::Drop,
+            recorder: Some(Arc::new(Stuck(Default::default()))),
+        };
+        let mut s = MediaSession::start(&route, "media".into(), metrics.media.clone());
+        let frame = crate::ws::protocols::twilio::tests::media("inbound", &[0x10; 160]);
+        for _ in 0..20 {
+            let sends = s
+                .handle(Direction::ToBackend, Message::text(frame.clone()))
+                .unwrap();
+            assert_eq!(sends.len(), 1, "every frame is forwarded at once");
+        }
+        let dropped = metrics
+            .media
+            .recording_dropped
+            .with_label_values(&["media"])
+            .get();
+        assert_eq!(
+            dropped, 16,
+            "4 fit the queue; the rest are dropped and counted"
+        );
+    }
+}

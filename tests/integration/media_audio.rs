@@ -12,7 +12,7 @@ use voxguard::ws::call::{CallProcessor, MediaSettings, Output};
 use voxguard::ws::protocols::audio::{linear_to_ulaw, ulaw_to_linear};
 use voxguard::ws::protocols::{Direction, FrameCodec, twilio::TwilioCodec};
 
-use crate::support::audio::{mix, multimon, music, silence, speech, tone};
+use crate::support::audio::{mix, multimon, multimon_at, music, silence, speech, tone, tone_at};
 
 const ALL: &str = "123A456B789C*0#D";
 
@@ -193,4 +193,49 @@ fn speech_and_music_keep_at_least_99_5_percent_of_their_frames() {
             "{name} has no digits"
         );
     }
+}
+
+#[test]
+fn pcm_at_16_khz_is_masked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_pcm();
+    let mut audio = vec![0i16; 1234];
+    for d in ALL.chars() {
+        audio.extend(tone_at(d, 50, -12.0, 0.0, 0.0, 16000));
+        audio.extend(vec![0i16; 2400]);
+    }
+    assert_eq!(multimon_at(dir.path(), "pcm-in", &audio, 16000), ALL);
+    let t = Instant::now();
+    let mut p = CallProcessor::new(settings, t);
+    let mut out = Vec::new();
+    for (i, chunk) in audio.chunks(320).enumerate() {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        p.process(
+            Direction::ToBackend,
+            Message::binary(bytes),
+            t + Duration::from_millis(20 * i as u64),
+            &mut out,
+        )
+        .unwrap();
+    }
+    p.flush(&mut out);
+    let (mut forwarded, mut recorded) = (Vec::new(), Vec::new());
+    for o in out {
+        match o {
+            Output::Forward(_, Message::Binary(b)) => {
+                forwarded.extend(b.chunks_exact(2).map(|x| i16::from_le_bytes([x[0], x[1]])))
+            }
+            Output::Record(e) => recorded.extend(e.audio.unwrap().linear()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(forwarded.len(), audio.len());
+    assert_eq!(multimon_at(dir.path(), "pcm-fwd", &forwarded, 16000), "");
+    assert_eq!(multimon_at(dir.path(), "pcm-rec", &recorded, 16000), "");
+}
+
+fn settings_pcm() -> Arc<MediaSettings> {
+    let text = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"pcm\"\nsample_rate = 16000\n";
+    let config = voxguard::Config::parse(text, "t", &|_| None).unwrap();
+    Arc::new(MediaSettings::from_config(config.routes[0].media.as_ref().unwrap()).unwrap())
 }

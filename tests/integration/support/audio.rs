@@ -12,6 +12,18 @@ const KEYS: [&str; 4] = ["123A", "456B", "789C", "*0#D"];
 /// A DTMF tone: `ms` long, each tone `level_db` below full scale, the column tone `twist_db` louder,
 /// both frequencies scaled by `1 + detune`.
 pub fn tone(digit: char, ms: u32, level_db: f32, twist_db: f32, detune: f32) -> Vec<i16> {
+    tone_at(digit, ms, level_db, twist_db, detune, 8000)
+}
+
+/// The same at `rate` samples per second.
+pub fn tone_at(
+    digit: char,
+    ms: u32,
+    level_db: f32,
+    twist_db: f32,
+    detune: f32,
+    rate: u32,
+) -> Vec<i16> {
     let r = KEYS
         .iter()
         .position(|k| k.contains(digit))
@@ -19,9 +31,9 @@ pub fn tone(digit: char, ms: u32, level_db: f32, twist_db: f32, detune: f32) -> 
     let c = KEYS[r].find(digit).unwrap();
     let amp = 32767.0 * 10f32.powf(level_db / 20.0);
     let col_amp = amp * 10f32.powf(twist_db / 20.0);
-    (0..(8 * ms) as usize)
+    (0..(rate / 1000 * ms) as usize)
         .map(|i| {
-            let t = i as f32 / 8000.0;
+            let t = i as f32 / rate as f32;
             let s = amp * (2.0 * PI * ROWS[r] * (1.0 + detune) * t).sin()
                 + col_amp * (2.0 * PI * COLS[c] * (1.0 + detune) * t).sin();
             s.clamp(-32768.0, 32767.0) as i16
@@ -35,6 +47,11 @@ pub fn silence(ms: u32) -> Vec<i16> {
 
 /// 16-bit mono 8 kHz WAV.
 pub fn write_wav(path: &Path, samples: &[i16]) {
+    write_wav_at(path, samples, 8000);
+}
+
+/// 16-bit mono WAV at `rate`.
+pub fn write_wav_at(path: &Path, samples: &[i16], rate: u32) {
     let data_len = (samples.len() * 2) as u32;
     let mut out = Vec::with_capacity(44 + samples.len() * 2);
     out.extend_from_slice(b"RIFF");
@@ -43,8 +60,8 @@ pub fn write_wav(path: &Path, samples: &[i16]) {
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes()); // PCM
     out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16000u32.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
@@ -69,10 +86,15 @@ pub fn read_wav(path: &Path) -> Vec<i16> {
         .collect()
 }
 
-/// The digits multimon-ng hears in `samples`.
+/// The digits multimon-ng hears in `samples` (8 kHz).
 pub fn multimon(dir: &Path, name: &str, samples: &[i16]) -> String {
+    multimon_at(dir, name, samples, 8000)
+}
+
+/// The digits multimon-ng hears in `samples` at `rate`.
+pub fn multimon_at(dir: &Path, name: &str, samples: &[i16], rate: u32) -> String {
     let path = dir.join(format!("{name}.wav"));
-    write_wav(&path, samples);
+    write_wav_at(&path, samples, rate);
     let out = Command::new("multimon-ng")
         .args(["-q", "-t", "wav", "-a", "DTMF"])
         .arg(&path)

@@ -1,0 +1,93 @@
+//! One media message through decode → every redactor → encode (the call processor), with the
+//! default route settings: a Twilio `media` message (160 μ-law samples, 20 ms) and a 20 ms frame of
+//! 16 kHz PCM (320 samples). Speech-like audio, so nothing is masked and the original bytes are
+//! forwarded; the tone detector, the recording copy and the delay queues all run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use criterion::{Criterion, criterion_group, criterion_main};
+use tokio_tungstenite::tungstenite::Message;
+use voxguard::ws::call::{CallProcessor, MediaSettings};
+use voxguard::ws::protocols::Direction;
+use voxguard::ws::protocols::audio::linear_to_ulaw;
+
+fn settings(media: &str) -> Arc<MediaSettings> {
+    let text = format!(
+        "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\n{media}"
+    );
+    let config = voxguard::Config::parse(&text, "bench", &|_| None).unwrap();
+    Arc::new(MediaSettings::from_config(config.routes[0].media.as_ref().unwrap()).unwrap())
+}
+
+/// A vowel-like signal: a 140 Hz fundamental with harmonics.
+fn voice(n: usize, rate: f32, offset: usize) -> Vec<i16> {
+    (0..n)
+        .map(|i| {
+            let t = (i + offset) as f32 / rate;
+            let s: f32 = (1..8)
+                .map(|h| (2.0 * std::f32::consts::PI * 140.0 * h as f32 * t).sin() / h as f32)
+                .sum();
+            (s * 4000.0) as i16
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let twilio = settings("protocol = \"twilio\"");
+    let messages: Vec<Message> = (0..50)
+        .map(|i| {
+            let ulaw: Vec<u8> = voice(160, 8000.0, i * 160).iter().map(|&s| linear_to_ulaw(s)).collect();
+            Message::text(format!(
+                r#"{{"event":"media","sequenceNumber":"{i}","media":{{"track":"inbound","chunk":"{i}","timestamp":"{}","payload":"{}"}},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}}"#,
+                i * 20,
+                b64.encode(ulaw)
+            ))
+        })
+        .collect();
+    let mut p = CallProcessor::new(twilio, Instant::now());
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    let t0 = Instant::now();
+    c.bench_function("media_twilio_message", |b| {
+        b.iter(|| {
+            i += 1;
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            p.process(
+                Direction::ToBackend,
+                messages[i % 50].clone(),
+                now,
+                &mut out,
+            )
+            .unwrap();
+            out.clear();
+        })
+    });
+
+    let pcm = settings("protocol = \"pcm\"\nsample_rate = 16000");
+    let frames: Vec<Message> = (0..50)
+        .map(|i| {
+            let bytes: Vec<u8> = voice(320, 16000.0, i * 320)
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect();
+            Message::binary(bytes)
+        })
+        .collect();
+    let mut p = CallProcessor::new(pcm, Instant::now());
+    let mut j = 0usize;
+    c.bench_function("media_pcm16k_frame", |b| {
+        b.iter(|| {
+            j += 1;
+            let now = t0 + Duration::from_millis(20 * j as u64);
+            p.process(Direction::ToBackend, frames[j % 50].clone(), now, &mut out)
+                .unwrap();
+            out.clear();
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -181,6 +181,11 @@ mod tests {
             on_malformed: OnMalformed::Drop,
             recorder: Some(Arc::new(Stuck(Default::default()))),
         };
+        let stuck = Arc::new(Stuck(Default::default()));
+        let route = MediaRoute {
+            recorder: Some(stuck.clone()),
+            ..route
+        };
         let mut s = MediaSession::start(&route, "media".into(), metrics.media.clone());
         let frame = crate::ws::protocols::twilio::tests::media("inbound", &[0x10; 160]);
         for _ in 0..20 {

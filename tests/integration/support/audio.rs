@@ -45,11 +45,6 @@ pub fn silence(ms: u32) -> Vec<i16> {
     vec![0; (8 * ms) as usize]
 }
 
-/// 16-bit mono 8 kHz WAV.
-pub fn write_wav(path: &Path, samples: &[i16]) {
-    write_wav_at(path, samples, 8000);
-}
-
 /// 16-bit mono WAV at `rate`.
 pub fn write_wav_at(path: &Path, samples: &[i16], rate: u32) {
     let data_len = (samples.len() * 2) as u32;

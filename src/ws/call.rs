@@ -649,6 +649,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dtmf_entry_pauses_the_recording_until_digits_stop() {
+        let mut s = settings(0);
+        s.pause_after_dtmf = Some(Duration::from_secs(2));
+        let mut p = CallProcessor::new(Arc::new(s), Instant::now());
+        let t = Instant::now();
+        let mut out = Vec::new();
+        let speech = Message::text(media("inbound", &[0x10; 160]));
+        p.process(Direction::ToBackend, Message::text(DTMF), t, &mut out)
+            .unwrap();
+        for ms in [100, 1900, 2100, 5000] {
+            p.process(
+                Direction::ToBackend,
+                speech.clone(),
+                t + Duration::from_millis(ms),
+                &mut out,
+            )
+            .unwrap();
+        }
+        p.flush(&mut out);
+        let silent: Vec<bool> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Record(e) if e.kind == Kind::Media => {
+                    Some(e.audio.as_ref().unwrap().is_silent())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            silent,
+            [true, true, false, false],
+            "paused for 2 s after the digit"
+        );
+    }
+
+    #[test]
     fn malformed_messages_are_errors_and_change_nothing() {
         let mut p = CallProcessor::new(Arc::new(settings(0)), Instant::now());
         let mut out = Vec::new();

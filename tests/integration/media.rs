@@ -347,3 +347,25 @@ async fn frames_held_for_the_lookahead_go_out_when_the_stream_goes_quiet() {
     // No more audio: the last frames must not wait for samples that never come.
     wait_for_frames(&backend, 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_max_duration_is_closed_with_1001() {
+    let (proxy, _backend) = proxy("max_duration = \"300ms\"\n").await;
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
+        .await
+        .unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed by the proxy");
+    let frame = close.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(frame.reason.as_str(), "maximum call duration");
+}

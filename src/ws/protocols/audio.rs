@@ -50,12 +50,26 @@ impl Audio {
     }
 }
 
-/// G.711 μ-law expansion.
+/// G.711 μ-law expansion (table lookup).
 pub fn ulaw_to_linear(b: u8) -> i16 {
+    ULAW_TABLE[usize::from(b)]
+}
+
+const ULAW_TABLE: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = ulaw_expand(i as u8);
+        i += 1;
+    }
+    t
+};
+
+const fn ulaw_expand(b: u8) -> i16 {
     let u = !b;
     let sign = u & 0x80;
     let exponent = (u >> 4) & 0x07;
-    let mantissa = i32::from(u & 0x0F);
+    let mantissa = (u & 0x0F) as i32;
     let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
     if sign != 0 {
         -magnitude as i16

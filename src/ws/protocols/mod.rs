@@ -67,6 +67,12 @@ pub struct Frame {
     pub audio: Option<Audio>,
     /// The audio track (`inbound`/`outbound` for Twilio; PCM has one).
     pub track: Track,
+    /// For a media message decoded on the fast path: the original text and where its base64 payload
+    /// sits in it, so a changed frame is re-encoded by replacing just the payload (no JSON tree).
+    pub payload_at: Option<(
+        tokio_tungstenite::tungstenite::Utf8Bytes,
+        std::ops::Range<usize>,
+    )>,
 }
 
 /// An audio track within one direction.

@@ -29,6 +29,7 @@ impl FrameCodec for PcmCodec {
                     json: None,
                     audio: Some(Audio::Pcm16(samples)),
                     track: Track::Single,
+                    payload_at: None,
                 })
             }
             Message::Text(text) => {
@@ -46,6 +47,7 @@ impl FrameCodec for PcmCodec {
                     json: Some(json),
                     audio: None,
                     track: Track::Single,
+                    payload_at: None,
                 })
             }
             _ => Err(Malformed::Field),

@@ -103,14 +103,8 @@ impl Runtime {
             .iter()
             .filter_map(|r| {
                 let max = r.max_websocket_sessions_per_ip?;
-                let counter = match previous.and_then(|p| p.ws_sessions.get(&r.name)) {
-                    Some(live) => {
-                        live.set_max(max);
-                        live.clone()
-                    }
-                    None => PerIpCounter::new(max),
-                };
-                Some((r.name.clone(), counter))
+                let live = previous.and_then(|p| p.ws_sessions.get(&r.name));
+                Some((r.name.clone(), keep_counter(live, max)))
             })
             .collect();
         let webhooks = config
@@ -140,14 +134,8 @@ impl Runtime {
             .iter()
             .filter_map(|r| {
                 let max = r.media.as_ref()?.max_sessions?;
-                let counter = match previous.and_then(|p| p.media_sessions.get(&r.name)) {
-                    Some(live) => {
-                        live.set_max(max);
-                        live.clone()
-                    }
-                    None => PerIpCounter::new(max),
-                };
-                Some((r.name.clone(), counter))
+                let live = previous.and_then(|p| p.media_sessions.get(&r.name));
+                Some((r.name.clone(), keep_counter(live, max)))
             })
             .collect();
         Ok(Self {
@@ -167,6 +155,17 @@ impl Runtime {
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok()),
         })
+    }
+}
+
+/// The live session counter of a route across a reload (its new cap applied), or a fresh one.
+fn keep_counter(live: Option<&Arc<PerIpCounter>>, max: u32) -> Arc<PerIpCounter> {
+    match live {
+        Some(live) => {
+            live.set_max(max);
+            live.clone()
+        }
+        None => PerIpCounter::new(max),
     }
 }
 

@@ -375,6 +375,18 @@ pub(crate) mod tests {
     use crate::ws::protocols::{Audio, audio::ulaw_to_linear};
     use crate::ws::redact::goertzel::tests::{detect, tone};
 
+    /// Whether each recorded media frame is silent, in order.
+    fn recorded_silence(out: &[Output]) -> Vec<bool> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Record(e) if e.kind == Kind::Media => {
+                    Some(e.audio.as_ref().unwrap().is_silent())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn settings(lookahead_ms: u64) -> MediaSettings {
         MediaSettings {
             codec: Box::new(TwilioCodec),
@@ -628,15 +640,7 @@ pub(crate) mod tests {
             .filter(|o| matches!(o, Output::Forward(..)))
             .collect();
         assert_eq!(forwarded.len(), 3, "both frames, and the unconfigured mark");
-        let recorded: Vec<bool> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Record(e) if e.kind == Kind::Media => {
-                    Some(e.audio.as_ref().unwrap().is_silent())
-                }
-                _ => None,
-            })
-            .collect();
+        let recorded = recorded_silence(&out);
         assert_eq!(
             recorded,
             vec![true, false],
@@ -668,15 +672,7 @@ pub(crate) mod tests {
             .unwrap();
         }
         p.flush(&mut out);
-        let silent: Vec<bool> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Record(e) if e.kind == Kind::Media => {
-                    Some(e.audio.as_ref().unwrap().is_silent())
-                }
-                _ => None,
-            })
-            .collect();
+        let silent = recorded_silence(&out);
         assert_eq!(
             silent,
             [true, true, false, false],

@@ -93,6 +93,17 @@ async fn wait_for_frames(backend: &WsBackend, n: usize) {
     panic!("the backend did not get {n} frames");
 }
 
+/// The close frame the proxy sends, skipping other messages.
+async fn next_close(ws: &mut Ws) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
 fn mark(name: &str) -> Message {
     Message::text(json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": name}}).to_string())
 }
@@ -310,17 +321,9 @@ async fn on_malformed_close_ends_the_call_with_1008_or_1007() {
         .await
         .unwrap();
     ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(5), next_close(&mut ws))
+        .await
+        .unwrap();
     assert_eq!(u16::from(close.expect("a close frame").code), 1008);
 }
 
@@ -354,17 +357,9 @@ async fn a_call_past_max_duration_is_closed_with_1001() {
     let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
         .await
         .unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed by the proxy");
+    let close = tokio::time::timeout(Duration::from_secs(5), next_close(&mut ws))
+        .await
+        .expect("closed by the proxy");
     let frame = close.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1001);
     assert_eq!(frame.reason.as_str(), "maximum call duration");

@@ -17,8 +17,13 @@ use crate::support::audio::{mix, multimon, multimon_at, music, silence, speech, 
 const ALL: &str = "123A456B789C*0#D";
 
 fn settings(media_table: &str) -> Arc<MediaSettings> {
+    settings_for("twilio", media_table)
+}
+
+/// The call settings of a `[route.media]` with `protocol` and more keys, through the real config path.
+fn settings_for(protocol: &str, media_table: &str) -> Arc<MediaSettings> {
     let text = format!(
-        "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n{media_table}"
+        "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"{protocol}\"\n{media_table}"
     );
     let config = voxguard::Config::parse(&text, "t", &|_| None).unwrap();
     Arc::new(MediaSettings::from_config(config.routes[0].media.as_ref().unwrap()).unwrap())
@@ -198,7 +203,7 @@ fn speech_and_music_keep_at_least_99_5_percent_of_their_frames() {
 #[test]
 fn pcm_at_16_khz_is_masked_too() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings_pcm();
+    let settings = settings_for("pcm", "sample_rate = 16000");
     let mut audio = vec![0i16; 1234];
     for d in ALL.chars() {
         audio.extend(tone_at(d, 50, -12.0, 0.0, 0.0, 16000));
@@ -232,10 +237,4 @@ fn pcm_at_16_khz_is_masked_too() {
     assert_eq!(forwarded.len(), audio.len());
     assert_eq!(multimon_at(dir.path(), "pcm-fwd", &forwarded, 16000), "");
     assert_eq!(multimon_at(dir.path(), "pcm-rec", &recorded, 16000), "");
-}
-
-fn settings_pcm() -> Arc<MediaSettings> {
-    let text = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"pcm\"\nsample_rate = 16000\n";
-    let config = voxguard::Config::parse(text, "t", &|_| None).unwrap();
-    Arc::new(MediaSettings::from_config(config.routes[0].media.as_ref().unwrap()).unwrap())
 }

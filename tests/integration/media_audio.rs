@@ -37,19 +37,29 @@ struct Through {
 /// Sends `samples` as 20 ms Twilio media frames (μ-law, as the wire carries them).
 fn through(settings: &Arc<MediaSettings>, samples: &[i16]) -> Through {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let t = Instant::now();
-    let mut p = CallProcessor::new(settings.clone(), t);
-    let mut out = Vec::new();
-    for (i, chunk) in samples.chunks(160).enumerate() {
+    let messages = samples.chunks(160).enumerate().map(|(i, chunk)| {
         let ulaw: Vec<u8> = chunk.iter().map(|&s| linear_to_ulaw(s)).collect();
-        let msg = format!(
+        Message::text(format!(
             r#"{{"event":"media","sequenceNumber":"{i}","media":{{"track":"inbound","chunk":"{i}","timestamp":"{}","payload":"{}"}},"streamSid":"MZ1"}}"#,
             i * 20,
             b64.encode(ulaw)
-        );
+        ))
+    });
+    through_messages(settings, messages)
+}
+
+/// Runs media messages (one per 20 ms) through a call; collects the forwarded and recorded audio.
+fn through_messages(
+    settings: &Arc<MediaSettings>,
+    messages: impl Iterator<Item = Message>,
+) -> Through {
+    let t = Instant::now();
+    let mut p = CallProcessor::new(settings.clone(), t);
+    let mut out = Vec::new();
+    for (i, msg) in messages.enumerate() {
         p.process(
             Direction::ToBackend,
-            Message::text(msg),
+            msg,
             t + Duration::from_millis(20 * i as u64),
             &mut out,
         )
@@ -59,11 +69,15 @@ fn through(settings: &Arc<MediaSettings>, samples: &[i16]) -> Through {
     let (mut forwarded, mut recorded) = (Vec::new(), Vec::new());
     for o in out {
         match o {
-            Output::Forward(_, m) => {
+            Output::Forward(_, m @ Message::Text(_)) => {
                 let frame = TwilioCodec.decode(&m, Direction::ToBackend).unwrap();
                 forwarded.extend(frame.audio.unwrap().linear());
             }
+            Output::Forward(_, Message::Binary(b)) => {
+                forwarded.extend(b.chunks_exact(2).map(|x| i16::from_le_bytes([x[0], x[1]])))
+            }
             Output::Record(e) => recorded.extend(e.audio.unwrap().linear()),
+            other => panic!("{other:?}"),
         }
     }
     Through {
@@ -210,30 +224,18 @@ fn pcm_at_16_khz_is_masked_too() {
         audio.extend(vec![0i16; 2400]);
     }
     assert_eq!(multimon_at(dir.path(), "pcm-in", &audio, 16000), ALL);
-    let t = Instant::now();
-    let mut p = CallProcessor::new(settings, t);
-    let mut out = Vec::new();
-    for (i, chunk) in audio.chunks(320).enumerate() {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-        p.process(
-            Direction::ToBackend,
-            Message::binary(bytes),
-            t + Duration::from_millis(20 * i as u64),
-            &mut out,
+    let frames = audio.chunks(320).map(|chunk| {
+        Message::binary(
+            chunk
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect::<Vec<u8>>(),
         )
-        .unwrap();
-    }
-    p.flush(&mut out);
-    let (mut forwarded, mut recorded) = (Vec::new(), Vec::new());
-    for o in out {
-        match o {
-            Output::Forward(_, Message::Binary(b)) => {
-                forwarded.extend(b.chunks_exact(2).map(|x| i16::from_le_bytes([x[0], x[1]])))
-            }
-            Output::Record(e) => recorded.extend(e.audio.unwrap().linear()),
-            other => panic!("{other:?}"),
-        }
-    }
+    });
+    let Through {
+        forwarded,
+        recorded,
+    } = through_messages(&settings, frames);
     assert_eq!(forwarded.len(), audio.len());
     assert_eq!(multimon_at(dir.path(), "pcm-fwd", &forwarded, 16000), "");
     assert_eq!(multimon_at(dir.path(), "pcm-rec", &recorded, 16000), "");

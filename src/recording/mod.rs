@@ -2,3 +2,4 @@
 //! the writer behind the media session's recording queue, retention and erasure.
 
 pub mod format;
+pub mod keystore;

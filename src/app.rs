@@ -1,7 +1,8 @@
 //! Wiring only: builds the components from a [`Config`], binds the listeners, spawns the tasks,
 //! and returns the bound addresses. No request logic lives here.
 
-use crate::ws::record::{MemorySink, RecordingSink};
+use crate::recording::writer::FileSink;
+use crate::ws::record::RecordingSink;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("recording: {0}")]
+    Recording(String),
     #[error("{key} {addr}: cannot listen: {source}")]
     Bind {
         key: &'static str,
@@ -51,13 +54,25 @@ pub struct App {
     drain: Drain,
     background: CancellationToken,
     grace: std::time::Duration,
-    /// Where media routes with `record = true` send their redacted events. This release keeps the
-    /// last calls in memory (the encrypted recorder is a later issue).
-    pub recordings: Arc<MemorySink>,
+    /// Where media routes with `record = true` write their encrypted recordings.
+    pub recordings: Arc<FileSink>,
 }
 
-/// Calls kept by the in-memory recording sink.
-const RECORDINGS_KEPT: usize = 16;
+async fn sweep_recordings(sink: Arc<FileSink>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::config::defaults::RECORDING_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let n = crate::recording::sweep_expired(&sink.keystore, now);
+                sink.metrics.retention_deleted.inc_by(n as u64);
+            }
+        }
+    }
+}
 
 async fn sweep_limiters(pipeline: Arc<Pipeline>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(crate::config::defaults::RATE_LIMIT_SWEEP_INTERVAL);
@@ -92,8 +107,15 @@ impl App {
             background.clone(),
         ));
 
-        let recordings = MemorySink::new(RECORDINGS_KEPT);
-        let sink: Arc<dyn RecordingSink> = recordings.clone();
+        let recordings = FileSink::new(
+            config.recording.clone(),
+            crate::recording::key_ring(config).map_err(StartError::Recording)?,
+            crate::recording::subject_key(config).map_err(StartError::Recording)?,
+            metrics.recording.clone(),
+        )
+        .map_err(StartError::Recording)?;
+        let sink: Arc<dyn RecordingSink> = Arc::new(recordings.clone());
+        tokio::spawn(sweep_recordings(recordings.clone(), background.clone()));
         let bans = BanList::with_system_clock(
             config.bans.rules.clone(),
             config.bans.max_entries,
@@ -174,7 +196,11 @@ impl App {
     /// Replaces routes, upstreams and per-route limits; live connections keep running. Listener
     /// addresses, TLS files and server-level limits take effect on restart only.
     pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
-        let sink: Arc<dyn RecordingSink> = self.recordings.clone();
+        let sink: Arc<dyn RecordingSink> = Arc::new(self.recordings.clone());
+        // A new active KEK takes effect for recordings started from now on.
+        if let Ok(ring) = crate::recording::key_ring(config) {
+            self.recordings.ring.store(Arc::new(ring));
+        }
         let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()), &sink)?;
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());

@@ -18,7 +18,9 @@ pub struct KeyBytes(Zeroizing<[u8; 32]>);
 impl KeyBytes {
     pub fn random() -> Self {
         let mut k = Zeroizing::new([0u8; 32]);
-        SystemRandom::new().fill(&mut *k).expect("system randomness");
+        SystemRandom::new()
+            .fill(&mut *k)
+            .expect("system randomness");
         Self(k)
     }
 
@@ -58,7 +60,9 @@ impl std::fmt::Debug for KeyBytes {
 /// Why a DEK could not be unwrapped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("KEK {0:?} is not configured (it was retired or never loaded): the recording cannot be decrypted")]
+    #[error(
+        "KEK {0:?} is not configured (it was retired or never loaded): the recording cannot be decrypted"
+    )]
     UnknownKek(String),
     #[error("the wrapped data key does not authenticate under KEK {0:?}")]
     BadWrap(String),
@@ -113,7 +117,9 @@ impl KeyRing {
     pub fn wrap(&self, dek: &KeyBytes) -> WrappedKey {
         let kek = &self.keks[&self.active];
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).expect("system randomness");
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("system randomness");
         let mut blob = dek.expose().to_vec();
         kek.aead()
             .seal_in_place_append_tag(
@@ -154,7 +160,10 @@ impl KeyRing {
 
 /// A keyed hash of a data subject (HMAC-SHA256): the subject itself is never stored.
 pub fn subject_hash(key: &KeyBytes, subject: &str) -> [u8; 32] {
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()), subject.as_bytes());
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()),
+        subject.as_bytes(),
+    );
     let mut out = [0u8; 32];
     out.copy_from_slice(tag.as_ref());
     out
@@ -165,7 +174,10 @@ mod tests {
     use super::*;
 
     fn ring(active: &str, ids: &[&str]) -> (KeyRing, HashMap<String, KeyBytes>) {
-        let keks: HashMap<String, KeyBytes> = ids.iter().map(|i| (i.to_string(), KeyBytes::random())).collect();
+        let keks: HashMap<String, KeyBytes> = ids
+            .iter()
+            .map(|i| (i.to_string(), KeyBytes::random()))
+            .collect();
         (KeyRing::new(active.into(), keks.clone()), keks)
     }
 
@@ -186,10 +198,21 @@ mod tests {
         let mut both = keks.clone();
         both.insert("k2".into(), KeyBytes::random());
         let rotated = KeyRing::new("k2".into(), both);
-        assert_eq!(rotated.unwrap(&w).unwrap().expose(), dek.expose(), "old wraps still open");
-        assert_eq!(rotated.wrap(&dek).kek_id, "k2", "new wraps use the active KEK");
+        assert_eq!(
+            rotated.unwrap(&w).unwrap().expose(),
+            dek.expose(),
+            "old wraps still open"
+        );
+        assert_eq!(
+            rotated.wrap(&dek).kek_id,
+            "k2",
+            "new wraps use the active KEK"
+        );
         let (retired, _) = ring("k3", &["k3"]);
-        assert_eq!(retired.unwrap(&w).unwrap_err(), KeyError::UnknownKek("k1".into()));
+        assert_eq!(
+            retired.unwrap(&w).unwrap_err(),
+            KeyError::UnknownKek("k1".into())
+        );
     }
 
     #[test]
@@ -208,7 +231,11 @@ mod tests {
         let k = KeyBytes::random();
         let b64 = k.to_base64();
         assert_eq!(KeyBytes::from_base64(&b64).unwrap().expose(), k.expose());
-        assert!(KeyBytes::from_base64("AAAA").unwrap_err().contains("32 bytes"));
+        assert!(
+            KeyBytes::from_base64("AAAA")
+                .unwrap_err()
+                .contains("32 bytes")
+        );
         assert_eq!(format!("{k:?}"), "KeyBytes(***)");
         let (r, _) = ring("k1", &["k1"]);
         assert!(!format!("{r:?}").contains(&*b64));
@@ -217,7 +244,13 @@ mod tests {
     #[test]
     fn subject_hashes_are_keyed() {
         let (a, b) = (KeyBytes::random(), KeyBytes::random());
-        assert_eq!(subject_hash(&a, "+14155550100"), subject_hash(&a, "+14155550100"));
-        assert_ne!(subject_hash(&a, "+14155550100"), subject_hash(&b, "+14155550100"));
+        assert_eq!(
+            subject_hash(&a, "+14155550100"),
+            subject_hash(&a, "+14155550100")
+        );
+        assert_ne!(
+            subject_hash(&a, "+14155550100"),
+            subject_hash(&b, "+14155550100")
+        );
     }
 }

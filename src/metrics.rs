@@ -28,6 +28,13 @@ pub const MEDIA_MALFORMED: &str = "voxguard_media_malformed_total";
 pub const MEDIA_PROCESSING: &str = "voxguard_media_message_processing_seconds";
 pub const MEDIA_SESSION_DURATION: &str = "voxguard_media_session_duration_seconds";
 pub const MEDIA_RECORDING_DROPPED: &str = "voxguard_media_recording_dropped_total";
+pub const RECORDINGS_STARTED: &str = "voxguard_recordings_started_total";
+pub const RECORDINGS_FINISHED: &str = "voxguard_recordings_finished_total";
+pub const RECORDINGS_FAILED: &str = "voxguard_recordings_failed_total";
+pub const RECORDING_BYTES: &str = "voxguard_recording_bytes_written_total";
+pub const RECORDING_CHUNKS: &str = "voxguard_recording_chunks_sealed_total";
+pub const RECORDINGS_NOT_CONSENTED: &str = "voxguard_recordings_not_consented_total";
+pub const RECORDINGS_RETENTION_DELETED: &str = "voxguard_recordings_retention_deleted_total";
 pub const WEBHOOK_VERIFIED: &str = "voxguard_webhook_verified_total";
 pub const WEBHOOK_FAILURES: &str = "voxguard_webhook_signature_failures_total";
 pub const WEBHOOK_REPLAY_IDS: &str = "voxguard_webhook_replay_ids";
@@ -43,6 +50,7 @@ pub struct Metrics {
     pub admission: AdmissionMetrics,
     pub webhook: WebhookMetrics,
     pub media: MediaMetrics,
+    pub recording: RecordingMetrics,
     /// `outcome` = ok | error.
     pub config_reloads: IntCounterVec,
 }
@@ -83,6 +91,18 @@ pub struct AdmissionMetrics {
     pub bans_active: IntGauge,
     /// Labels: rule. Bans imposed.
     pub bans: IntCounterVec,
+}
+
+#[derive(Clone)]
+pub struct RecordingMetrics {
+    pub started: prometheus::IntCounter,
+    pub finished: prometheus::IntCounter,
+    pub failed: prometheus::IntCounter,
+    pub bytes: prometheus::IntCounter,
+    pub chunks: prometheus::IntCounter,
+    /// Labels: route. Calls not recorded because consent was required and not given.
+    pub not_consented: IntCounterVec,
+    pub retention_deleted: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -146,6 +166,13 @@ impl Metrics {
                 .register(Box::new(h.clone()))
                 .expect("unique metric");
             h
+        };
+        let plain = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -284,6 +311,28 @@ impl Metrics {
                     MEDIA_RECORDING_DROPPED,
                     "Recorded events dropped because the recorder could not keep up.",
                     &["route"],
+                ),
+            },
+            recording: RecordingMetrics {
+                started: plain(RECORDINGS_STARTED, "Recordings started."),
+                finished: plain(RECORDINGS_FINISHED, "Recordings closed complete."),
+                failed: plain(
+                    RECORDINGS_FAILED,
+                    "Recordings that failed (the call went on unless on_error = close).",
+                ),
+                bytes: plain(
+                    RECORDING_BYTES,
+                    "Encrypted bytes written to recording files.",
+                ),
+                chunks: plain(RECORDING_CHUNKS, "Chunks sealed."),
+                not_consented: counter(
+                    RECORDINGS_NOT_CONSENTED,
+                    "Calls not recorded because consent was required and not given.",
+                    &["route"],
+                ),
+                retention_deleted: plain(
+                    RECORDINGS_RETENTION_DELETED,
+                    "Recordings deleted at the end of their retention.",
                 ),
             },
             webhook: WebhookMetrics {

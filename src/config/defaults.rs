@@ -39,6 +39,12 @@ pub const MEDIA_RESUME_MARK: &str = "voxguard:resume";
 pub const MEDIA_MAX_PAUSE: Duration = Duration::from_secs(300);
 /// A media session is closed (1001) after this long.
 pub const MEDIA_MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Recordings (and their keystore entries) are deleted this long after they start.
+pub const RECORDING_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Sealed chunks are written at least this often during a call.
+pub const RECORDING_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired recordings are deleted.
+pub const RECORDING_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const WEBSOCKET_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 pub const LOG_LEVEL: &str = "info";

@@ -19,6 +19,40 @@ pub struct FileConfig {
     pub route: Vec<RouteFile>,
     #[serde(default)]
     pub bans: BansFile,
+    #[serde(default)]
+    pub recording: RecordingFile,
+    #[serde(default)]
+    pub keys: KeysFile,
+}
+
+/// `[recording] dir = "data/recordings", retention = "24h"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingFile {
+    pub dir: Option<String>,
+    pub retention: Option<String>,
+    pub flush_interval: Option<String>,
+    pub fsync: Option<String>,
+    pub on_error: Option<String>,
+    pub subject_key_env: Option<String>,
+    pub subject_key_file: Option<String>,
+}
+
+/// `[keys] active = "k1"` and `[[keys.kek]] id = "k1", env = "VOXGUARD_KEK_K1"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    pub active: Option<String>,
+    #[serde(default)]
+    pub kek: Vec<KekFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekFile {
+    pub id: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +173,9 @@ pub struct MediaFile {
     pub max_pause: Option<String>,
     pub max_duration: Option<String>,
     pub max_sessions: Option<u32>,
+    pub retention: Option<String>,
+    pub consent_param: Option<String>,
+    pub subject_param: Option<String>,
 }
 
 /// `secret_env = "A"` or `secret_env = ["A", "B"]`.

@@ -51,6 +51,13 @@ pub struct MediaConfig {
     #[serde(serialize_with = "ser_duration")]
     pub max_duration: Duration,
     pub max_sessions: Option<u32>,
+    /// Overrides `[recording] retention` for this route's recordings.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub retention: Option<Duration>,
+    /// A `customParameter` that must be `"true"` before anything is recorded.
+    pub consent_param: Option<String>,
+    /// A `customParameter` naming the data subject (stored only as its keyed hash).
+    pub subject_param: Option<String>,
 }
 
 fn ser_opt_duration<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -186,6 +193,12 @@ pub(super) fn validate(e: &mut Errors, key: &str, f: &MediaFile) -> Option<Media
         max_sessions: f
             .max_sessions
             .map(|v| e.positive(&k("max_sessions"), Some(u64::from(v)), 1) as u32),
+        retention: f
+            .retention
+            .as_deref()
+            .map(|v| e.duration(&k("retention"), Some(v), d::RECORDING_RETENTION)),
+        consent_param: f.consent_param.clone().filter(|s| !s.is_empty()),
+        subject_param: f.subject_param.clone().filter(|s| !s.is_empty()),
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod defaults;
 pub mod file;
 pub mod media;
+pub mod recording;
 pub mod webhook;
 
 use std::collections::HashSet;
@@ -57,6 +58,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub bans: BansConfig,
+    pub recording: recording::RecordingConfig,
+    pub keys: recording::KeysConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -722,8 +725,12 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         rules,
     };
 
+    let recording = recording::recording(&mut e, &f.recording, &server.data_dir, env);
+    let keys = recording::keys(&mut e, &f.keys, env);
     if e.0.is_empty() {
         Ok(Config {
+            recording,
+            keys,
             bans,
             server,
             admin: AdminConfig {

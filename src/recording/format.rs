@@ -117,7 +117,14 @@ fn nonce(prefix: &[u8; 7], counter: u32, last: bool) -> Nonce {
 }
 
 /// Seals chunk `counter` of a file: returns the on-disk bytes (u32 length ‖ ciphertext ‖ tag).
-pub fn seal_chunk(dek: &KeyBytes, header_bytes: &[u8], prefix: &[u8; 7], counter: u32, last: bool, plain: &mut Vec<u8>) -> Vec<u8> {
+pub fn seal_chunk(
+    dek: &KeyBytes,
+    header_bytes: &[u8],
+    prefix: &[u8; 7],
+    counter: u32,
+    last: bool,
+    plain: &mut Vec<u8>,
+) -> Vec<u8> {
     let key = dek.aead();
     key.seal_in_place_append_tag(nonce(prefix, counter, last), Aad::from(header_bytes), plain)
         .expect("sealing cannot fail below the size limit");
@@ -146,15 +153,23 @@ impl std::fmt::Display for Integrity {
         match self {
             Integrity::Complete { chunks } => write!(f, "complete ({chunks} chunks)"),
             Integrity::Truncated { after } => write!(f, "truncated after chunk {after}"),
-            Integrity::BadChunk { index } => write!(f, "chunk {index} does not authenticate (altered, reordered or dropped)"),
-            Integrity::TrailingData { chunks } => write!(f, "data after the last chunk ({chunks} chunks)"),
+            Integrity::BadChunk { index } => write!(
+                f,
+                "chunk {index} does not authenticate (altered, reordered or dropped)"
+            ),
+            Integrity::TrailingData { chunks } => {
+                write!(f, "data after the last chunk ({chunks} chunks)")
+            }
         }
     }
 }
 
 /// Opens every chunk of `file` (the whole file's bytes); returns the plaintexts that authenticated, in
 /// order, and the verdict. Stops at the first bad chunk.
-pub fn open_all(dek: &KeyBytes, file: &[u8]) -> Result<(Header, Vec<Vec<u8>>, Integrity), FormatError> {
+pub fn open_all(
+    dek: &KeyBytes,
+    file: &[u8],
+) -> Result<(Header, Vec<Vec<u8>>, Integrity), FormatError> {
     let (header, header_len) = Header::decode(file)?;
     let header_bytes = &file[..header_len];
     let key = dek.aead();
@@ -169,7 +184,7 @@ pub fn open_all(dek: &KeyBytes, file: &[u8]) -> Result<(Header, Vec<Vec<u8>>, In
             return Ok((header, chunks, Integrity::Truncated { after: counter }));
         };
         let len = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        if len < TAG_LEN || len > MAX_CHUNK + TAG_LEN {
+        if !(TAG_LEN..=MAX_CHUNK + TAG_LEN).contains(&len) {
             return Ok((header, chunks, Integrity::BadChunk { index: counter }));
         }
         let Some(sealed) = file.get(at + 4..at + 4 + len) else {
@@ -180,7 +195,11 @@ pub fn open_all(dek: &KeyBytes, file: &[u8]) -> Result<(Header, Vec<Vec<u8>>, In
         let mut plain = None;
         for flag in [false, true] {
             let mut buf = sealed.to_vec();
-            if let Ok(p) = key.open_in_place(nonce(&header.nonce_prefix, counter, flag), Aad::from(header_bytes), &mut buf) {
+            if let Ok(p) = key.open_in_place(
+                nonce(&header.nonce_prefix, counter, flag),
+                Aad::from(header_bytes),
+                &mut buf,
+            ) {
                 let n = p.len();
                 buf.truncate(n);
                 plain = Some(buf);
@@ -250,14 +269,23 @@ impl Record {
             let at_ms = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
             let (direction, track, kind) = (bytes[5], bytes[6], bytes[7]);
             let len = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-            let body = bytes.get(12..12 + len).ok_or(FormatError::BadHeader)?.to_vec();
+            let body = bytes
+                .get(12..12 + len)
+                .ok_or(FormatError::BadHeader)?
+                .to_vec();
             bytes = &bytes[12 + len..];
             let body = match ty {
                 1 => RecordBody::Audio(body),
                 2 => RecordBody::Event(body),
                 _ => return Err(FormatError::BadHeader),
             };
-            out.push(Record { at_ms, direction, track, kind, body });
+            out.push(Record {
+                at_ms,
+                direction,
+                track,
+                kind,
+                body,
+            });
         }
         Ok(out)
     }
@@ -285,7 +313,14 @@ mod tests {
         let mut out = hb.clone();
         for (i, c) in chunks.iter().enumerate() {
             let last = finished && i == chunks.len() - 1;
-            out.extend(seal_chunk(dek, &hb, &h.nonce_prefix, i as u32, last, &mut c.to_vec()));
+            out.extend(seal_chunk(
+                dek,
+                &hb,
+                &h.nonce_prefix,
+                i as u32,
+                last,
+                &mut c.to_vec(),
+            ));
         }
         out
     }
@@ -304,16 +339,25 @@ mod tests {
         let good = file(&dek, &[b"one", b"two", b"three"], true);
         let (_, chunks, v) = open_all(&dek, &good).unwrap();
         assert_eq!(v, Integrity::Complete { chunks: 3 });
-        assert_eq!(chunks, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(
+            chunks,
+            [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
 
         let hlen = header().encode().len();
         let mut flipped_header = good.clone();
         flipped_header[20] ^= 1; // recording id: authenticated as associated data
-        assert_eq!(open_all(&dek, &flipped_header).unwrap().2, Integrity::BadChunk { index: 0 });
+        assert_eq!(
+            open_all(&dek, &flipped_header).unwrap().2,
+            Integrity::BadChunk { index: 0 }
+        );
 
         let mut flipped_chunk = good.clone();
         flipped_chunk[hlen + 6] ^= 1;
-        assert_eq!(open_all(&dek, &flipped_chunk).unwrap().2, Integrity::BadChunk { index: 0 });
+        assert_eq!(
+            open_all(&dek, &flipped_chunk).unwrap().2,
+            Integrity::BadChunk { index: 0 }
+        );
 
         let one = 4 + 3 + 16;
         let two = 4 + 3 + 16;
@@ -321,36 +365,66 @@ mod tests {
         swapped.extend_from_slice(&good[hlen + one..hlen + one + two]);
         swapped.extend_from_slice(&good[hlen..hlen + one]);
         swapped.extend_from_slice(&good[hlen + one + two..]);
-        assert_eq!(open_all(&dek, &swapped).unwrap().2, Integrity::BadChunk { index: 0 });
+        assert_eq!(
+            open_all(&dek, &swapped).unwrap().2,
+            Integrity::BadChunk { index: 0 }
+        );
 
         let mut dropped = good[..hlen + one].to_vec();
         dropped.extend_from_slice(&good[hlen + one + two..]);
-        assert_eq!(open_all(&dek, &dropped).unwrap().2, Integrity::BadChunk { index: 1 });
+        assert_eq!(
+            open_all(&dek, &dropped).unwrap().2,
+            Integrity::BadChunk { index: 1 }
+        );
 
         let cut = &good[..good.len() - 5];
-        assert_eq!(open_all(&dek, cut).unwrap().2, Integrity::Truncated { after: 2 });
+        assert_eq!(
+            open_all(&dek, cut).unwrap().2,
+            Integrity::Truncated { after: 2 }
+        );
         let (_, kept, _) = open_all(&dek, cut).unwrap();
         assert_eq!(kept.len(), 2, "what came before the cut is recovered");
 
         let wrong = KeyBytes::random();
-        assert_eq!(open_all(&wrong, &good).unwrap().2, Integrity::BadChunk { index: 0 });
+        assert_eq!(
+            open_all(&wrong, &good).unwrap().2,
+            Integrity::BadChunk { index: 0 }
+        );
     }
 
     #[test]
     fn an_unfinished_file_is_truncated_not_complete() {
         let dek = KeyBytes::random();
         let crashed = file(&dek, &[b"a", b"b"], false);
-        assert_eq!(open_all(&dek, &crashed).unwrap().2, Integrity::Truncated { after: 2 });
+        assert_eq!(
+            open_all(&dek, &crashed).unwrap().2,
+            Integrity::Truncated { after: 2 }
+        );
         let mut extra = file(&dek, &[b"a"], true);
         extra.extend_from_slice(b"junk");
-        assert_eq!(open_all(&dek, &extra).unwrap().2, Integrity::TrailingData { chunks: 1 });
+        assert_eq!(
+            open_all(&dek, &extra).unwrap().2,
+            Integrity::TrailingData { chunks: 1 }
+        );
     }
 
     #[test]
     fn records_round_trip() {
         let rs = vec![
-            Record { at_ms: 20, direction: 0, track: 0, kind: 2, body: RecordBody::Audio(vec![1, 2]) },
-            Record { at_ms: 40, direction: 1, track: 1, kind: 3, body: RecordBody::Event(b"{}".to_vec()) },
+            Record {
+                at_ms: 20,
+                direction: 0,
+                track: 0,
+                kind: 2,
+                body: RecordBody::Audio(vec![1, 2]),
+            },
+            Record {
+                at_ms: 40,
+                direction: 1,
+                track: 1,
+                kind: 3,
+                body: RecordBody::Event(b"{}".to_vec()),
+            },
         ];
         let mut buf = Vec::new();
         for r in &rs {

@@ -75,12 +75,20 @@ impl Keystore {
                 .truncate(false)
                 .mode(0o600)
                 .open(path)
-                .map_err(|source| KeystoreError::Io { path: shown.clone(), source })?;
+                .map_err(|source| KeystoreError::Io {
+                    path: shown.clone(),
+                    source,
+                })?;
         }
-        let db = |source| KeystoreError::Db { path: shown.clone(), source };
+        let db = |source| KeystoreError::Db {
+            path: shown.clone(),
+            source,
+        };
         let conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -88,9 +96,15 @@ impl Keystore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, KeystoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, KeystoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn).map_err(|source| KeystoreError::Db { path: self.path.clone(), source })
+        f(&conn).map_err(|source| KeystoreError::Db {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     pub fn insert(&self, e: &Entry) -> Result<(), KeystoreError> {
@@ -116,7 +130,13 @@ impl Keystore {
         })
     }
 
-    pub fn finish(&self, id: &str, state: &str, bytes: i64, duration_ms: i64) -> Result<(), KeystoreError> {
+    pub fn finish(
+        &self,
+        id: &str,
+        state: &str,
+        bytes: i64,
+        duration_ms: i64,
+    ) -> Result<(), KeystoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE recordings SET state = ?2, bytes = ?3, duration_ms = ?4 WHERE id = ?1",
@@ -145,8 +165,7 @@ impl Keystore {
         })
     }
 
-    const COLUMNS: &'static str =
-        "id, route, path, kek_id, wrapped_dek, subject_hash, created_ms, expires_ms, state, bytes, duration_ms";
+    const COLUMNS: &'static str = "id, route, path, kek_id, wrapped_dek, subject_hash, created_ms, expires_ms, state, bytes, duration_ms";
 
     pub fn get(&self, id: &str) -> Result<Option<Entry>, KeystoreError> {
         self.with(|c| {
@@ -159,9 +178,16 @@ impl Keystore {
         })
     }
 
-    fn select(&self, filter: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<Entry>, KeystoreError> {
+    fn select(
+        &self,
+        filter: &str,
+        p: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Entry>, KeystoreError> {
         self.with(|c| {
-            let mut st = c.prepare(&format!("SELECT {} FROM recordings {filter} ORDER BY created_ms", Self::COLUMNS))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM recordings {filter} ORDER BY created_ms",
+                Self::COLUMNS
+            ))?;
             let rows = st.query_map(p, Self::row)?;
             rows.collect()
         })
@@ -181,7 +207,10 @@ impl Keystore {
 
     /// Deletes an entry: from here on its recording cannot be decrypted anywhere.
     pub fn delete(&self, id: &str) -> Result<bool, KeystoreError> {
-        self.with(|c| c.execute("DELETE FROM recordings WHERE id = ?1", params![id]).map(|n| n > 0))
+        self.with(|c| {
+            c.execute("DELETE FROM recordings WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+        })
     }
 
     /// Re-wraps every entry not under the active KEK; returns how many. Entries whose KEK is not in
@@ -238,19 +267,32 @@ mod tests {
         let path = dir.path().join("keystore.sqlite");
         let ks = Keystore::open(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let ring = KeyRing::new("k1".into(), HashMap::from([("k1".to_string(), KeyBytes::random())]));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let ring = KeyRing::new(
+            "k1".into(),
+            HashMap::from([("k1".to_string(), KeyBytes::random())]),
+        );
         ks.insert(&entry(&ring, "a", Some([1; 32]), 100)).unwrap();
         ks.insert(&entry(&ring, "b", None, 200)).unwrap();
         ks.finish("a", "complete", 10, 20).unwrap();
         let a = ks.get("a").unwrap().unwrap();
-        assert_eq!((a.state.as_str(), a.bytes, a.duration_ms), ("complete", 10, 20));
+        assert_eq!(
+            (a.state.as_str(), a.bytes, a.duration_ms),
+            ("complete", 10, 20)
+        );
         assert_eq!(ks.by_subject(&[1; 32]).unwrap().len(), 1);
         assert_eq!(ks.expired(150).unwrap().len(), 1);
         assert!(ks.delete("a").unwrap());
         assert!(ks.get("a").unwrap().is_none());
         let second = Keystore::open(&path).unwrap();
-        assert_eq!(second.list().unwrap().len(), 1, "another process reads the same file");
+        assert_eq!(
+            second.list().unwrap().len(),
+            1,
+            "another process reads the same file"
+        );
     }
 
     #[test]
@@ -262,7 +304,13 @@ mod tests {
         let e = entry(&old, "a", None, 1);
         let dek = old.unwrap(&e.wrapped).unwrap();
         ks.insert(&e).unwrap();
-        let both = KeyRing::new("k2".into(), HashMap::from([("k1".to_string(), k1), ("k2".to_string(), KeyBytes::random())]));
+        let both = KeyRing::new(
+            "k2".into(),
+            HashMap::from([
+                ("k1".to_string(), k1),
+                ("k2".to_string(), KeyBytes::random()),
+            ]),
+        );
         assert_eq!(ks.rewrap(&both).unwrap(), (1, vec![]));
         let moved = ks.get("a").unwrap().unwrap();
         assert_eq!(moved.wrapped.kek_id, "k2");

@@ -36,6 +36,9 @@ pub struct MediaSettings {
     pub resume_mark: Option<String>,
     pub pause_after_dtmf: Option<Duration>,
     pub max_pause: Duration,
+    /// Parameter names the recorder reads on the call's first event (consent flag, subject).
+    pub consent_param: Option<String>,
+    pub subject_param: Option<String>,
 }
 
 impl MediaSettings {
@@ -65,6 +68,8 @@ impl MediaSettings {
             resume_mark: c.resume_mark.clone(),
             pause_after_dtmf: c.pause_on_dtmf,
             max_pause: c.max_pause,
+            consent_param: c.consent_param.clone(),
+            subject_param: c.subject_param.clone(),
         })
     }
 }
@@ -104,9 +109,28 @@ pub struct CallProcessor {
     to_caller: VecDeque<Forwarded>,
     recording: VecDeque<Recorded>,
     pause: Pause,
+    call_seen: bool,
 }
 
 impl CallProcessor {
+    /// Consent and subject from the raw (not yet redacted) first event.
+    fn call_info(&self, frame: &Frame) -> super::record::CallInfo {
+        let params = frame.json.as_ref().map(|j| match frame.kind {
+            Kind::Start => j.pointer("/start/customParameters").unwrap_or(&Value::Null),
+            _ => j,
+        });
+        let get = |name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| params?.get(n))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        super::record::CallInfo {
+            consent: get(&self.s.consent_param).is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            subject: get(&self.s.subject_param),
+        }
+    }
+
     pub fn new(settings: Arc<MediaSettings>, now: Instant) -> Self {
         let pause = Pause::new(settings.pause_after_dtmf, settings.max_pause);
         Self {
@@ -117,6 +141,7 @@ impl CallProcessor {
             to_caller: VecDeque::new(),
             recording: VecDeque::new(),
             pause,
+            call_seen: false,
         }
     }
 
@@ -149,7 +174,12 @@ impl CallProcessor {
             track: frame.track,
             audio: None,
             json: None,
+            call: None,
         };
+        if !self.call_seen && matches!(frame.kind, Kind::Start | Kind::Metadata) {
+            self.call_seen = true;
+            event.call = Some(self.call_info(&frame));
+        }
         let mut dirty = false;
         let mut media = None;
         match frame.kind {
@@ -401,6 +431,8 @@ pub(crate) mod tests {
             resume_mark: Some("voxguard:resume".into()),
             pause_after_dtmf: None,
             max_pause: Duration::from_secs(300),
+            consent_param: Some("recording_consent".into()),
+            subject_param: Some("caller".into()),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct MediaRoute {
     pub on_malformed: OnMalformed,
     /// Recording is on for the route, and this is where it goes.
     pub recorder: Option<Arc<dyn super::record::RecordingSink>>,
+    /// What the recorder is told at each call's start.
+    pub call: super::record::CallStart,
 }
 
 impl MediaRoute {
@@ -31,10 +33,23 @@ impl MediaRoute {
         c: &crate::config::media::MediaConfig,
         sink: &Arc<dyn super::record::RecordingSink>,
     ) -> Option<Self> {
+        use crate::config::media::Protocol;
+        use crate::recording::format::Codec;
         Some(Self {
             settings: Arc::new(MediaSettings::from_config(c)?),
             on_malformed: c.on_malformed,
             recorder: c.record.then(|| sink.clone()),
+            call: super::record::CallStart {
+                route: String::new(),
+                codec: if c.protocol == Protocol::Pcm {
+                    Codec::Pcm16
+                } else {
+                    Codec::Mulaw
+                },
+                sample_rate: c.sample_rate,
+                retention: c.retention,
+                consent_required: c.consent_param.is_some(),
+            },
         })
     }
 }
@@ -45,6 +60,8 @@ pub struct MediaSession {
     metrics: MediaMetrics,
     on_malformed: OnMalformed,
     recorder: Option<mpsc::Sender<RecordedEvent>>,
+    /// Cancelled by the recorder when the call must end (`on_error = "close"`).
+    pub recorder_failed: tokio_util::sync::CancellationToken,
     dropped: IntCounter,
     processing: Histogram,
     outs: Vec<Output>,
@@ -59,8 +76,17 @@ pub struct CloseCall {
 
 impl MediaSession {
     pub fn start(route: &MediaRoute, name: Arc<str>, metrics: MediaMetrics) -> Self {
-        let recorder = route.recorder.as_ref().map(|r| r.start_call(&name));
+        let started = route.recorder.as_ref().map(|r| {
+            let mut call = route.call.clone();
+            call.route = name.to_string();
+            r.start_call(&call)
+        });
+        let (recorder, recorder_failed) = match started {
+            Some(c) => (Some(c.events), c.failed),
+            None => (None, Default::default()),
+        };
         Self {
+            recorder_failed,
             processor: CallProcessor::new(route.settings.clone(), Instant::now()),
             dropped: metrics.recording_dropped.with_label_values(&[&name]),
             processing: metrics.processing.with_label_values(&[&name]),
@@ -166,10 +192,16 @@ mod tests {
     struct Stuck(std::sync::Mutex<Vec<mpsc::Receiver<RecordedEvent>>>);
 
     impl RecordingSink for Stuck {
-        fn start_call(&self, _route: &str) -> mpsc::Sender<RecordedEvent> {
+        fn start_call(
+            &self,
+            _call: &crate::ws::record::CallStart,
+        ) -> crate::ws::record::CallRecorder {
             let (tx, rx) = mpsc::channel(4);
             self.0.lock().unwrap().push(rx);
-            tx
+            crate::ws::record::CallRecorder {
+                events: tx,
+                failed: Default::default(),
+            }
         }
     }
 
@@ -181,6 +213,13 @@ mod tests {
             settings: Arc::new(crate::ws::call::tests::settings(0)),
             on_malformed: OnMalformed::Drop,
             recorder: Some(stuck.clone()),
+            call: crate::ws::record::CallStart {
+                route: "media".into(),
+                codec: crate::recording::format::Codec::Mulaw,
+                sample_rate: 8000,
+                retention: None,
+                consent_required: false,
+            },
         };
         let mut s = MediaSession::start(&route, "media".into(), metrics.media.clone());
         let frame = crate::ws::protocols::twilio::tests::media("inbound", &[0x10; 160]);

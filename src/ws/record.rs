@@ -22,14 +22,45 @@ pub struct RecordedEvent {
     pub audio: Option<Audio>,
     /// Text events (media messages carry only their audio).
     pub json: Option<Value>,
+    /// On the event that starts the call (Twilio `start`, the first PCM metadata message): what the
+    /// recorder needs to decide whether and under whom to record, taken before redaction.
+    pub call: Option<CallInfo>,
+}
+
+/// Consent and subject, read from the route's configured parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallInfo {
+    /// The consent parameter was present and `"true"`.
+    pub consent: bool,
+    /// The raw subject value; the recorder keeps only its keyed hash.
+    pub subject: Option<String>,
 }
 
 /// Events of one call, in order.
 pub type CallEvents = Arc<Mutex<Vec<RecordedEvent>>>;
 
-/// Receives recordings. `start_call` returns the sending side of the call's queue.
+/// What a sink is told when a call starts.
+#[derive(Debug, Clone)]
+pub struct CallStart {
+    pub route: String,
+    pub codec: crate::recording::format::Codec,
+    pub sample_rate: u32,
+    /// The route's own retention, if it overrides `[recording] retention`.
+    pub retention: Option<std::time::Duration>,
+    /// Nothing is recorded unless the call's first event carries consent.
+    pub consent_required: bool,
+}
+
+/// The sending side of a call's recording queue, and a token the recorder cancels when the call must
+/// end because it cannot be recorded (`on_error = "close"`).
+pub struct CallRecorder {
+    pub events: tokio::sync::mpsc::Sender<RecordedEvent>,
+    pub failed: tokio_util::sync::CancellationToken,
+}
+
+/// Receives recordings, one queue per call.
 pub trait RecordingSink: Send + Sync {
-    fn start_call(&self, route: &str) -> tokio::sync::mpsc::Sender<RecordedEvent>;
+    fn start_call(&self, call: &CallStart) -> CallRecorder;
 }
 
 /// Events per call queue before the call's events are dropped (and counted).
@@ -61,8 +92,9 @@ impl MemorySink {
 }
 
 impl RecordingSink for MemorySink {
-    fn start_call(&self, route: &str) -> tokio::sync::mpsc::Sender<RecordedEvent> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(QUEUE_EVENTS);
+    fn start_call(&self, call: &CallStart) -> CallRecorder {
+        let route = call.route.as_str();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordedEvent>(QUEUE_EVENTS);
         let events: CallEvents = Arc::default();
         {
             let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
@@ -72,10 +104,14 @@ impl RecordingSink for MemorySink {
             }
         }
         tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
+            while let Some(mut e) = rx.recv().await {
+                e.call = None; // the raw subject is not kept
                 events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
             }
         });
-        tx
+        CallRecorder {
+            events: tx,
+            failed: Default::default(),
+        }
     }
 }

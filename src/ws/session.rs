@@ -167,6 +167,10 @@ where
                 }
                 continue;
             }
+            _ = async { media.as_deref().expect("guarded").recorder_failed.cancelled().await }, if media.is_some() => {
+                close_both(&mut client, &mut upstream, "recording failed").await;
+                return End::Error;
+            }
             _ = &mut deadline => {
                 flush_media(&mut media, &mut client, &mut upstream).await;
                 close_both(&mut client, &mut upstream, "maximum call duration").await;

@@ -184,7 +184,6 @@ async fn a_scripted_twilio_call_is_redacted_forwarded_and_recorded() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = ws.close(None).await;
     let start_seen = got
         .iter()
         .find(|v| v["event"] == "start")
@@ -239,35 +238,61 @@ async fn a_scripted_twilio_call_is_redacted_forwarded_and_recorded() {
         "no digit reached the backend"
     );
 
-    // The recording: same redactions, the dtmf digit masked, the paused stretch silent.
-    let mut events = Vec::new();
+    // The recording, decrypted from disk: same redactions, the dtmf digit masked, the paused stretch
+    // silent. It is complete once the call has ended.
+    let _ = ws.close(None).await;
+    let sink = &proxy.app.recordings;
+    let mut decrypted = None;
     for _ in 0..100 {
-        if let Some((route, call)) = proxy.app.recordings.calls().last() {
-            assert_eq!(route, "media");
-            events = call.lock().unwrap().clone();
-            if events
-                .iter()
-                .any(|e| e.kind == voxguard::ws::protocols::Kind::Stop)
-            {
-                break;
-            }
+        if let Some(e) = sink
+            .keystore
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.state == "complete")
+        {
+            decrypted = Some(
+                voxguard::recording::read::decrypt(&e.path, &sink.keystore, &sink.ring.load())
+                    .unwrap(),
+            );
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    use voxguard::ws::protocols::Kind;
-    let rec_start = events.iter().find(|e| e.kind == Kind::Start).unwrap();
+    let rec = decrypted.expect("the recording completes");
+    assert!(
+        matches!(
+            rec.integrity,
+            voxguard::recording::format::Integrity::Complete { .. }
+        ),
+        "{}",
+        rec.integrity
+    );
+    let events: Vec<Value> = rec
+        .events_jsonl()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
+        .collect();
+    let rec_start = events.iter().find(|v| v["event"] == "start").unwrap();
     assert_eq!(
-        rec_start.json.as_ref().unwrap()["start"]["customParameters"]["card"],
+        rec_start["start"]["customParameters"]["card"],
         "[REDACTED:card]"
     );
-    let rec_dtmf = events.iter().find(|e| e.kind == Kind::Dtmf).unwrap();
+    let rec_dtmf = events.iter().find(|v| v["event"] == "dtmf").unwrap();
     assert_eq!(
-        rec_dtmf.json.as_ref().unwrap()["dtmf"]["digit"],
-        "X",
+        rec_dtmf["dtmf"]["digit"], "X",
         "always masked in the recording"
     );
-    let rec_audio: Vec<&voxguard::ws::protocols::Audio> =
-        events.iter().filter_map(|e| e.audio.as_ref()).collect();
+    let rec_audio: Vec<voxguard::ws::protocols::Audio> = rec
+        .records
+        .iter()
+        .filter_map(|r| match &r.body {
+            voxguard::recording::format::RecordBody::Audio(b) => {
+                Some(voxguard::ws::protocols::Audio::Ulaw(b.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     assert_eq!(rec_audio.len(), seq);
     let samples: Vec<i16> = rec_audio.iter().flat_map(|a| a.linear()).collect();
     assert_eq!(

@@ -1,0 +1,348 @@
+//! The file sink: one writer task per call behind the media session's bounded queue. It decides at the
+//! call's first event whether to record (consent), creates the file (0600, in a 0700 directory) and its
+//! keystore entry, seals chunks every `flush_interval` or 64 KiB, and marks the last chunk on close.
+//! A failure (disk full, permission) never breaks the call unless the route asked for that: the
+//! recording is marked failed, counted and logged, and the rest of the call's events are discarded.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::format::{Codec, Header, Record, RecordBody, seal_chunk};
+use super::keystore::{Entry, Keystore};
+use crate::admission::signature::encoding::to_hex;
+use crate::config::recording::{Fsync, OnError, RecordingConfig};
+use crate::keys::{KeyBytes, KeyRing, subject_hash};
+use crate::metrics::RecordingMetrics;
+use crate::ws::protocols::{Audio, Direction, Track};
+use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
+
+/// Plaintext gathered before a chunk is sealed early.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Opens the file a recording is written to (injectable: tests simulate a full disk).
+pub type Opener =
+    Arc<dyn Fn(&std::path::Path) -> std::io::Result<Box<dyn Write + Send>> + Send + Sync>;
+
+/// Creates files 0600 and fails if one exists.
+pub fn open_file(path: &std::path::Path) -> std::io::Result<Box<dyn Write + Send>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    Ok(Box::new(SyncOnFlush(f)))
+}
+
+/// `flush` = fsync for real files.
+struct SyncOnFlush(std::fs::File);
+
+impl Write for SyncOnFlush {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+pub struct FileSink {
+    pub config: RecordingConfig,
+    pub keystore: Arc<Keystore>,
+    pub ring: ArcSwap<KeyRing>,
+    pub subject_key: KeyBytes,
+    pub metrics: RecordingMetrics,
+    pub open: Opener,
+}
+
+impl FileSink {
+    /// Creates the directory (0700) and opens the keystore in it.
+    pub fn new(
+        config: RecordingConfig,
+        ring: KeyRing,
+        subject_key: KeyBytes,
+        metrics: RecordingMetrics,
+    ) -> Result<Arc<Self>, String> {
+        create_private_dir(&config.dir)?;
+        let keystore =
+            Keystore::open(&config.dir.join("keystore.sqlite")).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self {
+            config,
+            keystore: Arc::new(keystore),
+            ring: ArcSwap::from_pointee(ring),
+            subject_key,
+            metrics,
+            open: Arc::new(open_file),
+        }))
+    }
+}
+
+/// `dir` with mode 0700 (created if missing; an existing one is tightened).
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: cannot set mode 0700: {e}", dir.display()))
+}
+
+impl RecordingSink for Arc<FileSink> {
+    fn start_call(&self, call: &CallStart) -> CallRecorder {
+        let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
+        let failed = CancellationToken::new();
+        tokio::spawn(write_call(self.clone(), call.clone(), rx, failed.clone()));
+        CallRecorder { events: tx, failed }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One open recording.
+struct Open {
+    id: String,
+    out: Box<dyn Write + Send>,
+    dek: KeyBytes,
+    header: Vec<u8>,
+    prefix: [u8; 7],
+    counter: u32,
+    plain: Vec<u8>,
+    bytes: i64,
+    last_at_ms: u32,
+}
+
+impl Open {
+    fn seal(&mut self, last: bool, sink: &FileSink) -> std::io::Result<()> {
+        let mut plain = std::mem::take(&mut self.plain);
+        let sealed = seal_chunk(
+            &self.dek,
+            &self.header,
+            &self.prefix,
+            self.counter,
+            last,
+            &mut plain,
+        );
+        self.out.write_all(&sealed)?;
+        self.counter += 1;
+        self.bytes += sealed.len() as i64;
+        sink.metrics.chunks.inc();
+        sink.metrics.bytes.inc_by(sealed.len() as u64);
+        if sink.config.fsync == Fsync::Chunk || last {
+            tokio::task::block_in_place(|| self.out.flush())?;
+        }
+        self.plain = plain; // keep the allocation
+        self.plain.clear();
+        Ok(())
+    }
+
+    fn push(&mut self, e: &RecordedEvent) {
+        let at_ms = u32::try_from(e.at.as_millis()).unwrap_or(u32::MAX);
+        self.last_at_ms = at_ms;
+        let body = match (&e.audio, &e.json) {
+            (Some(Audio::Ulaw(b)), _) => RecordBody::Audio(b.clone()),
+            (Some(Audio::Pcm16(s)), _) => {
+                RecordBody::Audio(s.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+            (None, Some(j)) => RecordBody::Event(j.to_string().into_bytes()),
+            (None, None) => return,
+        };
+        Record {
+            at_ms,
+            direction: match e.direction {
+                Direction::ToBackend => 0,
+                Direction::ToCaller => 1,
+            },
+            track: match e.track {
+                Track::Inbound => 0,
+                Track::Outbound => 1,
+                Track::Single => 2,
+            },
+            kind: e.kind as u8,
+            body,
+        }
+        .encode_into(&mut self.plain);
+    }
+}
+
+enum State {
+    /// Waiting for the event that says whether to record.
+    Undecided(Vec<RecordedEvent>),
+    Recording(Box<Open>),
+    /// Not recorded (no consent, or failed): events are discarded.
+    Off,
+}
+
+async fn write_call(
+    sink: Arc<FileSink>,
+    call: CallStart,
+    mut rx: mpsc::Receiver<RecordedEvent>,
+    failed: CancellationToken,
+) {
+    let mut state = State::Undecided(Vec::new());
+    let mut tick = tokio::time::interval(sink.config.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(e) = ev else { break };
+                state = match state {
+                    State::Undecided(mut held) => {
+                        let decides = e.call.is_some() || (e.audio.is_some() && !call.consent_required);
+                        let info = e.call.clone();
+                        held.push(e);
+                        if !decides {
+                            State::Undecided(held)
+                        } else if call.consent_required && !info.as_ref().is_some_and(|i| i.consent) {
+                            sink.metrics.not_consented.with_label_values(&[&call.route]).inc();
+                            State::Off
+                        } else {
+                            let subject = info.and_then(|i| i.subject);
+                            match start(&sink, &call, subject.as_deref()) {
+                                Ok(mut open) => {
+                                    for h in &held {
+                                        open.push(h);
+                                    }
+                                    State::Recording(open)
+                                }
+                                Err(why) => fail(&sink, &call, None, &why, &failed),
+                            }
+                        }
+                    }
+                    State::Recording(mut open) => {
+                        open.push(&e);
+                        if open.plain.len() >= CHUNK_BYTES {
+                            match open.seal(false, &sink) {
+                                Ok(()) => State::Recording(open),
+                                Err(why) => fail(&sink, &call, Some(&open), &why.to_string(), &failed),
+                            }
+                        } else {
+                            State::Recording(open)
+                        }
+                    }
+                    State::Off => State::Off,
+                };
+            }
+            _ = tick.tick() => {
+                if let State::Recording(open) = &mut state
+                    && !open.plain.is_empty()
+                    && let Err(why) = open.seal(false, &sink)
+                {
+                    let id = open.id.clone();
+                    state = fail(&sink, &call, Some(open), &why.to_string(), &failed);
+                    tracing::debug!(recording = %id, "recording stopped after a write error");
+                }
+            }
+        }
+    }
+    if let State::Recording(mut open) = state {
+        match open.seal(true, &sink) {
+            Ok(()) => {
+                let _ = sink.keystore.finish(
+                    &open.id,
+                    "complete",
+                    open.bytes,
+                    i64::from(open.last_at_ms),
+                );
+                sink.metrics.finished.inc();
+            }
+            Err(why) => {
+                fail(&sink, &call, Some(&open), &why.to_string(), &failed);
+            }
+        }
+    }
+}
+
+/// Creates the file and its keystore entry.
+fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box<Open>, String> {
+    let rng = SystemRandom::new();
+    let mut id = [0u8; 16];
+    let mut prefix = [0u8; 7];
+    rng.fill(&mut id).map_err(|_| "no randomness".to_string())?;
+    rng.fill(&mut prefix)
+        .map_err(|_| "no randomness".to_string())?;
+    let ring = sink.ring.load();
+    let dek = KeyBytes::random();
+    let created = now_ms();
+    let header = Header {
+        recording_id: id,
+        created_ms: created as u64,
+        codec: call.codec,
+        sample_rate: match call.codec {
+            Codec::Mulaw => 8000,
+            Codec::Pcm16 => call.sample_rate,
+        },
+        channels: 2,
+        nonce_prefix: prefix,
+        kek_id: ring.active_id().to_string(),
+    };
+    let id_hex = to_hex(&id);
+    let path: PathBuf = sink.config.dir.join(format!("{id_hex}.vxr"));
+    let retention = call.retention.unwrap_or(sink.config.retention);
+    let entry = Entry {
+        id: id_hex.clone(),
+        route: call.route.clone(),
+        path: path.clone(),
+        wrapped: ring.wrap(&dek),
+        subject_hash: subject.map(|s| subject_hash(&sink.subject_key, s)),
+        created_ms: created,
+        expires_ms: created + retention.as_millis() as i64,
+        state: "recording".into(),
+        bytes: 0,
+        duration_ms: 0,
+    };
+    sink.keystore.insert(&entry).map_err(|e| e.to_string())?;
+    let header_bytes = header.encode();
+    let opened = (sink.open)(&path).and_then(|mut out| {
+        out.write_all(&header_bytes)?;
+        Ok(out)
+    });
+    let out = match opened {
+        Ok(out) => out,
+        Err(e) => {
+            let _ = sink.keystore.delete(&id_hex);
+            return Err(format!("{}: {e}", path.display()));
+        }
+    };
+    sink.metrics.started.inc();
+    Ok(Box::new(Open {
+        id: id_hex,
+        out,
+        dek,
+        bytes: header_bytes.len() as i64,
+        header: header_bytes,
+        prefix,
+        counter: 0,
+        plain: Vec::with_capacity(CHUNK_BYTES),
+        last_at_ms: 0,
+    }))
+}
+
+fn fail(
+    sink: &FileSink,
+    call: &CallStart,
+    open: Option<&Open>,
+    why: &str,
+    failed: &CancellationToken,
+) -> State {
+    sink.metrics.failed.inc();
+    if let Some(open) = open {
+        let _ = sink
+            .keystore
+            .finish(&open.id, "failed", open.bytes, i64::from(open.last_at_ms));
+    }
+    tracing::warn!(route = %call.route, recording = open.map(|o| o.id.as_str()), error = %why, "recording failed");
+    if sink.config.on_error == OnError::Close {
+        failed.cancel();
+    }
+    State::Off
+}

@@ -15,6 +15,9 @@ fn main() -> ExitCode {
             println!("voxguard {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Keygen => ExitCode::from(voxguard::cli::recording::keygen() as u8),
+        Command::Keys(cmd) => exit(voxguard::cli::recording::run_keys(cmd, &process_env)),
+        Command::Recording(cmd) => exit(voxguard::cli::recording::run(cmd, &process_env)),
         Command::Webhook(cmd) => {
             voxguard::install_crypto_provider();
             ExitCode::from(voxguard::cli::webhook::run(cmd, &process_env) as u8)
@@ -51,6 +54,17 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// A maintenance command's exit: its code, or 64 with the error.
+fn exit(result: Result<i32, String>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG as u8)
         }
     }
 }

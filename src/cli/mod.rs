@@ -1,5 +1,6 @@
 //! Command-line interface. `run` lives in `main.rs`; the other subcommands are here.
 
+pub mod recording;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -35,6 +36,14 @@ pub enum Command {
     /// Sign or verify a webhook request the way the proxy does, to test a provider setup.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// Print a new key-encryption key (base64 of 32 random bytes) for a secret store.
+    Keygen,
+    /// Key maintenance.
+    #[command(subcommand)]
+    Keys(recording::KeysCommand),
+    /// List, verify, decrypt and erase recordings.
+    #[command(subcommand)]
+    Recording(recording::RecordingCommand),
     /// Print the version.
     Version,
 }

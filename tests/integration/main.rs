@@ -8,6 +8,7 @@ mod http;
 mod lifecycle;
 mod media;
 mod media_audio;
+mod recording;
 mod tls;
 mod webhook;
 mod webhook_cli;

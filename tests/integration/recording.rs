@@ -439,3 +439,106 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
         "every frame flushed before the kill is recovered: {samples}"
     );
 }
+
+/// Accepts `room` bytes, then fails as a full disk does.
+struct FullDisk {
+    room: usize,
+}
+
+impl std::io::Write for FullDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.room {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.room -= buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A file sink on a disk with room for the header only, and a media session recording into it.
+fn full_disk_session(
+    on_error: &str,
+) -> (
+    voxguard::ws::intercept::MediaSession,
+    std::sync::Arc<voxguard::recording::writer::FileSink>,
+    voxguard::metrics::Metrics,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\non_error = \"{on_error}\"\nflush_interval = \"10ms\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
+        dir.path().join("data").display().to_string(),
+        dir.path().join("rec").display().to_string()
+    );
+    let config = voxguard::Config::parse(&text, "t", &|_| None).unwrap();
+    let metrics = voxguard::metrics::Metrics::new();
+    let mut sink = voxguard::recording::writer::FileSink::new(
+        config.recording.clone(),
+        voxguard::recording::key_ring(&config).unwrap(),
+        voxguard::recording::subject_key(&config).unwrap(),
+        metrics.recording.clone(),
+    )
+    .unwrap();
+    std::sync::Arc::get_mut(&mut sink).unwrap().open = std::sync::Arc::new(|_| {
+        Ok(Box::new(FullDisk { room: 100 }) as Box<dyn std::io::Write + Send>)
+    });
+    let as_sink: std::sync::Arc<dyn voxguard::ws::record::RecordingSink> =
+        std::sync::Arc::new(sink.clone());
+    let route = voxguard::ws::intercept::MediaRoute::from_config(
+        config.routes[0].media.as_ref().unwrap(),
+        &as_sink,
+    )
+    .unwrap();
+    let session =
+        voxguard::ws::intercept::MediaSession::start(&route, "media".into(), metrics.media.clone());
+    (session, sink, metrics, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_never_breaks_the_call() {
+    use voxguard::ws::protocols::Direction;
+    let (mut session, sink, metrics, _dir) = full_disk_session("continue");
+    let mut forwarded = 0;
+    forwarded += session
+        .handle(Direction::ToBackend, start_msg(json!({})))
+        .unwrap()
+        .len();
+    for i in 0..100 {
+        forwarded += session
+            .handle(Direction::ToBackend, media(i + 2))
+            .unwrap()
+            .len();
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(15)).await; // let a flush hit the full disk
+        }
+    }
+    forwarded += session.finish().len();
+    assert_eq!(forwarded, 101, "every message still reaches the backend");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        metrics.recording.failed.get(),
+        1,
+        "the failure is counted once"
+    );
+    let entries = sink.keystore.list().unwrap();
+    assert_eq!(entries[0].state, "failed");
+    assert!(
+        !session.recorder_failed.is_cancelled(),
+        "on_error = continue: the call goes on"
+    );
+
+    let (mut closing, _, _, _dir) = full_disk_session("close");
+    closing
+        .handle(Direction::ToBackend, start_msg(json!({})))
+        .unwrap();
+    for i in 0..20 {
+        closing.handle(Direction::ToBackend, media(i + 2)).unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), closing.recorder_failed.cancelled())
+        .await
+        .expect("on_error = close asks the session to end the call");
+}

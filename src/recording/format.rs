@@ -116,6 +116,22 @@ fn nonce(prefix: &[u8; 7], counter: u32, last: bool) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// Seals chunk `counter` of a file in place (`buf` becomes ciphertext ‖ tag) and returns the length
+/// prefix to write before it. No second buffer: an open recording holds one chunk's worth of memory.
+pub fn seal_chunk_in_place(
+    dek: &KeyBytes,
+    header_bytes: &[u8],
+    prefix: &[u8; 7],
+    counter: u32,
+    last: bool,
+    buf: &mut Vec<u8>,
+) -> [u8; 4] {
+    dek.aead()
+        .seal_in_place_append_tag(nonce(prefix, counter, last), Aad::from(header_bytes), buf)
+        .expect("sealing cannot fail below the size limit");
+    (buf.len() as u32).to_be_bytes()
+}
+
 /// Seals chunk `counter` of a file: returns the on-disk bytes (u32 length ‖ ciphertext ‖ tag).
 pub fn seal_chunk(
     dek: &KeyBytes,
@@ -125,11 +141,9 @@ pub fn seal_chunk(
     last: bool,
     plain: &mut Vec<u8>,
 ) -> Vec<u8> {
-    let key = dek.aead();
-    key.seal_in_place_append_tag(nonce(prefix, counter, last), Aad::from(header_bytes), plain)
-        .expect("sealing cannot fail below the size limit");
+    let len = seal_chunk_in_place(dek, header_bytes, prefix, counter, last, plain);
     let mut out = Vec::with_capacity(4 + plain.len());
-    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    out.extend_from_slice(&len);
     out.append(plain);
     out
 }

@@ -23,9 +23,9 @@ use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
 
-/// Plaintext gathered before a chunk is sealed early. With the buffer sealed in place, this bounds an
-/// open recording's memory (one second of a two-way Twilio call is ~17 KiB).
-pub const CHUNK_BYTES: usize = 32 * 1024;
+/// Plaintext gathered before a chunk is sealed early. With the buffer (32 KiB, allocated once) sealed
+/// in place, this bounds an open recording's memory (one second of a two-way Twilio call is ~17 KiB).
+pub const CHUNK_BYTES: usize = 30 * 1024;
 
 /// Opens the file a recording is written to (injectable: tests simulate a full disk).
 pub type Opener =
@@ -326,7 +326,7 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         header: header_bytes,
         prefix,
         counter: 0,
-        plain: Vec::with_capacity(8 * 1024),
+        plain: Vec::with_capacity(32 * 1024),
         last_at_ms: 0,
     }))
 }
@@ -349,4 +349,54 @@ fn fail(
         failed.cancel();
     }
     State::Off
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_recording_holds_at_most_one_chunk_of_memory() {
+        let mut open = Open {
+            id: "x".into(),
+            out: Box::new(std::io::sink()),
+            dek: KeyBytes::random(),
+            header: vec![0; 52],
+            prefix: [0; 7],
+            counter: 0,
+            plain: Vec::with_capacity(8 * 1024),
+            bytes: 0,
+            last_at_ms: 0,
+        };
+        // One second of a two-way Twilio call: 50 frames of 160 μ-law bytes each way.
+        for i in 0..100u64 {
+            open.push(&RecordedEvent {
+                at: std::time::Duration::from_millis(i * 10),
+                direction: if i % 2 == 0 {
+                    Direction::ToBackend
+                } else {
+                    Direction::ToCaller
+                },
+                kind: crate::ws::protocols::Kind::Media,
+                track: Track::Inbound,
+                audio: Some(Audio::Ulaw(vec![0x7E; 160])),
+                json: None,
+                call: None,
+            });
+        }
+        assert!(
+            open.plain.len() < CHUNK_BYTES,
+            "one flush interval fits a chunk: {}",
+            open.plain.len()
+        );
+        let footprint =
+            std::mem::size_of::<Open>() + open.plain.capacity() + open.header.len() + open.id.len();
+        eprintln!(
+            "open recording after 1 s: {footprint} bytes ({} of plaintext)",
+            open.plain.len()
+        );
+        assert!(footprint <= 64 * 1024, "{footprint}");
+        // The cap itself: a chunk is sealed before the buffer passes CHUNK_BYTES plus one record.
+        assert!(CHUNK_BYTES + 2 * 1024 <= 64 * 1024);
+    }
 }

@@ -219,12 +219,49 @@ async fn a_call_is_recorded_encrypted_and_decrypts_to_a_two_channel_wav() {
         "{timeline}"
     );
     assert!(timeline.contains("\"stop\""), "{timeline}");
+    // Tampering, as `verify` reports it.
+    let header_len = voxguard::recording::format::Header::decode(&file)
+        .unwrap()
+        .1;
+    let cases: [(&str, Vec<u8>, i32, &str); 3] = [
+        (
+            "header (created time)",
+            flip(&file, 30),
+            1,
+            "chunk 0 does not authenticate",
+        ),
+        (
+            "chunk",
+            flip(&file, header_len + 10),
+            1,
+            "chunk 0 does not authenticate",
+        ),
+        (
+            "cut",
+            file[..file.len() - 3].to_vec(),
+            2,
+            "truncated after chunk",
+        ),
+    ];
+    for (name, bytes, expected, says) in cases {
+        let copy = s.dir.path().join(format!("{name}.vxr"));
+        std::fs::write(&copy, bytes).unwrap();
+        let (code, msg) = verify(&copy, &s.config);
+        assert_eq!(code, expected, "{name}: {msg}");
+        assert!(msg.contains(says), "{name}: {msg}");
+    }
     let (code, list, _) = cli(&["recording", "list"], &s.config);
     assert_eq!(code, 0);
     assert!(
         list.contains(&e.id) && list.contains("complete") && list.contains("k1"),
         "{list}"
     );
+}
+
+fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    b[at] ^= 0x01;
+    b
 }
 
 fn verify(path: &Path, config: &Path) -> (i32, String) {

@@ -157,12 +157,29 @@ impl CallProcessor {
         let mut report = Report::default();
         if frame.kind == Kind::Mark && direction == Direction::ToCaller {
             let name = frame.json.as_ref().and_then(|j| str_at(j, "/mark/name"));
-            if name.is_some() && name == self.s.pause_mark.as_deref() {
-                self.pause.pause(now);
-                return Ok(report); // consumed: the caller's side never sees it
-            }
-            if name.is_some() && name == self.s.resume_mark.as_deref() {
-                self.pause.resume();
+            let pause = name.is_some() && name == self.s.pause_mark.as_deref();
+            let resume = name.is_some() && name == self.s.resume_mark.as_deref();
+            if pause || resume {
+                if pause {
+                    self.pause.pause(now);
+                } else {
+                    self.pause.resume();
+                }
+                // Consumed: the caller's side never sees it; the recording's timeline does.
+                self.recording.push_back(Recorded {
+                    arrived: now,
+                    event: RecordedEvent {
+                        at: now.saturating_duration_since(self.started),
+                        direction,
+                        kind: Kind::Mark,
+                        track: frame.track,
+                        audio: None,
+                        json: frame.json.take(),
+                        call: None,
+                    },
+                    media: None,
+                });
+                self.release(out, now, false);
                 return Ok(report);
             }
         }
@@ -644,7 +661,11 @@ pub(crate) mod tests {
         };
         p.process(Direction::ToCaller, mark("voxguard:pause"), t, &mut out)
             .unwrap();
-        assert!(out.is_empty(), "the pause mark is not forwarded");
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, Output::Record(e) if e.kind == Kind::Mark)),
+            "the pause mark is not forwarded, only recorded: {out:?}"
+        );
         let speech = media("inbound", &[0x10; 160]);
         let r = p
             .process(

@@ -278,6 +278,15 @@ async fn a_scripted_twilio_call_is_redacted_forwarded_and_recorded() {
         rec_start["start"]["customParameters"]["card"],
         "[REDACTED:card]"
     );
+    let marks: Vec<&str> = events
+        .iter()
+        .filter_map(|v| v.pointer("/mark/name")?.as_str())
+        .collect();
+    assert_eq!(
+        marks,
+        ["voxguard:pause", "sync-1", "voxguard:resume", "sync-2"],
+        "pause/resume are on the timeline"
+    );
     let rec_dtmf = events.iter().find(|v| v["event"] == "dtmf").unwrap();
     assert_eq!(
         rec_dtmf["dtmf"]["digit"], "X",

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             println!("voxguard {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Keygen => ExitCode::from(voxguard::cli::recording::keygen() as u8),
+        Command::Keygen { id } => ExitCode::from(voxguard::cli::recording::keygen(id) as u8),
         Command::Keys(cmd) => exit(voxguard::cli::recording::run_keys(cmd, &process_env)),
         Command::Recording(cmd) => exit(voxguard::cli::recording::run(cmd, &process_env)),
         Command::Webhook(cmd) => {

@@ -36,8 +36,12 @@ pub enum Command {
     /// Sign or verify a webhook request the way the proxy does, to test a provider setup.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
-    /// Print a new key-encryption key (base64 of 32 random bytes) for a secret store.
-    Keygen,
+    /// Print a new key-encryption key (an id and base64 of 32 random bytes) for a secret store.
+    Keygen {
+        /// The KEK id (default: k + today's date, e.g. k20261202).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Key maintenance.
     #[command(subcommand)]
     Keys(recording::KeysCommand),

@@ -62,11 +62,43 @@ fn load(
     Ok((c, ks))
 }
 
-/// `voxguard keygen`: a new KEK for a secret store.
-pub fn keygen() -> i32 {
+/// `voxguard keygen`: a new KEK for a secret store, as `id` and `key` lines. The id defaults to
+/// `k` + today's date (UTC), so rotations sort.
+pub fn keygen(id: Option<String>) -> i32 {
+    let id = id.unwrap_or_else(|| {
+        let days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400) as i64;
+        let (y, m, d) = civil_from_days(days);
+        format!("k{y:04}{m:02}{d:02}")
+    });
     let key = KeyBytes::random();
-    println!("{}", &*key.to_base64());
+    println!("id = {id}");
+    println!("key = {}", &*key.to_base64());
     0
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_424), (2025, 12, 2));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+    }
 }
 
 pub fn run_keys(cmd: KeysCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<i32, String> {

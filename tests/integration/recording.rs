@@ -579,3 +579,26 @@ async fn a_full_disk_never_breaks_the_call() {
         .await
         .expect("on_error = close asks the session to end the call");
 }
+
+#[test]
+fn keygen_prints_an_id_and_a_usable_kek() {
+    let out = Command::new(bin())
+        .args(["keygen", "--id", "k7"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id = k7"));
+    let key = lines.next().unwrap().strip_prefix("key = ").unwrap();
+    assert!(KeyBytes::from_base64(key).is_ok(), "base64 of 32 bytes");
+    let again = Command::new(bin()).args(["keygen"]).output().unwrap();
+    assert_ne!(
+        String::from_utf8(again.stdout)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap(),
+        format!("key = {key}"),
+        "fresh each time"
+    );
+}

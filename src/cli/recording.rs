@@ -91,16 +91,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_424), (2025, 12, 2));
-        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
-    }
-}
-
 pub fn run_keys(cmd: KeysCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<i32, String> {
     let KeysCommand::Rewrap { config } = cmd;
     let (c, ks) = load(&config, env)?;
@@ -178,5 +168,15 @@ pub fn run(cmd: RecordingCommand, env: &dyn Fn(&str) -> Option<String>) -> Resul
             println!("erased {} recording(s)", entries.len());
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_424), (2025, 12, 2));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
     }
 }

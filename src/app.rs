@@ -1,6 +1,7 @@
 //! Wiring only: builds the components from a [`Config`], binds the listeners, spawns the tasks,
 //! and returns the bound addresses. No request logic lives here.
 
+use crate::audit::log::{AuditLog, Event as AuditEvent, Settings as AuditSettings};
 use crate::recording::writer::FileSink;
 use crate::ws::record::RecordingSink;
 use std::net::SocketAddr;
@@ -69,6 +70,9 @@ async fn sweep_recordings(sink: Arc<FileSink>, stop: CancellationToken) {
                     .map_or(0, |d| d.as_millis() as i64);
                 let n = crate::recording::sweep_expired(&sink.keystore, now);
                 sink.metrics.retention_deleted.inc_by(n as u64);
+                if n > 0 && let Some(audit) = sink.audit.get() {
+                    audit.record(AuditEvent::new("recordings_expired", "ok", serde_json::json!({"count": n})));
+                }
             }
         }
     }
@@ -107,6 +111,28 @@ impl App {
             background.clone(),
         ));
 
+        let (audit_key, audit_seed) = crate::audit::keys(config).map_err(StartError::Recording)?;
+        let _ = std::fs::write(
+            config.server.data_dir.join("audit-signing.pub"),
+            crate::audit::public_key(&audit_seed),
+        );
+        let audit = AuditLog::start(
+            AuditSettings {
+                dir: config.audit.dir.clone(),
+                checkpoint_every: config.audit.checkpoint_every,
+                checkpoint_interval: config.audit.checkpoint_interval,
+                max_file_bytes: config.audit.max_file_bytes,
+            },
+            *audit_key.expose(),
+            *audit_seed.expose(),
+            metrics.audit_dropped.clone(),
+        )
+        .map_err(StartError::Recording)?;
+        audit.record(AuditEvent::new(
+            "start",
+            "ok",
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "config_sha256": crate::audit::config_digest(config)}),
+        ));
         let recordings = FileSink::new(
             config.recording.clone(),
             crate::recording::key_ring(config).map_err(StartError::Recording)?,
@@ -114,6 +140,7 @@ impl App {
             metrics.recording.clone(),
         )
         .map_err(StartError::Recording)?;
+        let _ = recordings.audit.set(audit.clone());
         let sink: Arc<dyn RecordingSink> = Arc::new(recordings.clone());
         tokio::spawn(sweep_recordings(recordings.clone(), background.clone()));
         let bans = BanList::with_system_clock(
@@ -127,6 +154,7 @@ impl App {
             bans,
             metrics.clone(),
             drain.clone(),
+            Some((audit.clone(), audit_key.clone())),
         );
         tokio::spawn(sweep_limiters(pipeline.clone(), background.clone()));
         let tls_listener = bind("server.listen", config.server.listen).await?;
@@ -205,6 +233,13 @@ impl App {
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());
         self.pipeline.bans.set_exempt(config.bans.exempt.clone());
+        if let Some((audit, _)) = &self.pipeline.audit {
+            audit.record(AuditEvent::new(
+                "config_applied",
+                "ok",
+                serde_json::json!({"config_sha256": crate::audit::config_digest(config), "active_kek": self.recordings.ring.load().active_id()}),
+            ));
+        }
         Ok(())
     }
 
@@ -215,6 +250,13 @@ impl App {
 
     /// Counts a reload attempt.
     pub fn record_reload(&self, ok: bool) {
+        if let Some((audit, _)) = &self.pipeline.audit {
+            audit.record(AuditEvent::new(
+                "config_reload",
+                if ok { "ok" } else { "error" },
+                serde_json::json!({}),
+            ));
+        }
         self.metrics
             .config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
@@ -224,6 +266,9 @@ impl App {
     /// Drains (see `shutdown`), then stops the admin listener and background tasks.
     pub async fn shutdown(self) -> bool {
         let clean = self.drain.run(self.grace).await;
+        if let Some((audit, _)) = &self.pipeline.audit {
+            audit.close().await;
+        }
         self.background.cancel();
         clean
     }

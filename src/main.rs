@@ -16,6 +16,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Keygen { id } => ExitCode::from(voxguard::cli::recording::keygen(id) as u8),
+        Command::Audit(cmd) => exit(voxguard::cli::audit::run(cmd, &process_env)),
         Command::Keys(cmd) => exit(voxguard::cli::recording::run_keys(cmd, &process_env)),
         Command::Recording(cmd) => exit(voxguard::cli::recording::run(cmd, &process_env)),
         Command::Webhook(cmd) => {

@@ -35,6 +35,7 @@ pub const RECORDING_BYTES: &str = "voxguard_recording_bytes_written_total";
 pub const RECORDING_CHUNKS: &str = "voxguard_recording_chunks_sealed_total";
 pub const RECORDINGS_NOT_CONSENTED: &str = "voxguard_recordings_not_consented_total";
 pub const RECORDINGS_RETENTION_DELETED: &str = "voxguard_recordings_retention_deleted_total";
+pub const AUDIT_DROPPED: &str = "voxguard_audit_dropped_total";
 pub const WEBHOOK_VERIFIED: &str = "voxguard_webhook_verified_total";
 pub const WEBHOOK_FAILURES: &str = "voxguard_webhook_signature_failures_total";
 pub const WEBHOOK_REPLAY_IDS: &str = "voxguard_webhook_replay_ids";
@@ -53,6 +54,8 @@ pub struct Metrics {
     pub recording: RecordingMetrics,
     /// `outcome` = ok | error.
     pub config_reloads: IntCounterVec,
+    /// Audit events dropped because the writer's queue was full (each is also reported in the log).
+    pub audit_dropped: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -358,6 +361,10 @@ impl Metrics {
                 ),
             },
             config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
+            audit_dropped: plain(
+                AUDIT_DROPPED,
+                "Audit events dropped (queue full); reported in the log.",
+            ),
             registry,
         }
     }

@@ -19,6 +19,7 @@ use crate::admission::rate_limit::RouteLimiter;
 use crate::admission::signature::replay::Claim;
 use crate::admission::signature::verifier::{self, WebhookVerifier};
 use crate::admission::signature::{Failure, unix_now};
+use crate::audit::log::{AuditLog, Event as AuditEvent};
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
 use crate::net::conn::Activity;
@@ -177,6 +178,8 @@ pub struct Pipeline {
     pub metrics: Metrics,
     pub drain: Drain,
     ids: RequestIds,
+    /// The audit log, and the key that hashes identifiers in it.
+    pub audit: Option<(AuditLog, crate::keys::KeyBytes)>,
 }
 
 /// Per-connection facts the pipeline needs.
@@ -189,8 +192,15 @@ pub struct ConnCtx<K> {
 }
 
 impl Pipeline {
-    pub fn new(runtime: Runtime, bans: BanList, metrics: Metrics, drain: Drain) -> Arc<Self> {
+    pub fn new(
+        runtime: Runtime,
+        bans: BanList,
+        metrics: Metrics,
+        drain: Drain,
+        audit: Option<(AuditLog, crate::keys::KeyBytes)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            audit,
             runtime: ArcSwap::from_pointee(runtime),
             bans,
             metrics,
@@ -382,6 +392,16 @@ impl Pipeline {
                     request_id,
                     "webhook refused"
                 );
+                if let Some((audit, _)) = &self.audit {
+                    audit.record(
+                        AuditEvent::new(
+                            "webhook_signature_failure",
+                            "denied",
+                            serde_json::json!({"client": client.to_string(), "scheme": scheme, "reason": failure.label()}),
+                        )
+                        .route(&route.name),
+                    );
+                }
                 if failure == Failure::Replayed {
                     Err(Rejection::Replayed)
                 } else {
@@ -400,6 +420,13 @@ impl Pipeline {
             m.bans.with_label_values(&[&ban.rule]).inc();
             m.bans_active.set(self.bans.active_bans() as i64);
             tracing::warn!(client = %client, rule = %ban.rule, duration = ?ban.duration, "client banned");
+            if let Some((audit, _)) = &self.audit {
+                audit.record(AuditEvent::new(
+                    "ban",
+                    "ok",
+                    serde_json::json!({"client": client.to_string(), "rule": ban.rule, "duration_s": ban.duration.as_secs()}),
+                ));
+            }
         }
     }
 
@@ -456,6 +483,7 @@ impl Pipeline {
                         max_message_bytes: route.websocket_max_message_bytes,
                         media: rt.media.get(&route.name).cloned(),
                         max_duration: route.media.as_ref().map(|m| m.max_duration),
+                        audit: self.audit.clone(),
                     };
                     self.drain.tasks.spawn(session::run(
                         client_up,

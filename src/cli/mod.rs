@@ -1,5 +1,6 @@
 //! Command-line interface. `run` lives in `main.rs`; the other subcommands are here.
 
+pub mod audit;
 pub mod recording;
 pub mod webhook;
 
@@ -45,6 +46,9 @@ pub enum Command {
     /// Key maintenance.
     #[command(subcommand)]
     Keys(recording::KeysCommand),
+    /// Verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// List, verify, decrypt and erase recordings.
     #[command(subcommand)]
     Recording(recording::RecordingCommand),

@@ -23,6 +23,22 @@ pub struct FileConfig {
     pub recording: RecordingFile,
     #[serde(default)]
     pub keys: KeysFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `[audit] dir = "data/audit", key_env = "VOXGUARD_AUDIT_KEY"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub dir: Option<String>,
+    pub key_env: Option<String>,
+    pub key_file: Option<String>,
+    pub signing_key_env: Option<String>,
+    pub signing_key_file: Option<String>,
+    pub checkpoint_every: Option<u64>,
+    pub checkpoint_interval: Option<String>,
+    pub max_file_bytes: Option<u64>,
 }
 
 /// `[recording] dir = "data/recordings", retention = "24h"`

@@ -6,6 +6,7 @@
 //! Validation collects every problem before failing, each naming its key path, e.g.
 //! `route[1].upstream: no upstream named "voic"`.
 
+pub mod audit;
 pub mod defaults;
 pub mod file;
 pub mod media;
@@ -60,6 +61,7 @@ pub struct Config {
     pub bans: BansConfig,
     pub recording: recording::RecordingConfig,
     pub keys: recording::KeysConfig,
+    pub audit: audit::AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -727,8 +729,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
 
     let recording = recording::recording(&mut e, &f.recording, &server.data_dir, env);
     let keys = recording::keys(&mut e, &f.keys, env);
+    let audit = audit::audit(&mut e, &f.audit, &server.data_dir, env);
     if e.0.is_empty() {
         Ok(Config {
+            audit,
             recording,
             keys,
             bans,

@@ -73,7 +73,7 @@ fn ser_opt_ref<S: serde::Serializer>(r: &Option<SecretRef>, s: S) -> Result<S::O
     }
 }
 
-fn secret_ref(
+pub(super) fn secret_ref(
     e: &mut Errors,
     key: &str,
     env: Option<&String>,
@@ -90,7 +90,7 @@ fn secret_ref(
     }
 }
 
-fn load_key(
+pub(super) fn load_key(
     e: &mut Errors,
     key: &str,
     r: &SecretRef,

@@ -50,7 +50,7 @@ pub fn subject_key(config: &Config) -> Result<KeyBytes, String> {
     }
 }
 
-fn dev_key(data_dir: &Path, name: &str, why: &str) -> Result<KeyBytes, String> {
+pub(crate) fn dev_key(data_dir: &Path, name: &str, why: &str) -> Result<KeyBytes, String> {
     let path = data_dir.join(name);
     if let Ok(text) = std::fs::read_to_string(&path) {
         return KeyBytes::from_base64(&text).map_err(|e| format!("{}: {e}", path.display()));

@@ -65,6 +65,8 @@ pub struct FileSink {
     pub subject_key: KeyBytes,
     pub metrics: RecordingMetrics,
     pub open: Opener,
+    /// Recordings created, finished and failed are audited (set once the audit log runs).
+    pub audit: std::sync::OnceLock<crate::audit::log::AuditLog>,
 }
 
 impl FileSink {
@@ -85,6 +87,7 @@ impl FileSink {
             subject_key,
             metrics,
             open: Arc::new(open_file),
+            audit: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -211,6 +214,7 @@ async fn write_call(
                             State::Undecided(held)
                         } else if call.consent_required && !info.as_ref().is_some_and(|i| i.consent) {
                             sink.metrics.not_consented.with_label_values(&[&call.route]).inc();
+                            audit(&sink, "recording_not_consented", "ok", &call.route, serde_json::json!({}));
                             State::Off
                         } else {
                             let subject = info.and_then(|i| i.subject);
@@ -261,6 +265,8 @@ async fn write_call(
                     i64::from(open.last_at_ms),
                 );
                 sink.metrics.finished.inc();
+                let fields = serde_json::json!({"recording": open.id, "bytes": open.bytes, "duration_ms": open.last_at_ms});
+                audit(&sink, "recording_finished", "ok", &call.route, fields);
             }
             Err(why) => {
                 fail(&sink, &call, Some(&open), &why.to_string(), &failed);
@@ -321,6 +327,13 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         }
     };
     sink.metrics.started.inc();
+    audit(
+        sink,
+        "recording_created",
+        "ok",
+        &call.route,
+        serde_json::json!({"recording": id_hex, "kek": header.kek_id}),
+    );
     Ok(Box::new(Open {
         id: id_hex,
         out,
@@ -334,6 +347,19 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
     }))
 }
 
+/// Records a recording event in the audit log, once it runs.
+fn audit(
+    sink: &FileSink,
+    event: &'static str,
+    outcome: &'static str,
+    route: &str,
+    fields: serde_json::Value,
+) {
+    if let Some(a) = sink.audit.get() {
+        a.record(crate::audit::log::Event::new(event, outcome, fields).route(route));
+    }
+}
+
 fn fail(
     sink: &FileSink,
     call: &CallStart,
@@ -342,6 +368,13 @@ fn fail(
     failed: &CancellationToken,
 ) -> State {
     sink.metrics.failed.inc();
+    audit(
+        sink,
+        "recording_failed",
+        "error",
+        &call.route,
+        serde_json::json!({"recording": open.map(|o| o.id.clone())}),
+    );
     if let Some(open) = open {
         let _ = sink
             .keystore

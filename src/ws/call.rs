@@ -128,6 +128,12 @@ impl CallProcessor {
         super::record::CallInfo {
             consent: get(&self.s.consent_param).is_some_and(|v| v.eq_ignore_ascii_case("true")),
             subject: get(&self.s.subject_param),
+            stream: frame
+                .json
+                .as_ref()
+                .and_then(|j| j.pointer("/start/streamSid").or_else(|| j.get("streamSid")))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }
     }
 

@@ -65,6 +65,8 @@ pub struct MediaSession {
     dropped: IntCounter,
     processing: Histogram,
     outs: Vec<Output>,
+    redacted: crate::ws::redact::Report,
+    stream: Option<String>,
 }
 
 /// A message that cannot be redacted ends the call (route `on_malformed = "close"`).
@@ -95,6 +97,8 @@ impl MediaSession {
             on_malformed: route.on_malformed,
             recorder,
             outs: Vec::new(),
+            redacted: Default::default(),
+            stream: None,
         }
     }
 
@@ -112,6 +116,7 @@ impl MediaSession {
         match decoded {
             Ok(report) => {
                 for (kind, n) in report.iter() {
+                    self.redacted.add(kind, n);
                     self.metrics
                         .redactions
                         .with_label_values(&[&self.route, kind.label()])
@@ -151,6 +156,16 @@ impl MediaSession {
         Some(self.drain())
     }
 
+    /// Redactions so far, by kind (for the audit log).
+    pub fn redactions(&self) -> Vec<(crate::ws::redact::Kind, u32)> {
+        self.redacted.iter().collect()
+    }
+
+    /// The provider's stream id, once the call's first event named it.
+    pub fn stream_id(&self) -> Option<&str> {
+        self.stream.as_deref()
+    }
+
     /// Everything still held in a delay (call end).
     pub fn finish(&mut self) -> Vec<(Direction, Message)> {
         self.processor.flush(&mut self.outs);
@@ -163,6 +178,9 @@ impl MediaSession {
             match out {
                 Output::Forward(d, m) => sends.push((d, m)),
                 Output::Record(event) => {
+                    if self.stream.is_none() {
+                        self.stream = event.call.as_ref().and_then(|c| c.stream.clone());
+                    }
                     self.metrics
                         .messages
                         .with_label_values(&[

@@ -34,6 +34,8 @@ pub struct CallInfo {
     pub consent: bool,
     /// The raw subject value; the recorder keeps only its keyed hash.
     pub subject: Option<String>,
+    /// The provider's stream id (Twilio `streamSid`); the audit log keeps only its keyed hash.
+    pub stream: Option<String>,
 }
 
 /// Events of one call, in order.

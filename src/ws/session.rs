@@ -30,6 +30,8 @@ pub struct SessionSettings {
     pub media: Option<MediaRoute>,
     /// The session is closed (1001) when this has passed.
     pub max_duration: Option<Duration>,
+    /// Media sessions are audited when they end (the stream id only as a keyed hash).
+    pub audit: Option<(crate::audit::log::AuditLog, crate::keys::KeyBytes)>,
 }
 
 /// How often a media session releases frames that waited out their delay on a quiet stream.
@@ -94,11 +96,33 @@ pub async fn run<K: Send>(
         media.as_mut(),
     )
     .await;
-    if media.is_some() {
+    if let Some(m) = &media {
         media_metrics
             .session_duration
             .with_label_values(&[&*settings.route])
             .observe(started.elapsed().as_secs_f64());
+        if let Some((audit, key)) = &settings.audit {
+            let redactions: serde_json::Map<String, serde_json::Value> = m
+                .redactions()
+                .iter()
+                .map(|(k, n)| (k.label().to_string(), (*n).into()))
+                .collect();
+            audit.record(
+                crate::audit::log::Event::new(
+                    "media_session",
+                    "ok",
+                    serde_json::json!({
+                        "stream": m.stream_id().map(|id| crate::audit::keyed_id(key, id)),
+                        "duration_ms": started.elapsed().as_millis() as u64,
+                        "messages_to_backend": counters.to_upstream.get(),
+                        "messages_to_caller": counters.to_client.get(),
+                        "redactions": redactions,
+                        "end": format!("{end:?}"),
+                    }),
+                )
+                .route(&settings.route),
+            );
+        }
     }
     metrics.active.dec();
     tracing::debug!(route = &*settings.route, ?end, "WebSocket session ended");

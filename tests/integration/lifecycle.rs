@@ -68,7 +68,7 @@ pub(crate) async fn start(config: &std::path::Path, data: &std::path::Path) -> R
 }
 
 /// SIGTERM, then the exit code once the drain is over.
-async fn terminate(proxy: &mut Running) -> Option<i32> {
+pub(crate) async fn terminate(proxy: &mut Running) -> Option<i32> {
     signal(&proxy.child, "-TERM");
     let exit = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
         .await

@@ -3,6 +3,7 @@
 mod support;
 
 mod admission;
+mod audit;
 mod config_cli;
 mod http;
 mod lifecycle;

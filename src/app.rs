@@ -57,6 +57,7 @@ pub struct App {
     grace: std::time::Duration,
     /// Where media routes with `record = true` write their encrypted recordings.
     pub recordings: Arc<FileSink>,
+    admin_api: Arc<crate::admin::api::AdminContext>,
 }
 
 async fn sweep_recordings(sink: Arc<FileSink>, stop: CancellationToken) {
@@ -203,10 +204,18 @@ impl App {
                 drain.clone(),
             ));
         }
+        let admin_api = Arc::new(crate::admin::api::AdminContext {
+            tokens: arc_swap::ArcSwap::from_pointee(config.admin.tokens.clone()),
+            pipeline: pipeline.clone(),
+            recordings: recordings.clone(),
+            reload: Arc::new(tokio::sync::Notify::new()),
+            audit_dir: config.audit.dir.clone(),
+        });
         tokio::spawn(crate::admin::run(
             admin_listener,
             metrics.clone(),
             drain.clone(),
+            admin_api.clone(),
             background.clone(),
         ));
         tracing::info!(listen = %addrs.tls, admin = %addrs.admin, routes = config.routes.len(), "voxguard started");
@@ -218,6 +227,7 @@ impl App {
             background,
             grace: config.server.grace_period,
             recordings,
+            admin_api,
         })
     }
 
@@ -233,6 +243,9 @@ impl App {
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());
         self.pipeline.bans.set_exempt(config.bans.exempt.clone());
+        self.admin_api
+            .tokens
+            .store(Arc::new(config.admin.tokens.clone()));
         if let Some((audit, _)) = &self.pipeline.audit {
             audit.record(AuditEvent::new(
                 "config_applied",
@@ -241,6 +254,11 @@ impl App {
             ));
         }
         Ok(())
+    }
+
+    /// Resolves when the admin API asks for a reload (`POST /admin/reload`), as SIGHUP does.
+    pub fn reload_requested(&self) -> Arc<tokio::sync::Notify> {
+        self.admin_api.reload.clone()
     }
 
     /// The hook for checks outside the pipeline (webhook signatures) to feed the ban rules.

@@ -86,7 +86,8 @@ fn init_tracing(config: &Config) {
 async fn run(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     let app = voxguard::App::start(&config).await?;
-    while let Signal::Reload = signals.next().await {
+    let admin_reload = app.reload_requested();
+    while let Signal::Reload = signals.next_or(&admin_reload).await {
         match Config::load(&path, &process_env) {
             Ok(new) => match app.reload(&new) {
                 Ok(()) => {

@@ -77,10 +77,16 @@ impl Signals {
     }
 
     pub async fn next(&mut self) -> Signal {
+        self.next_or(&tokio::sync::Notify::new()).await
+    }
+
+    /// Like `next`, and a reload also when `reload` is notified (the admin API).
+    pub async fn next_or(&mut self, reload: &tokio::sync::Notify) -> Signal {
         tokio::select! {
             _ = self.term.recv() => Signal::Terminate,
             _ = self.int.recv() => Signal::Terminate,
             _ = self.hup.recv() => Signal::Reload,
+            _ = reload.notified() => Signal::Reload,
         }
     }
 }

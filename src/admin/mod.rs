@@ -1,5 +1,7 @@
-//! The admin listener: `/healthz` (alive), `/readyz` (503 while draining), `/metrics` (Prometheus).
-//! Loopback by default; token-protected endpoints arrive with the admin API issue.
+//! The admin listener: `/healthz` (alive), `/readyz` (503 while draining), `/metrics` (Prometheus),
+//! all token-free, and the token-protected admin API under `/admin/` (`api.rs`). Loopback by default.
+
+pub mod api;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,11 +20,12 @@ pub async fn run(
     listener: TcpListener,
     metrics: Metrics,
     drain: Drain,
+    api: Arc<api::AdminContext>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let state = Arc::new((metrics, drain));
+    let state = Arc::new((metrics, drain, api));
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -32,9 +35,16 @@ pub async fn run(
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state.0, &state.1)) }
+                async move {
+                    if req.uri().path().starts_with("/admin/") {
+                        return Ok::<_, Infallible>(
+                            api::handle(&state.2, req, peer.ip().to_canonical()).await,
+                        );
+                    }
+                    Ok::<_, Infallible>(route(&req, &state.0, &state.1))
+                }
             });
             let conn =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);

@@ -181,6 +181,30 @@ impl BanList {
         st.bans.len()
     }
 
+    /// Active bans: the banned key (an address, or an IPv6 prefix) and the time left.
+    pub fn list(&self) -> Vec<(IpAddr, Duration)> {
+        let now = (self.now)();
+        let mut out: Vec<(IpAddr, Duration)> = self
+            .lock()
+            .bans
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(ip, until)| (*ip, *until - now))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Lifts the ban on `ip`'s key (and forgets its offences); returns whether one was held.
+    pub fn lift(&self, ip: IpAddr) -> bool {
+        let key = self.key(ip);
+        let mut st = self.lock();
+        st.strikes.retain(|(_, k), _| *k != key);
+        let had = st.bans.remove(&key).is_some();
+        self.held.store(st.bans.len(), Ordering::Relaxed);
+        had
+    }
+
     pub fn active_bans(&self) -> usize {
         let now = (self.now)();
         self.lock()
@@ -237,6 +261,18 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn bans_are_listed_and_lifted() {
+        let (bans, _) = setup(100);
+        for _ in 0..5 {
+            bans.record(Offence::SignatureFailure, ip("192.0.2.9"));
+        }
+        assert_eq!(bans.list().len(), 1);
+        assert!(bans.lift(ip("192.0.2.9")));
+        assert!(bans.list().is_empty() && bans.banned(ip("192.0.2.9")).is_none());
+        assert!(!bans.lift(ip("192.0.2.9")));
     }
 
     #[test]

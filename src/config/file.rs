@@ -128,6 +128,17 @@ pub struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
+    #[serde(default)]
+    pub token: Vec<AdminTokenFile>,
+}
+
+/// `[[admin.token]] name = "ops", role = "operator", sha256 = "<hex of SHA-256 of the token>"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenFile {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -111,6 +111,32 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Who may call `/admin/*`; tokens are held only as SHA-256 hashes.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Reload, key rotation, bans.
+    Operator,
+    /// Read the audit log, reports, recording lists.
+    Auditor,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminToken {
+    pub name: String,
+    pub role: Role,
+    #[serde(serialize_with = "ser_hex32")]
+    pub sha256: [u8; 32],
+}
+
+fn ser_hex32<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&crate::admission::signature::encoding::to_hex(v))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -172,6 +198,8 @@ pub struct RouteConfig {
 pub enum Offence {
     SignatureFailure,
     RateLimited,
+    /// A missing, unknown or under-privileged token on the admin API.
+    AdminAuth,
 }
 
 impl std::str::FromStr for Offence {
@@ -180,8 +208,9 @@ impl std::str::FromStr for Offence {
         match s {
             "signature_failure" => Ok(Offence::SignatureFailure),
             "rate_limited" => Ok(Offence::RateLimited),
+            "admin_auth" => Ok(Offence::AdminAuth),
             other => Err(format!(
-                "{other:?} is not one of \"signature_failure\", \"rate_limited\""
+                "{other:?} is not one of \"signature_failure\", \"rate_limited\", \"admin_auth\""
             )),
         }
     }
@@ -727,6 +756,43 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         rules,
     };
 
+    let mut tokens = Vec::new();
+    for (i, t) in f.admin.token.iter().enumerate() {
+        let key = |k: &str| format!("admin.token[{i}].{k}");
+        let name = match t.name.clone().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => {
+                e.push(key("name"), "required");
+                continue;
+            }
+        };
+        let role = match t.role.as_deref() {
+            Some("admin") => Role::Admin,
+            Some("operator") => Role::Operator,
+            Some("auditor") => Role::Auditor,
+            other => {
+                e.push(
+                    key("role"),
+                    format!("{other:?} is not one of \"admin\", \"operator\", \"auditor\""),
+                );
+                continue;
+            }
+        };
+        let Some(hash) = t
+            .sha256
+            .as_deref()
+            .and_then(|h| crate::admission::signature::encoding::hex_exact(h, 32).ok())
+        else {
+            e.push(
+                key("sha256"),
+                "required: 64 hex digits, the SHA-256 of the token (`printf %s TOKEN | sha256sum`)",
+            );
+            continue;
+        };
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&hash);
+        tokens.push(AdminToken { name, role, sha256 });
+    }
     let recording = recording::recording(&mut e, &f.recording, &server.data_dir, env);
     let keys = recording::keys(&mut e, &f.keys, env);
     let audit = audit::audit(&mut e, &f.audit, &server.data_dir, env);
@@ -739,6 +805,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             server,
             admin: AdminConfig {
                 listen: admin_listen,
+                tokens,
             },
             log: LogConfig { level, format },
             upstreams,

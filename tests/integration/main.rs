@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin_api;
 mod admission;
 mod audit;
 mod config_cli;

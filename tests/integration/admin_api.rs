@@ -1,0 +1,222 @@
+//! The admin API: tokens by hash and role (401 without a valid token, 403 with the wrong role, 200 with
+//! the right one, each audited), recording export as WAV, subject erasure, bans, and reload through the
+//! API against the real binary.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use voxguard::admission::signature::encoding::{sha256, to_hex};
+
+use crate::support::client::{h1_over, ws_connect};
+use crate::support::ws_backend::spawn_ws_backend;
+use crate::support::{config_text, spawn_proxy_with};
+
+fn tokens() -> String {
+    [
+        ("root", "admin", "admin-token"),
+        ("ops", "operator", "ops-token"),
+        ("auditor", "auditor", "audit-token"),
+    ]
+    .iter()
+    .map(|(name, role, token)| {
+        format!(
+            "[[admin.token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            to_hex(&sha256(token.as_bytes()))
+        )
+    })
+    .collect()
+}
+
+async fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, http::HeaderMap, Bytes) {
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut send = h1_over(tcp).await;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = Full::new(Bytes::from(body.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let res = send.send_request(req.body(body).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes)
+}
+
+fn json_of(b: &Bytes) -> Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_gate_every_endpoint_and_every_call_is_audited() {
+    let backend = spawn_ws_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\nsubject_param = \"subject_id\"\n[audit]\ncheckpoint_interval = \"100ms\"\n";
+    // The [[admin.token]] tables go right after [admin].
+    let text = format!("{}\n{extra}", config_text(dir.path(), backend.addr, "", "")).replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", tokens()),
+        1,
+    );
+    let proxy = spawn_proxy_with(dir, &text).await;
+    let admin = proxy.admin;
+
+    // A recorded call to export and erase.
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
+        .await
+        .unwrap();
+    ws.send(Message::text(json!({"event": "start", "streamSid": "MZ1", "start": {"streamSid": "MZ1", "customParameters": {"subject_id": "carol"}}}).to_string())).await.unwrap();
+    for i in 0..10 {
+        let payload = voxguard::admission::signature::encoding::to_base64(&[0x10u8; 160]);
+        ws.send(Message::text(json!({"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "timestamp": (i * 20).to_string(), "payload": payload}}).to_string())).await.unwrap();
+    }
+    ws.send(Message::text(r#"{"event":"stop","streamSid":"MZ1"}"#))
+        .await
+        .unwrap();
+    let _ = ws.close(None).await;
+    let mut id = String::new();
+    for _ in 0..100 {
+        let (status, _, body) =
+            call(admin, "GET", "/admin/recordings", Some("audit-token"), "").await;
+        assert_eq!(status, 200);
+        if let Some(r) = json_of(&body)["recordings"]
+            .as_array()
+            .and_then(|a| a.first())
+            .filter(|r| r["state"] == "complete")
+        {
+            id = r["id"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!id.is_empty(), "the call was recorded");
+
+    // 401 / 403 / 200.
+    let (status, headers, _) = call(admin, "GET", "/admin/recordings", None, "").await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert_eq!(
+        call(admin, "GET", "/admin/recordings", Some("nope"), "")
+            .await
+            .0,
+        401
+    );
+    let wav_path = format!("/admin/recordings/{id}/wav");
+    assert_eq!(
+        call(admin, "GET", &wav_path, Some("audit-token"), "")
+            .await
+            .0,
+        403,
+        "auditors may not export"
+    );
+    assert_eq!(
+        call(admin, "GET", &wav_path, Some("ops-token"), "").await.0,
+        403
+    );
+    assert_eq!(
+        call(admin, "POST", "/admin/reload", Some("audit-token"), "")
+            .await
+            .0,
+        403
+    );
+    let (status, headers, wav) = call(admin, "GET", &wav_path, Some("admin-token"), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "audio/wav");
+    assert!(
+        wav.starts_with(b"RIFF") && &wav[8..12] == b"WAVE" && wav.len() > 44 + 10 * 160 * 4 - 1
+    );
+    assert_eq!(
+        call(admin, "GET", "/admin/bans", Some("ops-token"), "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(admin, "GET", "/admin/audit", Some("audit-token"), "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(admin, "GET", "/healthz", None, "").await.0,
+        200,
+        "health stays token-free"
+    );
+    assert_eq!(call(admin, "GET", "/metrics", None, "").await.0, 200);
+
+    // Erasure through the API.
+    assert_eq!(
+        call(
+            admin,
+            "POST",
+            "/admin/subjects/erase",
+            Some("admin-token"),
+            "{}"
+        )
+        .await
+        .0,
+        400
+    );
+    let (status, _, body) = call(
+        admin,
+        "POST",
+        "/admin/subjects/erase",
+        Some("admin-token"),
+        r#"{"subject":"carol"}"#,
+    )
+    .await;
+    assert_eq!((status, json_of(&body)["erased"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        call(admin, "GET", &wav_path, Some("admin-token"), "")
+            .await
+            .0,
+        404,
+        "gone"
+    );
+
+    // Every call is in the audit log, with the token's name and the status, never the token.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, body) = call(admin, "GET", "/admin/audit", Some("audit-token"), "").await;
+    let entries = json_of(&body)["entries"].as_array().unwrap().clone();
+    let calls: Vec<(String, u64)> = entries
+        .iter()
+        .filter(|e| e["event"] == "admin_call")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("anonymous".to_string(), 401),
+        ("token:auditor".into(), 403),
+        ("token:ops".into(), 403),
+        ("token:root".into(), 200),
+    ] {
+        assert!(calls.contains(&expected), "{expected:?} not in {calls:?}");
+    }
+    assert!(entries.iter().any(|e| e["event"] == "subject_erased"));
+    assert!(entries.iter().any(|e| e["event"] == "recording_exported"));
+    let all = body.escape_ascii().to_string();
+    assert!(
+        !all.contains("admin-token") && !all.contains("carol"),
+        "no tokens or subjects in the audit log"
+    );
+}

@@ -210,6 +210,7 @@ impl App {
             recordings: recordings.clone(),
             reload: Arc::new(tokio::sync::Notify::new()),
             audit_dir: config.audit.dir.clone(),
+            audit_public_key: crate::audit::public_key(&audit_seed),
         });
         tokio::spawn(crate::admin::run(
             admin_listener,

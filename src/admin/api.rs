@@ -28,6 +28,15 @@ pub struct AdminContext {
     /// Asks the main loop to reload the config file (as SIGHUP does).
     pub reload: Arc<tokio::sync::Notify>,
     pub audit_dir: std::path::PathBuf,
+    /// Base64 Ed25519 key that verifies the checkpoints.
+    pub audit_public_key: String,
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
 }
 
 /// Largest request body accepted (JSON commands are small).
@@ -305,10 +314,22 @@ async fn dispatch(
             }
             json_response(StatusCode::OK, &json!({"entries": entries}))
         }
-        "report" => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "the compliance report is not built yet",
-        ),
+        "report" => {
+            let from = query_param(query, "from").unwrap_or_default();
+            let to = query_param(query, "to").unwrap_or_else(|| "9999".into());
+            let Some((_, key)) = &ctx.pipeline.audit else {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "no audit log");
+            };
+            let text: String = crate::audit::log::files(&ctx.audit_dir)
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+                .collect();
+            let public = base64_decode(&ctx.audit_public_key);
+            json_response(
+                StatusCode::OK,
+                &crate::audit::report::report(&text, key.expose(), &public, &from, &to),
+            )
+        }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }

@@ -1,6 +1,7 @@
 //! The tamper-evident audit log: who did what, when, to which data. The chain format is in `chain.rs`.
 pub mod chain;
 pub mod log;
+pub mod report;
 
 use crate::config::Config;
 use crate::keys::KeyBytes;

@@ -193,6 +193,7 @@ async fn roles_gate_every_endpoint_and_every_call_is_audited() {
     // Every call is in the audit log, with the token's name and the status, never the token.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, _, body) = call(admin, "GET", "/admin/audit", Some("audit-token"), "").await;
+    let audit_body = body.clone();
     let entries = json_of(&body)["entries"].as_array().unwrap().clone();
     let calls: Vec<(String, u64)> = entries
         .iter()
@@ -214,7 +215,31 @@ async fn roles_gate_every_endpoint_and_every_call_is_audited() {
     }
     assert!(entries.iter().any(|e| e["event"] == "subject_erased"));
     assert!(entries.iter().any(|e| e["event"] == "recording_exported"));
-    let all = body.escape_ascii().to_string();
+    // The report's counts match what this test did.
+    let (status, _, body) = call(admin, "GET", "/admin/report", Some("audit-token"), "").await;
+    assert_eq!(status, 200);
+    let report = json_of(&body);
+    assert_eq!(report["chain"]["verified"], true, "{report}");
+    assert_eq!(
+        (report["calls"].as_u64(), report["recorded_calls"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert_eq!(
+        (report["exports"].as_u64(), report["erasures"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert!(
+        report["admin_actions_by_role"]["admin"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
+    assert_eq!(
+        report["admin_actions_by_role"]["none"].as_u64(),
+        Some(2),
+        "the two 401s: {report}"
+    );
+    let all = audit_body.escape_ascii().to_string();
     assert!(
         !all.contains("admin-token") && !all.contains("carol"),
         "no tokens or subjects in the audit log"

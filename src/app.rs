@@ -285,6 +285,7 @@ impl App {
     /// Drains (see `shutdown`), then stops the admin listener and background tasks.
     pub async fn shutdown(self) -> bool {
         let clean = self.drain.run(self.grace).await;
+        self.pipeline.flush_refusals(true);
         if let Some((audit, _)) = &self.pipeline.audit {
             audit.close().await;
         }

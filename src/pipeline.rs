@@ -180,7 +180,16 @@ pub struct Pipeline {
     ids: RequestIds,
     /// The audit log, and the key that hashes identifiers in it.
     pub audit: Option<(AuditLog, crate::keys::KeyBytes)>,
+    /// Refusals counted per (reason, client, route) and written to the audit log once a minute, so an
+    /// attack cannot flood it. Bounded: past `REFUSAL_KEYS`, further keys are folded into one entry.
+    refusals: std::sync::Mutex<(
+        std::collections::HashMap<(&'static str, std::net::IpAddr, String), u64>,
+        Instant,
+    )>,
 }
+
+/// Distinct (reason, client, route) keys aggregated per minute before the rest are folded together.
+const REFUSAL_KEYS: usize = 10_000;
 
 /// Per-connection facts the pipeline needs.
 #[derive(Clone)]
@@ -201,6 +210,7 @@ impl Pipeline {
     ) -> Arc<Self> {
         Arc::new(Self {
             audit,
+            refusals: std::sync::Mutex::new((std::collections::HashMap::new(), Instant::now())),
             runtime: ArcSwap::from_pointee(runtime),
             bans,
             metrics,
@@ -307,6 +317,7 @@ impl Pipeline {
                 m.refusals
                     .with_label_values(&[refusal.label(), &route.name])
                     .inc();
+                self.count_refusal(refusal.label(), client, &route.name);
                 Rejection::Forbidden
             })?;
         }
@@ -316,6 +327,7 @@ impl Pipeline {
                     .with_label_values(&[&route.name, limited.scope()])
                     .inc();
                 self.record_offence(Offence::RateLimited, client);
+                self.count_refusal("rate_limited", client, &route.name);
                 Rejection::RateLimited {
                     retry_after_secs: limited.retry_after_secs(),
                 }
@@ -412,6 +424,52 @@ impl Pipeline {
         }
     }
 
+    /// Counts a refusal for the audit log's per-minute aggregate.
+    fn count_refusal(&self, reason: &'static str, client: std::net::IpAddr, route: &str) {
+        if self.audit.is_none() {
+            return;
+        }
+        let mut guard = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let full = guard.0.len() >= REFUSAL_KEYS;
+        let key = if full {
+            (
+                reason,
+                std::net::IpAddr::from([0, 0, 0, 0]),
+                "_other".to_string(),
+            )
+        } else {
+            (reason, client, route.to_string())
+        };
+        *guard.0.entry(key).or_insert(0) += 1;
+    }
+
+    /// Writes the aggregated refusals once a minute (called by the periodic sweep), or at once with
+    /// `now` (on drain).
+    pub fn flush_refusals(&self, now: bool) {
+        let Some((audit, _)) = &self.audit else {
+            return;
+        };
+        let drained = {
+            let mut guard = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            if !now && guard.1.elapsed() < std::time::Duration::from_secs(60) {
+                return;
+            }
+            guard.1 = Instant::now();
+            std::mem::take(&mut guard.0)
+        };
+        for ((reason, client, route), count) in drained {
+            let event = if reason == "rate_limited" {
+                "rate_limited"
+            } else {
+                "refused"
+            };
+            audit.record(
+                AuditEvent::new(event, "denied", serde_json::json!({"client": client.to_string(), "reason": reason, "count": count, "period_s": 60}))
+                    .route(&route),
+            );
+        }
+    }
+
     /// Feeds one offence into the ban rules (rate limiting here; webhook signature failures from
     /// the signature checks). Records a ban that fires.
     pub fn record_offence(&self, offence: Offence, client: std::net::IpAddr) {
@@ -433,6 +491,7 @@ impl Pipeline {
     /// Drops limiter keys whose bucket is full again and publishes key and eviction counts.
     /// Called periodically by the app, off the request path.
     pub fn sweep_limiters(&self) {
+        self.flush_refusals(false);
         let rt = self.runtime.load();
         let m = &self.metrics.admission;
         m.bans_active.set(self.bans.sweep() as i64);

@@ -42,7 +42,8 @@ async fn a_run_is_audited_verifiable_and_free_of_pii() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("gh.secret"), "webhook-secret").unwrap();
     let extra = format!(
-        "[[route]]\nname = \"hooks\"\npath_prefix = \"/hooks\"\nupstream = \"voice\"\n[route.webhook]\nscheme = \"github\"\nsecret_file = {:?}\n\
+        "[[route]]\nname = \"limited\"\npath_prefix = \"/limited\"\nupstream = \"voice\"\nrate_limit = {{ per_ip = \"1/m\", burst = 1 }}\n\
+         [[route]]\nname = \"hooks\"\npath_prefix = \"/hooks\"\nupstream = \"voice\"\n[route.webhook]\nscheme = \"github\"\nsecret_file = {:?}\n\
          [[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\n\
          [[bans.rule]]\nname = \"sig\"\non = \"signature_failure\"\ncount = 3\nwindow = \"1m\"\nduration = \"1h\"\n\
          [audit]\nmax_file_bytes = 1500\ncheckpoint_every = 4\n",
@@ -69,6 +70,10 @@ async fn a_run_is_audited_verifiable_and_free_of_pii() {
     .await
     .unwrap();
     let _ = ws.close(None).await;
+    // Rate-limited requests: one aggregated entry, not one per request.
+    for _ in 0..6 {
+        let _ = crate::support::client::https_get(proxy.tls, &proxy.ca, "/limited/x").await;
+    }
     // Forged webhooks carrying PII in the body: refused, then banned.
     let body = format!("{{\"ssn\":\"{SSN}\",\"card\":\"{CARD}\",\"phone\":\"{PHONE}\"}}");
     for _ in 0..3 {
@@ -107,6 +112,15 @@ async fn a_run_is_audited_verifiable_and_free_of_pii() {
         assert!(text.contains(event), "{event} missing:\n{text}");
     }
     assert!(!text.contains("MZsecretstream"), "the stream id is hashed");
+    let limited: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"event\":\"rate_limited\""))
+        .collect();
+    assert_eq!(limited.len(), 1, "aggregated: {limited:?}");
+    assert!(
+        limited[0].contains("\"count\":5") && limited[0].contains("\"route\":\"limited\""),
+        "{limited:?}"
+    );
     let logs = proxy.logs.lock().unwrap().join("\n");
     for pii in [
         SSN,

@@ -182,11 +182,11 @@ pub struct Pipeline {
     pub audit: Option<(AuditLog, crate::keys::KeyBytes)>,
     /// Refusals counted per (reason, client, route) and written to the audit log once a minute, so an
     /// attack cannot flood it. Bounded: past `REFUSAL_KEYS`, further keys are folded into one entry.
-    refusals: std::sync::Mutex<(
-        std::collections::HashMap<(&'static str, std::net::IpAddr, String), u64>,
-        Instant,
-    )>,
+    refusals: std::sync::Mutex<(RefusalCounts, Instant)>,
 }
+
+/// Refusals by (reason, client, route) since the last flush.
+type RefusalCounts = std::collections::HashMap<(&'static str, std::net::IpAddr, String), u64>;
 
 /// Distinct (reason, client, route) keys aggregated per minute before the rest are folded together.
 const REFUSAL_KEYS: usize = 10_000;

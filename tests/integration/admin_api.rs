@@ -245,3 +245,71 @@ async fn roles_gate_every_endpoint_and_every_call_is_audited() {
         "no tokens or subjects in the audit log"
     );
 }
+
+/// `(path, method, documented status codes)` from docs/admin-api.yaml (its layout: paths at two
+/// spaces, methods at four, status codes at eight).
+fn spec() -> Vec<(String, String, Vec<u16>)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-api.yaml"))
+        .unwrap();
+    let mut out: Vec<(String, String, Vec<u16>)> = Vec::new();
+    let mut path = String::new();
+    let mut in_paths = false;
+    for line in text.lines() {
+        if line == "paths:" {
+            in_paths = true;
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            path = format!("/{p}");
+        } else if let Some(m) = line
+            .strip_prefix("    ")
+            .and_then(|m| m.strip_suffix(':'))
+            .filter(|m| !m.starts_with(' '))
+        {
+            out.push((path.clone(), m.to_uppercase(), Vec::new()));
+        } else if let Some(code) = line
+            .strip_prefix("        \"")
+            .and_then(|c| c.strip_suffix("\":"))
+        {
+            out.last_mut().unwrap().2.push(code.parse().unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_server_answers_as_the_openapi_document_says() {
+    let backend = crate::support::backend::spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), backend, "", "").replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", tokens()),
+        1,
+    );
+    let proxy = spawn_proxy_with(dir, &text).await;
+    let endpoints = spec();
+    assert!(endpoints.len() >= 13, "{endpoints:?}");
+    for (path, method, codes) in endpoints {
+        let concrete = path
+            .replace("{id}", "00000000000000000000000000000000")
+            .replace("{ip}", "192.0.2.1");
+        let body = if path.ends_with("/erase") {
+            r#"{"subject":"nobody"}"#
+        } else {
+            ""
+        };
+        let (status, _, _) = call(proxy.admin, &method, &concrete, Some("admin-token"), body).await;
+        assert!(
+            codes.contains(&status),
+            "{method} {path}: {status} is not among {codes:?}"
+        );
+        if path.starts_with("/admin/") {
+            let (status, _, _) = call(proxy.admin, &method, &concrete, None, body).await;
+            assert_eq!(status, 401, "{method} {path} without a token");
+            assert!(codes.contains(&401), "{method} {path} documents 401");
+        }
+    }
+}

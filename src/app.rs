@@ -156,6 +156,11 @@ impl App {
             metrics.clone(),
             drain.clone(),
             Some((audit.clone(), audit_key.clone())),
+            crate::alerts::Alerts::new(
+                &config.alerts,
+                metrics.alert_events.clone(),
+                metrics.alert_firing.clone(),
+            ),
         );
         tokio::spawn(sweep_limiters(pipeline.clone(), background.clone()));
         let tls_listener = bind("server.listen", config.server.listen).await?;

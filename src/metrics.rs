@@ -36,6 +36,8 @@ pub const RECORDING_CHUNKS: &str = "voxguard_recording_chunks_sealed_total";
 pub const RECORDINGS_NOT_CONSENTED: &str = "voxguard_recordings_not_consented_total";
 pub const RECORDINGS_RETENTION_DELETED: &str = "voxguard_recordings_retention_deleted_total";
 pub const AUDIT_DROPPED: &str = "voxguard_audit_dropped_total";
+pub const ALERT_EVENTS: &str = "voxguard_alert_events";
+pub const ALERT_FIRING: &str = "voxguard_alert_firing";
 pub const WEBHOOK_VERIFIED: &str = "voxguard_webhook_verified_total";
 pub const WEBHOOK_FAILURES: &str = "voxguard_webhook_signature_failures_total";
 pub const WEBHOOK_REPLAY_IDS: &str = "voxguard_webhook_replay_ids";
@@ -56,6 +58,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Audit events dropped because the writer's queue was full (each is also reported in the log).
     pub audit_dropped: prometheus::IntCounter,
+    /// Labels: alert. Offences in the alert's window, and 1 when that reached its threshold.
+    pub alert_events: prometheus::IntGaugeVec,
+    pub alert_firing: prometheus::IntGaugeVec,
 }
 
 #[derive(Clone)]
@@ -364,6 +369,12 @@ impl Metrics {
             audit_dropped: plain(
                 AUDIT_DROPPED,
                 "Audit events dropped (queue full); reported in the log.",
+            ),
+            alert_events: gauge_vec(ALERT_EVENTS, "Offences in the alert's window.", &["alert"]),
+            alert_firing: gauge_vec(
+                ALERT_FIRING,
+                "1 when the alert's threshold is reached in its window.",
+                &["alert"],
             ),
             registry,
         }

@@ -180,6 +180,8 @@ pub struct Pipeline {
     ids: RequestIds,
     /// The audit log, and the key that hashes identifiers in it.
     pub audit: Option<(AuditLog, crate::keys::KeyBytes)>,
+    /// Security alert gauges over the offences.
+    pub alerts: crate::alerts::Alerts,
     /// Refusals counted per (reason, client, route) and written to the audit log once a minute, so an
     /// attack cannot flood it. Bounded: past `REFUSAL_KEYS`, further keys are folded into one entry.
     refusals: std::sync::Mutex<(RefusalCounts, Instant)>,
@@ -207,9 +209,11 @@ impl Pipeline {
         metrics: Metrics,
         drain: Drain,
         audit: Option<(AuditLog, crate::keys::KeyBytes)>,
+        alerts: crate::alerts::Alerts,
     ) -> Arc<Self> {
         Arc::new(Self {
             audit,
+            alerts,
             refusals: std::sync::Mutex::new((std::collections::HashMap::new(), Instant::now())),
             runtime: ArcSwap::from_pointee(runtime),
             bans,
@@ -473,6 +477,7 @@ impl Pipeline {
     /// Feeds one offence into the ban rules (rate limiting here; webhook signature failures from
     /// the signature checks). Records a ban that fires.
     pub fn record_offence(&self, offence: Offence, client: std::net::IpAddr) {
+        self.alerts.record(offence);
         if let Some(ban) = self.bans.record(offence, client) {
             let m = &self.metrics.admission;
             m.bans.with_label_values(&[&ban.rule]).inc();
@@ -492,6 +497,7 @@ impl Pipeline {
     /// Called periodically by the app, off the request path.
     pub fn sweep_limiters(&self) {
         self.flush_refusals(false);
+        self.alerts.publish();
         let rt = self.runtime.load();
         let m = &self.metrics.admission;
         m.bans_active.set(self.bans.sweep() as i64);

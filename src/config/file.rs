@@ -25,6 +25,18 @@ pub struct FileConfig {
     pub keys: KeysFile,
     #[serde(default)]
     pub audit: AuditFile,
+    #[serde(default)]
+    pub alerts: Vec<AlertFile>,
+}
+
+/// `[[alerts]] name = "sig", on = "signature_failure", threshold = 50, window = "15m"`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertFile {
+    pub name: Option<String>,
+    pub on: Option<String>,
+    pub threshold: Option<u32>,
+    pub window: Option<String>,
 }
 
 /// `[audit] dir = "data/audit", key_env = "VOXGUARD_AUDIT_KEY"`

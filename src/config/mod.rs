@@ -62,6 +62,7 @@ pub struct Config {
     pub recording: recording::RecordingConfig,
     pub keys: recording::KeysConfig,
     pub audit: audit::AuditConfig,
+    pub alerts: Vec<AlertRule>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,6 +227,15 @@ pub struct BanRule {
     pub window: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub duration: Duration,
+}
+
+/// `[[alerts]]`: a gauge that says whether `threshold` offences of kind `on` happened in the window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AlertRule {
+    pub name: String,
+    pub on: Offence,
+    pub threshold: u32,
+    pub window_minutes: u32,
 }
 
 /// `[bans]`: the rules and the bound on tracked addresses.
@@ -796,8 +806,50 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     let recording = recording::recording(&mut e, &f.recording, &server.data_dir, env);
     let keys = recording::keys(&mut e, &f.keys, env);
     let audit = audit::audit(&mut e, &f.audit, &server.data_dir, env);
+    let mut alerts = Vec::new();
+    for (i, a) in f.alerts.iter().enumerate() {
+        let key = |k: &str| format!("alerts[{i}].{k}");
+        let name = a.name.clone().unwrap_or_else(|| format!("alert{i}"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            e.push(
+                key("name"),
+                "use letters, digits, '-', '_' or '.' (it becomes a metric label)",
+            );
+        }
+        let on = match a.on.as_deref().map(str::parse::<Offence>) {
+            Some(Ok(on)) => on,
+            Some(Err(reason)) => {
+                e.push(key("on"), reason);
+                continue;
+            }
+            None => {
+                e.push(key("on"), "required");
+                continue;
+            }
+        };
+        let window = e.duration(
+            &key("window"),
+            a.window.as_deref(),
+            Duration::from_secs(900),
+        );
+        let minutes = window.as_secs() / 60;
+        if window.as_secs() % 60 != 0 || !(1..=1440).contains(&minutes) {
+            e.push(key("window"), "whole minutes, from 1m to 24h");
+        }
+        alerts.push(AlertRule {
+            name,
+            on,
+            threshold: e.positive(&key("threshold"), a.threshold.map(u64::from), 1) as u32,
+            window_minutes: minutes.clamp(1, 1440) as u32,
+        });
+    }
     if e.0.is_empty() {
         Ok(Config {
+            alerts,
             audit,
             recording,
             keys,

@@ -67,7 +67,7 @@ fn json_of(b: &Bytes) -> Value {
 async fn roles_gate_every_endpoint_and_every_call_is_audited() {
     let backend = spawn_ws_backend().await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = "[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\nsubject_param = \"subject_id\"\n[audit]\ncheckpoint_interval = \"100ms\"\n";
+    let extra = "[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\nsubject_param = \"subject_id\"\n[audit]\ncheckpoint_interval = \"100ms\"\n[[alerts]]\nname = \"admin-tokens\"\non = \"admin_auth\"\nthreshold = 2\nwindow = \"15m\"\n";
     // The [[admin.token]] tables go right after [admin].
     let text = format!("{}\n{extra}", config_text(dir.path(), backend.addr, "", "")).replacen(
         "[admin]\nlisten = \"127.0.0.1:0\"\n",
@@ -158,7 +158,17 @@ async fn roles_gate_every_endpoint_and_every_call_is_audited() {
         200,
         "health stays token-free"
     );
-    assert_eq!(call(admin, "GET", "/metrics", None, "").await.0, 200);
+    let (status, _, metrics) = call(admin, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"voxguard_alert_firing{alert="admin-tokens"} 1"#),
+        "two 401s and three 403s: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"voxguard_alert_events{alert="admin-tokens"} 5"#),
+        "{metrics}"
+    );
 
     // Erasure through the API.
     assert_eq!(

@@ -83,6 +83,16 @@ pub async fn run<K: Send>(
             .with_label_values(&[&*settings.route, "upstream_to_client"]),
     };
     let started = std::time::Instant::now();
+    if let Some((audit, _)) = &settings.audit {
+        audit.record(
+            crate::audit::log::Event::new(
+                "websocket_session_start",
+                "ok",
+                serde_json::json!({"media": settings.media.is_some()}),
+            )
+            .route(&settings.route),
+        );
+    }
     let mut media = settings
         .media
         .as_ref()
@@ -96,6 +106,23 @@ pub async fn run<K: Send>(
         media.as_mut(),
     )
     .await;
+    if media.is_none()
+        && let Some((audit, _)) = &settings.audit
+    {
+        audit.record(
+            crate::audit::log::Event::new(
+                "websocket_session",
+                "ok",
+                serde_json::json!({
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                    "messages_to_backend": counters.to_upstream.get(),
+                    "messages_to_caller": counters.to_client.get(),
+                    "end": format!("{end:?}"),
+                }),
+            )
+            .route(&settings.route),
+        );
+    }
     if let Some(m) = &media {
         media_metrics
             .session_duration

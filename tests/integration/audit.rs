@@ -182,3 +182,75 @@ async fn a_run_is_audited_verifiable_and_free_of_pii() {
     assert_eq!(code, 2, "{out}");
     assert!(out.starts_with("unsealed"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_admin_reload_reloads_the_running_binary_and_is_audited() {
+    let backend = crate::support::backend::spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!(
+        "[[admin.token]]\nname = \"ops\"\nrole = \"operator\"\nsha256 = \"{}\"\n",
+        voxguard::admission::signature::encoding::to_hex(
+            &voxguard::admission::signature::encoding::sha256(b"ops-token")
+        )
+    );
+    let base = config_text(dir.path(), backend, "", "")
+        .replace("path_prefix = \"/\"", "path_prefix = \"/a\"")
+        .replacen(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{token}"),
+            1,
+        );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, &base).unwrap();
+    let mut proxy = start(&config, &dir.path().join("data")).await;
+    assert_eq!(
+        crate::support::client::https_get(proxy.tls, &proxy.ca, "/b/headers")
+            .await
+            .0,
+        404
+    );
+    std::fs::write(
+        &config,
+        format!("{base}\n[[route]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"voice\"\n"),
+    )
+    .unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let mut send = crate::support::client::h1_over(tcp).await;
+    let req = http::Request::post("/admin/reload")
+        .header("host", "localhost")
+        .header("authorization", "Bearer ops-token")
+        .body(crate::support::client::empty())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 202);
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = crate::support::client::https_get(proxy.tls, &proxy.ca, "/b/headers")
+            .await
+            .0;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(
+        status, 200,
+        "the new route is served after POST /admin/reload"
+    );
+    assert_eq!(terminate(&mut proxy).await, Some(0));
+    let text: String = voxguard::audit::log::files(&dir.path().join("data/audit"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(
+        text.contains("\"event\":\"admin_call\"") && text.contains("\"endpoint\":\"reload\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\"event\":\"config_reload\",\"actor\":\"voxguard\",\"route\":null,\"outcome\":\"ok\""
+        ),
+        "{text}"
+    );
+    assert_eq!(cli(&["audit", "verify"], &config).0, 0);
+}

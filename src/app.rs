@@ -123,6 +123,7 @@ impl App {
                 checkpoint_every: config.audit.checkpoint_every,
                 checkpoint_interval: config.audit.checkpoint_interval,
                 max_file_bytes: config.audit.max_file_bytes,
+                queue: crate::audit::log::QUEUE,
             },
             *audit_key.expose(),
             *audit_seed.expose(),

@@ -50,6 +50,8 @@ pub struct Settings {
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     pub max_file_bytes: u64,
+    /// Events queued for the writer before they are dropped (and counted).
+    pub queue: usize,
 }
 
 enum Msg {
@@ -79,7 +81,7 @@ impl AuditLog {
         crate::recording::writer::create_private_dir(&settings.dir)?;
         let at = resume(&settings.dir)?;
         let chain = Chain::new(&mac_key, &signing_seed, at);
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         tokio::spawn(writer(settings, chain, rx, dropped.clone()));
         Ok(Self {
@@ -253,5 +255,46 @@ async fn writer(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_is_counted_and_reported_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            dir: dir.path().join("audit"),
+            checkpoint_every: 100,
+            checkpoint_interval: Duration::from_secs(60),
+            max_file_bytes: 1 << 20,
+            queue: 1,
+        };
+        let counter = prometheus::IntCounter::new("d", "d").unwrap();
+        let log = AuditLog::start(settings, [1; 32], [2; 32], counter.clone()).unwrap();
+        // The writer has not run yet (one thread): one event fits, nine do not.
+        for i in 0..10 {
+            log.record(Event::new("test", "ok", serde_json::json!({"i": i})));
+        }
+        assert_eq!(counter.get(), 9);
+        log.record(Event::new("after", "ok", serde_json::json!({})));
+        tokio::task::yield_now().await;
+        log.close().await;
+        let text: String = files(&dir.path().join("audit"))
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        assert!(
+            text.contains("\"event\":\"audit_dropped\"") && text.contains("\"count\":"),
+            "{text}"
+        );
+        let pk =
+            super::super::chain::Chain::new(&[1; 32], &[2; 32], Position::default()).public_key();
+        assert!(matches!(
+            super::super::chain::verify(text.lines(), Some(&[1; 32]), &pk),
+            super::super::chain::Verdict::Ok { .. }
+        ));
     }
 }

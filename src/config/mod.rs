@@ -418,6 +418,21 @@ impl Errors {
         out
     }
 
+    /// An offence kind (`signature_failure`, `rate_limited`, `admin_auth`); required.
+    fn offence(&mut self, key: &str, value: Option<&str>) -> Option<Offence> {
+        match value.map(str::parse::<Offence>) {
+            Some(Ok(on)) => Some(on),
+            Some(Err(reason)) => {
+                self.push(key, reason);
+                None
+            }
+            None => {
+                self.push(key, "required");
+                None
+            }
+        }
+    }
+
     fn positive(&mut self, key: &str, value: Option<u64>, default: u64) -> u64 {
         match value {
             Some(0) => {
@@ -724,16 +739,8 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         if rules.iter().any(|x: &BanRule| x.name == name) {
             e.push(key("name"), format!("duplicate rule name {name:?}"));
         }
-        let on = match r.on.as_deref().map(str::parse::<Offence>) {
-            Some(Ok(on)) => on,
-            Some(Err(reason)) => {
-                e.push(key("on"), reason);
-                continue;
-            }
-            None => {
-                e.push(key("on"), "required");
-                continue;
-            }
+        let Some(on) = e.offence(&key("on"), r.on.as_deref()) else {
+            continue;
         };
         if r.window.is_none() || r.duration.is_none() || r.count.is_none() {
             e.push(
@@ -820,16 +827,8 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 "use letters, digits, '-', '_' or '.' (it becomes a metric label)",
             );
         }
-        let on = match a.on.as_deref().map(str::parse::<Offence>) {
-            Some(Ok(on)) => on,
-            Some(Err(reason)) => {
-                e.push(key("on"), reason);
-                continue;
-            }
-            None => {
-                e.push(key("on"), "required");
-                continue;
-            }
+        let Some(on) = e.offence(&key("on"), a.on.as_deref()) else {
+            continue;
         };
         let window = e.duration(
             &key("window"),

@@ -3,7 +3,6 @@
 //! across files, and holds none of the PII the test sent (nor do the logs or `/metrics`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -13,27 +12,15 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::lifecycle::{start, terminate};
 use crate::support::client::{https_post, ws_connect};
 use crate::support::ws_backend::spawn_ws_backend;
-use crate::support::{admin_get, bin, config_text};
+use crate::support::{admin_get, config_text};
 
 const SSN: &str = "123-45-6789";
 const CARD: &str = "4111 1111 1111 1111";
 const PHONE: &str = "+14155550123";
 
 fn cli(args: &[&str], config: &Path) -> (i32, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, out, err) = crate::support::cli(args, config);
+    (code, format!("{out}{err}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

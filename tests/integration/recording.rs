@@ -124,17 +124,7 @@ async fn complete_recordings(
 }
 
 fn cli(args: &[&str], config: &Path) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::support::cli(args, config)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -103,3 +103,18 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     let (status, _, body) = client::plain_request(admin, http::Method::GET, path).await;
     (status, body)
 }
+
+/// Runs the real binary with `args` and `--config config`: exit code, stdout, stderr.
+pub fn cli(args: &[&str], config: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -6,6 +6,7 @@ mod admin_api;
 mod admission;
 mod audit;
 mod config_cli;
+mod deploy;
 mod http;
 mod lifecycle;
 mod media;

@@ -156,3 +156,99 @@ fn the_rendered_proxy_toml_passes_voxguard_check() {
         );
     }
 }
+
+#[test]
+fn the_plain_manifests_are_the_charts_output_and_validate() {
+    for mode in ["sidecar", "edge"] {
+        let committed = std::fs::read_to_string(format!(
+            "{}/deploy/kubernetes/{mode}.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let (ok, rendered) = run(
+            "helm",
+            &[
+                "template",
+                "voxguard",
+                CHART,
+                "-f",
+                &example(mode),
+                "--kube-version",
+                "1.29.0",
+            ],
+        );
+        assert!(ok, "{rendered}");
+        let body: String = committed
+            .lines()
+            .skip(2)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            body, rendered,
+            "deploy/kubernetes/{mode}.yaml is stale: regenerate it with the command in its header"
+        );
+        let (ok, out) = run(
+            "kubernetes-validate",
+            &[
+                "-k",
+                "1.29.0",
+                "--strict",
+                &format!(
+                    "{}/deploy/kubernetes/{mode}.yaml",
+                    env!("CARGO_MANIFEST_DIR")
+                ),
+            ],
+        );
+        assert!(ok, "{mode}: {out}");
+    }
+}
+
+#[test]
+fn monitoring_templates_use_exported_metrics_and_the_dashboard() {
+    let rendered = template(
+        &example("edge"),
+        "1.29.0",
+        &[
+            "--set",
+            "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true",
+        ],
+    );
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "grafana_dashboard: \"1\"",
+    ] {
+        assert!(rendered.contains(kind), "{kind}");
+    }
+    let declared =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs")).unwrap();
+    let mut rest = rendered.as_str();
+    let mut names = 0;
+    while let Some(at) = rest.find("voxguard_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let name = name.trim_end_matches("_bucket");
+        if name.starts_with("voxguard_dashboard") {
+            continue;
+        }
+        assert!(
+            declared.contains(&format!("\"{name}\"")),
+            "{name} is not a metric voxguard exports"
+        );
+        names += 1;
+    }
+    assert!(names >= 8, "{names}");
+    let chart_copy = std::fs::read_to_string(format!("{CHART}/dashboards/voxguard.json")).unwrap();
+    let deploy_copy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/voxguard-dashboard.json"
+    ))
+    .unwrap();
+    assert_eq!(
+        chart_copy, deploy_copy,
+        "the chart's dashboard is deploy/grafana's"
+    );
+}

@@ -103,7 +103,9 @@ impl App {
         let background = CancellationToken::new();
 
         let source = tls::cert_source(&config.server.tls, &config.server.data_dir)?;
-        let resolver = ReloadingResolver::new(tls::load_certified_key(&source.cert, &source.key)?);
+        let initial = tls::load_certified_key(&source.cert, &source.key)?;
+        tls::publish_not_after(&initial, &metrics.net);
+        let resolver = ReloadingResolver::new(initial);
         let acceptor = TlsAcceptor::from(tls::server_config(&config.server.tls, resolver.clone())?);
         tokio::spawn(resolver.watch(
             source.clone(),

@@ -10,6 +10,7 @@ pub const HTTP_DURATION: &str = "voxguard_http_request_duration_seconds";
 pub const UPSTREAM_ERRORS: &str = "voxguard_upstream_errors_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "voxguard_tls_handshake_failures_total";
 pub const TLS_CERT_RELOADS: &str = "voxguard_tls_certificate_reloads_total";
+pub const TLS_CERT_NOT_AFTER: &str = "voxguard_tls_certificate_not_after_seconds";
 pub const ACTIVE_CONNECTIONS: &str = "voxguard_active_connections";
 pub const CONNECTIONS_REJECTED: &str = "voxguard_connections_rejected_total";
 pub const WS_ACTIVE: &str = "voxguard_websocket_sessions_active";
@@ -79,6 +80,8 @@ pub struct NetMetrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Labels: outcome (ok, error).
     pub tls_cert_reloads: IntCounterVec,
+    /// The served certificate's notAfter (Unix seconds), for expiry alerts.
+    pub tls_cert_not_after: IntGauge,
     pub active_connections: IntGauge,
     /// Labels: reason (max_connections, draining).
     pub connections_rejected: IntCounterVec,
@@ -229,6 +232,10 @@ impl Metrics {
                     &["outcome"],
                 ),
                 active_connections: gauge(ACTIVE_CONNECTIONS, "Open client connections."),
+                tls_cert_not_after: gauge(
+                    TLS_CERT_NOT_AFTER,
+                    "The served certificate's notAfter, Unix seconds.",
+                ),
                 connections_rejected: counter(
                     CONNECTIONS_REJECTED,
                     "Client connections refused before proxying, by reason.",

@@ -1,5 +1,6 @@
 //! Sockets: accepting, TLS, and serving one connection with hyper.
 
+pub mod cert_expiry;
 pub mod conn;
 pub mod listener;
 pub mod proxy_protocol;

@@ -178,6 +178,7 @@ impl ReloadingResolver {
             }
             match certified_key_from_pem(&now.0, &now.1) {
                 Ok(ck) => {
+                    publish_not_after(&ck, &metrics);
                     self.current.store(Arc::new(ck));
                     metrics.tls_cert_reloads.with_label_values(&["ok"]).inc();
                     tracing::info!(cert = %source.cert.display(), "TLS certificate reloaded");
@@ -189,6 +190,17 @@ impl ReloadingResolver {
             }
             last = Some(now);
         }
+    }
+}
+
+/// Sets the expiry gauge from the leaf certificate.
+pub fn publish_not_after(ck: &CertifiedKey, metrics: &NetMetrics) {
+    if let Some(t) = ck
+        .cert
+        .first()
+        .and_then(|leaf| super::cert_expiry::not_after(leaf))
+    {
+        metrics.tls_cert_not_after.set(t);
     }
 }
 

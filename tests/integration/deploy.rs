@@ -103,6 +103,17 @@ async fn the_dashboard_queries_only_exported_metrics() {
     assert_eq!(https_get(proxy.tls, &proxy.ca_pem, "/headers").await.0, 200);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (_, scrape) = admin_get(proxy.admin, "/metrics").await;
+    // The served certificate's expiry is exported, in the future (the dev certificate).
+    let not_after: i64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("voxguard_tls_certificate_not_after_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the expiry gauge");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(not_after > now + 86_400, "{not_after}");
     let declared = std::fs::read_to_string(Path::new(ROOT).join("src/metrics.rs")).unwrap();
     for name in &names {
         // Families with labels appear in a scrape once a label set was used; the rest always do.

@@ -418,6 +418,20 @@ impl Errors {
         out
     }
 
+    /// A name that becomes a metric label: letters, digits, `-`, `_`, `.`.
+    fn label_name(&mut self, key: &str, name: &str) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.push(
+                key,
+                "use letters, digits, '-', '_' or '.' (it becomes a metric label)",
+            );
+        }
+    }
+
     /// An offence kind (`signature_failure`, `rate_limited`, `admin_auth`); required.
     fn offence(&mut self, key: &str, value: Option<&str>) -> Option<Offence> {
         match value.map(str::parse::<Offence>) {
@@ -640,16 +654,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         if !route_names.insert(name.clone()) {
             e.push(key("name"), format!("duplicate route name {name:?}"));
         }
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            e.push(
-                key("name"),
-                "use letters, digits, '-', '_' or '.' (it becomes a metric label)",
-            );
-        }
+        e.label_name(&key("name"), &name);
         let path_prefix = match r.path_prefix.as_deref() {
             Some(p) if p.starts_with('/') => p.to_string(),
             Some(p) => {
@@ -817,16 +822,7 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     for (i, a) in f.alerts.iter().enumerate() {
         let key = |k: &str| format!("alerts[{i}].{k}");
         let name = a.name.clone().unwrap_or_else(|| format!("alert{i}"));
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            e.push(
-                key("name"),
-                "use letters, digits, '-', '_' or '.' (it becomes a metric label)",
-            );
-        }
+        e.label_name(&key("name"), &name);
         let Some(on) = e.offence(&key("on"), a.on.as_deref()) else {
             continue;
         };

@@ -222,15 +222,8 @@ fn monitoring_templates_use_exported_metrics_and_the_dashboard() {
     }
     let declared =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs")).unwrap();
-    let mut rest = rendered.as_str();
     let mut names = 0;
-    while let Some(at) = rest.find("voxguard_") {
-        let name: String = rest[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        rest = &rest[at + name.len()..];
-        let name = name.trim_end_matches("_bucket");
+    for name in crate::support::metric_names(&rendered) {
         if name.starts_with("voxguard_dashboard") {
             continue;
         }

@@ -83,16 +83,9 @@ async fn the_dashboard_queries_only_exported_metrics() {
     let mut names = std::collections::BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            let mut rest = expr;
-            while let Some(at) = rest.find("voxguard_") {
-                let name: String = rest[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[at + name.len()..];
-                names.insert(name.trim_end_matches("_bucket").to_string());
-            }
+            names.extend(crate::support::metric_names(
+                target["expr"].as_str().unwrap(),
+            ));
         }
     }
     assert!(names.len() >= 10, "{names:?}");

@@ -118,3 +118,18 @@ pub fn cli(args: &[&str], config: &std::path::Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Every `voxguard_…` metric name in `text` (histogram `_bucket` suffixes dropped).
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("voxguard_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name.trim_end_matches("_bucket").to_string());
+    }
+    names
+}

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use prometheus::IntGaugeVec;
+use prometheus::{IntGauge, IntGaugeVec};
 
 use crate::config::{AlertRule, Offence};
 
@@ -14,6 +14,25 @@ struct Rule {
     spec: AlertRule,
     /// (minute, count) per bucket, `window` buckets.
     buckets: Vec<(u64, u64)>,
+    /// This rule's gauges, resolved once.
+    events: IntGauge,
+    firing: IntGauge,
+}
+
+impl Rule {
+    /// Sets the gauges from the buckets still inside the window at minute `now`.
+    fn publish(&self, now: u64) {
+        let window = self.buckets.len() as u64;
+        let count: u64 = self
+            .buckets
+            .iter()
+            .filter(|(m, _)| *m != u64::MAX && now.saturating_sub(*m) < window)
+            .map(|(_, c)| c)
+            .sum();
+        self.events.set(count as i64);
+        self.firing
+            .set(i64::from(count >= u64::from(self.spec.threshold)));
+    }
 }
 
 pub struct Alerts {
@@ -48,6 +67,8 @@ impl Alerts {
                     |r| r.buckets.clone(),
                 );
             next.push(Rule {
+                events: self.events.with_label_values(&[&spec.name]),
+                firing: self.firing.with_label_values(&[&spec.name]),
                 spec: spec.clone(),
                 buckets,
             });
@@ -61,7 +82,7 @@ impl Alerts {
         self.started.elapsed().as_secs() / 60
     }
 
-    /// Counts one offence.
+    /// Counts one offence; only the rules on its kind are touched.
     pub fn record(&self, offence: Offence) {
         let now = self.minute();
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,29 +92,15 @@ impl Alerts {
                 r.buckets[slot] = (now, 0);
             }
             r.buckets[slot].1 += 1;
+            r.publish(now);
         }
-        drop(rules);
-        self.publish();
     }
 
-    /// Publishes the gauges (also called periodically, so old minutes fall out of the window).
+    /// Publishes every rule's gauges (called periodically, so old minutes fall out of the window).
     pub fn publish(&self) {
         let now = self.minute();
-        let rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        for r in rules.iter() {
-            let window = r.buckets.len() as u64;
-            let count: u64 = r
-                .buckets
-                .iter()
-                .filter(|(m, _)| *m != u64::MAX && now.saturating_sub(*m) < window)
-                .map(|(_, c)| c)
-                .sum();
-            self.events
-                .with_label_values(&[&r.spec.name])
-                .set(count as i64);
-            self.firing
-                .with_label_values(&[&r.spec.name])
-                .set(i64::from(count >= u64::from(r.spec.threshold)));
+        for r in self.rules.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            r.publish(now);
         }
     }
 }

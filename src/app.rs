@@ -218,7 +218,7 @@ impl App {
             recordings: recordings.clone(),
             reload: Arc::new(tokio::sync::Notify::new()),
             audit_dir: config.audit.dir.clone(),
-            audit_public_key: crate::audit::public_key(&audit_seed),
+            audit_public_key: crate::audit::public_key_bytes(&audit_seed),
         });
         tokio::spawn(crate::admin::run(
             admin_listener,

@@ -158,11 +158,12 @@ impl KeyRing {
     }
 }
 
-/// A keyed hash of a data subject (HMAC-SHA256): the subject itself is never stored.
-pub fn subject_hash(key: &KeyBytes, subject: &str) -> [u8; 32] {
+/// A keyed hash (HMAC-SHA256) of an identifier such as a data subject or a stream id: the value
+/// itself is never stored, and without the key it cannot be guessed from a list of candidates.
+pub fn keyed_hash(key: &KeyBytes, value: &str) -> [u8; 32] {
     let tag = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()),
-        subject.as_bytes(),
+        value.as_bytes(),
     );
     let mut out = [0u8; 32];
     out.copy_from_slice(tag.as_ref());
@@ -242,15 +243,15 @@ mod tests {
     }
 
     #[test]
-    fn subject_hashes_are_keyed() {
+    fn keyed_hashes_depend_on_the_key() {
         let (a, b) = (KeyBytes::random(), KeyBytes::random());
         assert_eq!(
-            subject_hash(&a, "+14155550100"),
-            subject_hash(&a, "+14155550100")
+            keyed_hash(&a, "+14155550100"),
+            keyed_hash(&a, "+14155550100")
         );
         assert_ne!(
-            subject_hash(&a, "+14155550100"),
-            subject_hash(&b, "+14155550100")
+            keyed_hash(&a, "+14155550100"),
+            keyed_hash(&b, "+14155550100")
         );
     }
 }

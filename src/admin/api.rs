@@ -28,15 +28,8 @@ pub struct AdminContext {
     /// Asks the main loop to reload the config file (as SIGHUP does).
     pub reload: Arc<tokio::sync::Notify>,
     pub audit_dir: std::path::PathBuf,
-    /// Base64 Ed25519 key that verifies the checkpoints.
-    pub audit_public_key: String,
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .unwrap_or_default()
+    /// The Ed25519 key that verifies the checkpoints.
+    pub audit_public_key: Vec<u8>,
 }
 
 /// Largest request body accepted (JSON commands are small).
@@ -247,7 +240,7 @@ async fn dispatch(
             let Some(subject) = subject.filter(|s| !s.is_empty()) else {
                 return error(StatusCode::BAD_REQUEST, "body must be {\"subject\": \"…\"}");
             };
-            let hash = crate::keys::subject_hash(&ctx.recordings.subject_key, &subject);
+            let hash = crate::keys::keyed_hash(&ctx.recordings.subject_key, &subject);
             let entries = ks.by_subject(&hash).unwrap_or_default();
             for e in &entries {
                 let _ = ks.delete(&e.id);
@@ -320,14 +313,11 @@ async fn dispatch(
             let Some((_, key)) = &ctx.pipeline.audit else {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "no audit log");
             };
-            let text: String = crate::audit::log::files(&ctx.audit_dir)
-                .iter()
-                .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-                .collect();
-            let public = base64_decode(&ctx.audit_public_key);
+            let text = crate::audit::log::read_all(&ctx.audit_dir);
+            let public = &ctx.audit_public_key;
             json_response(
                 StatusCode::OK,
-                &crate::audit::report::report(&text, key.expose(), &public, &from, &to),
+                &crate::audit::report::report(&text, key.expose(), public, &from, &to),
             )
         }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),

@@ -120,6 +120,14 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     f
 }
 
+/// Every audit file's text, oldest first, as one chain to verify or report on.
+pub fn read_all(dir: &Path) -> String {
+    files(dir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect()
+}
+
 /// Where the chain stands after the existing files.
 fn resume(dir: &Path) -> Result<Position, String> {
     let mut at = Position::default();

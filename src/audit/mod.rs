@@ -26,12 +26,17 @@ pub fn keys(config: &Config) -> Result<(KeyBytes, KeyBytes), String> {
     Ok((mac, seed))
 }
 
-/// The Ed25519 public key (base64) that verifies the checkpoints signed with `seed`.
-pub fn public_key(seed: &KeyBytes) -> String {
+/// The Ed25519 public key that verifies the checkpoints signed with `seed`.
+pub fn public_key_bytes(seed: &KeyBytes) -> Vec<u8> {
     use ring::signature::KeyPair;
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed.expose())
         .expect("a 32-byte seed");
-    crate::admission::signature::encoding::to_base64(pair.public_key().as_ref())
+    pair.public_key().as_ref().to_vec()
+}
+
+/// The same, base64, as auditors receive it.
+pub fn public_key(seed: &KeyBytes) -> String {
+    crate::admission::signature::encoding::to_base64(&public_key_bytes(seed))
 }
 
 /// SHA-256 of the effective configuration as `check` prints it (secrets appear only as references).
@@ -41,11 +46,7 @@ pub fn config_digest(config: &Config) -> String {
     ))
 }
 
-/// A keyed hash of an identifier (stream ids, client addresses are logged as they are): 16 bytes hex.
+/// A keyed hash of an identifier (stream ids; client addresses are logged as they are): 16 bytes hex.
 pub fn keyed_id(key: &KeyBytes, id: &str) -> String {
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()),
-        id.as_bytes(),
-    );
-    crate::admission::signature::encoding::to_hex(&tag.as_ref()[..16])
+    crate::admission::signature::encoding::to_hex(&crate::keys::keyed_hash(key, id)[..16])
 }

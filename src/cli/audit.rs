@@ -42,13 +42,8 @@ pub fn run(cmd: AuditCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<i3
         AuditCommand::Report { from, to, config } => {
             let c = crate::Config::load(&config, env).map_err(|e| e.to_string())?;
             let (mac, seed) = crate::audit::keys(&c)?;
-            let pk = base64::engine::general_purpose::STANDARD
-                .decode(crate::audit::public_key(&seed))
-                .expect("our own base64");
-            let text: String = crate::audit::log::files(&c.audit.dir)
-                .iter()
-                .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-                .collect();
+            let pk = crate::audit::public_key_bytes(&seed);
+            let text = crate::audit::log::read_all(&c.audit.dir);
             let report = crate::audit::report::report(&text, mac.expose(), &pk, &from, &to);
             println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
             Ok(if report["chain"]["verified"] == true {
@@ -81,9 +76,7 @@ pub fn run(cmd: AuditCommand, env: &dyn Fn(&str) -> Option<String>) -> Result<i3
                 None => {
                     let c = crate::Config::load(&config, env).map_err(|e| e.to_string())?;
                     let (mac, seed) = crate::audit::keys(&c)?;
-                    let pk = base64::engine::general_purpose::STANDARD
-                        .decode(crate::audit::public_key(&seed))
-                        .expect("our own base64");
+                    let pk = crate::audit::public_key_bytes(&seed);
                     let files = if files.is_empty() {
                         crate::audit::log::files(&c.audit.dir)
                     } else {

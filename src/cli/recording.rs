@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::keys::{KeyBytes, subject_hash};
+use crate::keys::{KeyBytes, keyed_hash};
 use crate::recording::format::Integrity;
 use crate::recording::keystore::Keystore;
 use crate::recording::read::decrypt;
@@ -159,7 +159,7 @@ pub fn run(cmd: RecordingCommand, env: &dyn Fn(&str) -> Option<String>) -> Resul
             let (c, ks) = load(&config, env)?;
             let key = crate::recording::subject_key(&c)?;
             let entries = ks
-                .by_subject(&subject_hash(&key, &subject))
+                .by_subject(&keyed_hash(&key, &subject))
                 .map_err(|e| e.to_string())?;
             for e in &entries {
                 ks.delete(&e.id).map_err(|e| e.to_string())?;

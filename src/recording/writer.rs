@@ -18,7 +18,7 @@ use super::format::{Codec, Header, Record, RecordBody, seal_chunk_in_place};
 use super::keystore::{Entry, Keystore};
 use crate::admission::signature::encoding::to_hex;
 use crate::config::recording::{Fsync, OnError, RecordingConfig};
-use crate::keys::{KeyBytes, KeyRing, subject_hash};
+use crate::keys::{KeyBytes, KeyRing, keyed_hash};
 use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
@@ -306,7 +306,7 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         route: call.route.clone(),
         path: path.clone(),
         wrapped: ring.wrap(&dek),
-        subject_hash: subject.map(|s| subject_hash(&sink.subject_key, s)),
+        subject_hash: subject.map(|s| keyed_hash(&sink.subject_key, s)),
         created_ms: created,
         expires_ms: created + retention.as_millis() as i64,
         state: "recording".into(),

@@ -16,6 +16,9 @@ use super::record::RecordedEvent;
 use crate::config::media::OnMalformed;
 use crate::metrics::MediaMetrics;
 
+/// Message kinds (`protocols::Kind` variants; `Other` is the last).
+const KINDS: usize = crate::ws::protocols::Kind::Other as usize + 1;
+
 /// Per-route media settings a session starts from.
 #[derive(Clone)]
 pub struct MediaRoute {
@@ -64,6 +67,8 @@ pub struct MediaSession {
     pub recorder_failed: tokio_util::sync::CancellationToken,
     dropped: IntCounter,
     processing: Histogram,
+    /// `messages{route,direction,kind}` resolved once per session: it is bumped for every message.
+    messages: [[Option<IntCounter>; KINDS]; 2],
     outs: Vec<Output>,
     redacted: crate::ws::redact::Report,
     stream: Option<String>,
@@ -96,6 +101,7 @@ impl MediaSession {
             metrics,
             on_malformed: route.on_malformed,
             recorder,
+            messages: Default::default(),
             outs: Vec::new(),
             redacted: Default::default(),
             stream: None,
@@ -156,6 +162,19 @@ impl MediaSession {
         Some(self.drain())
     }
 
+    fn message_counter(
+        &mut self,
+        direction: Direction,
+        kind: crate::ws::protocols::Kind,
+    ) -> &IntCounter {
+        let (metrics, route) = (&self.metrics, &self.route);
+        self.messages[direction as usize][kind as usize].get_or_insert_with(|| {
+            metrics
+                .messages
+                .with_label_values(&[route, direction.label(), kind.label()])
+        })
+    }
+
     /// Redactions so far, by kind (for the audit log).
     pub fn redactions(&self) -> Vec<(crate::ws::redact::Kind, u32)> {
         self.redacted.iter().collect()
@@ -174,21 +193,15 @@ impl MediaSession {
 
     fn drain(&mut self) -> Vec<(Direction, Message)> {
         let mut sends = Vec::new();
-        for out in self.outs.drain(..) {
+        let mut outs = std::mem::take(&mut self.outs);
+        for out in outs.drain(..) {
             match out {
                 Output::Forward(d, m) => sends.push((d, m)),
                 Output::Record(event) => {
                     if self.stream.is_none() {
                         self.stream = event.call.as_ref().and_then(|c| c.stream.clone());
                     }
-                    self.metrics
-                        .messages
-                        .with_label_values(&[
-                            &self.route,
-                            event.direction.label(),
-                            event.kind.label(),
-                        ])
-                        .inc();
+                    self.message_counter(event.direction, event.kind).inc();
                     if let Some(tx) = &self.recorder
                         && tx.try_send(event).is_err()
                     {
@@ -197,6 +210,7 @@ impl MediaSession {
                 }
             }
         }
+        self.outs = outs; // keep the allocation
         sends
     }
 }

@@ -1,10 +1,7 @@
 //! What a call's recording receives: the redacted events, through a bounded queue that never stalls
-//! the call (a full queue drops the event and counts it). `RecordingSink` is the seam for the
-//! encrypted recorder; this release ships `MemorySink`, which keeps the last few calls in memory for
-//! tests and inspection. It writes nothing to disk.
+//! the call (a full queue drops the event and counts it). `RecordingSink` is the seam; the encrypted
+//! file recorder (`recording::writer::FileSink`) stands behind it, and an object-store sink could.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -38,9 +35,6 @@ pub struct CallInfo {
     pub stream: Option<String>,
 }
 
-/// Events of one call, in order.
-pub type CallEvents = Arc<Mutex<Vec<RecordedEvent>>>;
-
 /// What a sink is told when a call starts.
 #[derive(Debug, Clone)]
 pub struct CallStart {
@@ -67,53 +61,3 @@ pub trait RecordingSink: Send + Sync {
 
 /// Events per call queue before the call's events are dropped (and counted).
 pub const QUEUE_EVENTS: usize = 1024;
-
-/// Keeps the events of the last `max_calls` calls in memory.
-pub struct MemorySink {
-    calls: Mutex<VecDeque<(String, CallEvents)>>,
-    max_calls: usize,
-}
-
-impl MemorySink {
-    pub fn new(max_calls: usize) -> Arc<Self> {
-        Arc::new(Self {
-            calls: Mutex::new(VecDeque::new()),
-            max_calls,
-        })
-    }
-
-    /// `(route, events)` of the calls held, oldest first.
-    pub fn calls(&self) -> Vec<(String, CallEvents)> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
-impl RecordingSink for MemorySink {
-    fn start_call(&self, call: &CallStart) -> CallRecorder {
-        let route = call.route.as_str();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordedEvent>(QUEUE_EVENTS);
-        let events: CallEvents = Arc::default();
-        {
-            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-            calls.push_back((route.to_string(), events.clone()));
-            while calls.len() > self.max_calls {
-                calls.pop_front();
-            }
-        }
-        tokio::spawn(async move {
-            while let Some(mut e) = rx.recv().await {
-                e.call = None; // the raw subject is not kept
-                events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-            }
-        });
-        CallRecorder {
-            events: tx,
-            failed: Default::default(),
-        }
-    }
-}

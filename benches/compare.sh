@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Side-by-side load test: direct to the backend, through nginx, through HAProxy, and through voxguard
+# in three configurations (plain relay, signed webhooks, full media pipeline), on this machine, in one
+# run. Prints one table (docs/PERFORMANCE.md explains it) and keeps the raw JSON lines.
+#
+#   benches/compare.sh                 # about 12 minutes
+#   QUICK=1 benches/compare.sh         # about 3 minutes: shorter loads, fewer paced steps
+#
+# Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
+# PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
+# voxguard-webhook voxguard-media"), OUT (the results file; default in the temp dir).
+#
+# Everything listens on 127.0.0.1 only; every load is bounded in time; only the processes this script
+# started are stopped. The proxy under test is pinned to CPU 1 and the load generator and backend to
+# CPU 0 (taskset), so that the generator cannot starve the proxy (and each proxy gets one core:
+# nginx one worker, HAProxy one thread, voxguard's runtime sizes itself to the one CPU it may use).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=${QUICK:-}
+DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4s || echo 10s)}
+PACED_DURATION=${PACED_DURATION:-$([ -n "$QUICK" ] && echo 3s || echo 5s)}
+CONNS=${CONNS:-64}
+CALLS=${CALLS:-64}
+IDLE_CALLS=${IDLE_CALLS:-1000}
+PACED_STEPS=${PACED_STEPS:-$([ -n "$QUICK" ] && echo "500" || echo "250 500 750 1000")}
+PEERS=${PEERS:-"direct nginx haproxy voxguard voxguard-webhook voxguard-media"}
+SECRET=compare-secret
+LOAD_CPU=0
+PROXY_CPU=1
+[ "$(nproc)" -ge 2 ] || { LOAD_CPU=0; PROXY_CPU=0; echo "warning: one CPU: proxy and load share it" >&2; }
+
+# --- tools ---------------------------------------------------------------------------------------
+missing=()
+for tool in nginx:nginx haproxy:haproxy openssl:openssl taskset:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian" >&2
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get install -y "${missing[@]}" >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${missing[@]}" >/dev/null; }
+fi
+PATH=$PATH:/usr/sbin
+(cd "$ROOT" && cargo build --release --quiet --bin voxguard --example voxguard-load)
+VOXGUARD=$ROOT/target/release/voxguard
+LOAD=$ROOT/target/release/examples/voxguard-load
+ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d -t voxguard-compare.XXXXXX)
+OUT=${OUT:-$WORK/results.jsonl}
+: >"$OUT"
+STARTED=()
+cleanup() {
+  for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
+
+# --- certificate (ECDSA P-256, as in the issue's reference figures) and backend ------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=compare CA" \
+  -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -keyout "$WORK/key.pem" -out "$WORK/leaf.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$WORK/leaf.ext"
+openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" -CAcreateserial -days 2 \
+  -extfile "$WORK/leaf.ext" -out "$WORK/cert.pem" 2>/dev/null
+cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
+
+taskset -c "$LOAD_CPU" "$LOAD" backend >"$WORK/backend.out" &
+STARTED+=($!)
+for _ in $(seq 50); do [ -s "$WORK/backend.out" ] && grep -q '^ws ' "$WORK/backend.out" && break; sleep 0.1; done
+HTTP_BACKEND=$(awk '/^http /{print $2}' "$WORK/backend.out")
+WS_BACKEND=$(awk '/^ws /{print $2}' "$WORK/backend.out")
+
+# --- peer configurations ---------------------------------------------------------------------------
+nginx_conf() { # $1 port
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+worker_rlimit_nofile 19000;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 9000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
+  upstream app { server $HTTP_BACKEND; keepalive 64; }
+  upstream media { server $WS_BACKEND; }
+  server {
+    listen 127.0.0.1:$1 ssl;
+    ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+    keepalive_requests 1000000;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /stream {
+      proxy_pass http://media; proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection "upgrade";
+      proxy_read_timeout 300s;
+    }
+  }
+}
+NGINX
+}
+
+haproxy_conf() { # $1 port
+  cat >"$WORK/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+  maxconn 9000
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout tunnel 300s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$1 ssl crt $WORK/haproxy.pem alpn http/1.1
+  use_backend media if { path_beg /stream }
+  default_backend app
+backend app
+  server app $HTTP_BACKEND
+backend media
+  server media $WS_BACKEND
+HAPROXY
+}
+
+voxguard_conf() { # $1 port, $2 admin port, $3 plain|webhook|media
+  local dir=$WORK/voxguard-$3
+  rm -rf "$dir"; mkdir -p "$dir"
+  local hook="" media=""
+  if [ "$3" = webhook ]; then
+    hook=$'[route.webhook]\nscheme = "github"\nsecret_env = "COMPARE_WEBHOOK_SECRET"'
+  fi
+  if [ "$3" = media ]; then
+    # Every redactor on (the defaults), DTMF tones masked in both streams, encrypted recording.
+    media=$'[route.media]\nprotocol = "twilio"\nrecord = true\ndtmf_events = "both"'
+  fi
+  cat >"$dir/proxy.toml" <<VOXGUARD
+[server]
+listen = "127.0.0.1:$1"
+data_dir = "$dir/data"
+max_connections = 40000
+[server.tls]
+cert_file = "$WORK/cert.pem"
+key_file = "$WORK/key.pem"
+[admin]
+listen = "127.0.0.1:$2"
+[audit]
+dir = "$dir/data/audit"
+[recording]
+dir = "$dir/data/recordings"
+[log]
+level = "warn"
+[[upstream]]
+name = "app"
+url = "http://$HTTP_BACKEND"
+[[upstream]]
+name = "media"
+url = "http://$WS_BACKEND"
+[[route]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+[[route]]
+name = "hook"
+path_prefix = "/hook"
+upstream = "app"
+$hook
+[[route]]
+name = "stream"
+path_prefix = "/stream"
+upstream = "media"
+websocket = true
+$media
+VOXGUARD
+  echo "$dir/proxy.toml"
+}
+
+# --- one peer at a time ------------------------------------------------------------------------------
+PEER_PIDS=()
+start_peer() { # $1 peer, $2 port → sets PEER_PIDS
+  local peer=$1 port=$2
+  case $peer in
+    nginx)
+      nginx_conf "$port"
+      taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
+      local master=$!; STARTED+=("$master"); wait_port "$port"; sleep 0.3
+      PEER_PIDS=("$master" $(pgrep -P "$master")) ;;
+    haproxy)
+      haproxy_conf "$port"
+      taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" &
+      local pid=$!; STARTED+=("$pid"); wait_port "$port"; PEER_PIDS=("$pid") ;;
+    voxguard*)
+      local variant=${peer#voxguard}; variant=${variant#-}; variant=${variant:-plain}
+      local conf; conf=$(voxguard_conf "$port" "$(free_port)" "$variant")
+      COMPARE_WEBHOOK_SECRET=$SECRET taskset -c "$PROXY_CPU" "$VOXGUARD" run --config "$conf" \
+        >"$WORK/voxguard-$variant.log" 2>&1 &
+      local pid=$!; STARTED+=("$pid"); wait_port "$port"; PEER_PIDS=("$pid") ;;
+  esac
+}
+
+stop_peer() {
+  for pid in "${PEER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PEER_PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  PEER_PIDS=()
+}
+
+load() { # $1 peer, then harness arguments; appends one JSON line to $OUT
+  local peer=$1; shift
+  local pids=()
+  for pid in "${PEER_PIDS[@]}"; do pids+=(--pid "$pid"); done
+  local line
+  line=$(taskset -c "$LOAD_CPU" "$LOAD" "$@" --label "$peer" ${CA:+--ca "$CA"} "${pids[@]}") || {
+    echo "load failed for $peer: $*" >&2; return 0; }
+  echo "$line" >>"$OUT"
+  echo "  $line" >&2
+}
+
+for peer in $PEERS; do
+  echo "== $peer" >&2
+  if [ "$peer" = direct ]; then
+    PEER_PIDS=(); CA=
+    HTTP=http://$HTTP_BACKEND; WS=ws://$WS_BACKEND
+  else
+    port=$(free_port); start_peer "$peer" "$port"; CA=$WORK/ca.pem
+    HTTP=https://127.0.0.1:$port; WS=wss://127.0.0.1:$port
+  fi
+  # The webhook configuration differs from the plain one only on HTTP, the media one only on WebSocket.
+  if [ "$peer" != voxguard-media ]; then
+    load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
+    load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
+      --post-bytes 2048 --sign-github "$SECRET"
+    [ "$peer" = direct ] || load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
+  fi
+  if [ "$peer" != voxguard-webhook ]; then
+    load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
+    [ "$peer" = direct ] || load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
+      --duration 2s --warmup 3s --ramp 2s
+    for calls in $PACED_STEPS; do
+      load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 --duration "$PACED_DURATION" \
+        --warmup 3s --ramp 2s
+    done
+  fi
+  [ "$peer" = direct ] || stop_peer
+done
+
+python3 "$ROOT/benches/compare_table.py" "$OUT"
+echo "raw results: $OUT" >&2

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Prints benches/compare.sh's results (JSON lines from voxguard-load) as one Markdown table, then
+each voxguard configuration as a ratio to nginx and to HAProxy. Usage: compare_table.py results.jsonl"""
+import json
+import sys
+
+PEERS = ["direct", "nginx", "haproxy", "voxguard", "voxguard-webhook", "voxguard-media"]
+OURS = ["voxguard", "voxguard-webhook", "voxguard-media"]
+# The media route holds forwarded audio dtmf_lookahead_ms (40 ms) in each direction, so that a tone is
+# silenced from its onset: a round trip through it includes 2 × 40 ms by design.
+HOLD_MS = {"voxguard-media": 80}
+PACED_P99_MS = 20
+PACED_CPU_CALLS = 500
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+
+
+def get(peer, mode, calls=None):
+    for r in rows:
+        if r["label"] == peer and r["mode"] == mode and (calls is None or r.get("calls") == calls):
+            return r
+    return None
+
+
+def per_peer(fn):
+    return {p: fn(p) for p in PEERS}
+
+
+def field(mode, key, scale=1.0, calls=None):
+    def f(p):
+        r = get(p, mode, calls)
+        return None if r is None or key not in r or r[key] is None else r[key] * scale
+    return f
+
+
+def cpu_per_relayed(mode, calls=None):
+    # Each echoed message crosses the proxy twice (caller→backend, backend→caller).
+    def f(p):
+        r = get(p, mode, calls)
+        return None if r is None or "proxy_cpu_s" not in r or not r["ops"] else r["proxy_cpu_s"] * 1e6 / (2 * r["ops"])
+    return f
+
+
+def relayed(mode):
+    def f(p):
+        r = get(p, mode)
+        return None if r is None else 2 * r["ops_per_s"]
+    return f
+
+
+def max_paced(p):
+    best = None
+    limit = (PACED_P99_MS + HOLD_MS.get(p, 0)) * 1000
+    for r in rows:
+        if r["label"] == p and r["mode"] == "ws_paced":
+            if r["errors"] == 0 and r["lost"] == 0 and r["p99_us"] <= limit:
+                best = max(best or 0, r["calls"])
+    return best if best is not None else (0 if any(r["label"] == p and r["mode"] == "ws_paced" for r in rows) else None)
+
+
+# (title, values by peer, format, higher is better)
+TABLE = [
+    ("HTTP GET keep-alive, req/s", per_peer(field("http_get", "ops_per_s")), "{:,.0f}", True),
+    ("  p50 / p99 latency, ms", None, "lat:http_get", None),
+    ("  proxy CPU per request, µs", per_peer(field("http_get", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ("HTTP POST 2 KB form, GitHub-signed, req/s", per_peer(field("http_signed_post", "ops_per_s")), "{:,.0f}", True),
+    ("  p50 / p99 latency, ms", None, "lat:http_signed_post", None),
+    ("  proxy CPU per request, µs", per_peer(field("http_signed_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ("new TLS connections (resumed), per s", per_peer(field("http_new_connection", "ops_per_s")), "{:,.0f}", True),
+    ("  proxy CPU per connection, µs", per_peer(field("http_new_connection", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ("WebSocket media messages relayed per s (flat out)", per_peer(relayed("ws_flat")), "{:,.0f}", True),
+    ("  round trip p50 / p99, ms", None, "lat:ws_flat", None),
+    ("  proxy CPU per relayed message, µs", per_peer(cpu_per_relayed("ws_flat")), "{:.2f}", False),
+    ("RSS per idle WebSocket connection, KiB", per_peer(field("ws_idle", "rss_per_call_kib")), "{:.1f}", False),
+    (f"paced calls (50 msg/s each way) with p99 round trip ≤ {PACED_P99_MS} ms (+hold)", per_peer(max_paced), "{:,.0f}", True),
+    (f"  proxy CPU per message, {PACED_CPU_CALLS} paced calls, µs", per_peer(cpu_per_relayed("ws_paced", PACED_CPU_CALLS)), "{:.2f}", False),
+    (f"  round trip p50 / p99 at {PACED_CPU_CALLS} calls, ms", None, f"lat:ws_paced:{PACED_CPU_CALLS}", None),
+    (f"  RSS per active call at {PACED_CPU_CALLS} calls, KiB", per_peer(field("ws_paced", "rss_per_call_kib", calls=PACED_CPU_CALLS)), "{:.1f}", False),
+]
+
+
+def latency(spec, p):
+    parts = spec.split(":")
+    r = get(p, parts[1], int(parts[2]) if len(parts) > 2 else None)
+    if r is None:
+        return "—"
+    return f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f}"
+
+
+def cell(v, fmt):
+    return "—" if v is None else fmt.format(v)
+
+
+present = [p for p in PEERS if any(r["label"] == p for r in rows)]
+print("| path | " + " | ".join(present) + " |")
+print("|---" * (len(present) + 1) + "|")
+for title, values, fmt, _ in TABLE:
+    if values is None:
+        print(f"| {title} | " + " | ".join(latency(fmt, p) for p in present) + " |")
+    else:
+        print(f"| {title} | " + " | ".join(cell(values[p], fmt) for p in present) + " |")
+
+ours = [p for p in OURS if p in present]
+peers = [p for p in ["nginx", "haproxy"] if p in present]
+if ours and peers:
+    print()
+    print("Ratios (voxguard ÷ peer; for req/s and calls higher is better, for CPU and RSS lower is better):")
+    print()
+    cols = [f"{o} ÷ {p}" for o in ours for p in peers]
+    print("| path | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for title, values, fmt, _ in TABLE:
+        if values is None:
+            continue
+        cells = []
+        for o in ours:
+            for p in peers:
+                a, b = values.get(o), values.get(p)
+                cells.append("—" if a is None or not b else f"{a / b:.2f}")
+        if all(c == "—" for c in cells):
+            continue
+        print(f"| {title.strip()} | " + " | ".join(cells) + " |")

@@ -1,0 +1,209 @@
+//! HTTP mode: `--connections` clients send requests back to back for the run, either over one
+//! keep-alive connection each or over a new TLS connection per request (resumed from the client's
+//! session cache). `--post-bytes` sends a Twilio-like form body; `--sign-github SECRET` signs each
+//! (unique) body as GitHub does, so a signed route verifies every request and none is a replay.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use ring::hmac;
+use serde_json::json;
+
+use crate::Common;
+use crate::net::Target;
+use crate::report::{self, Span, Window};
+
+#[derive(Args)]
+pub struct HttpArgs {
+    /// e.g. https://127.0.0.1:8443/
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// A new connection for every request instead of keep-alive.
+    #[arg(long)]
+    new_connections: bool,
+    /// POST a form body of about this many bytes instead of GET.
+    #[arg(long)]
+    post_bytes: Option<usize>,
+    /// Sign each POST with this secret as GitHub does (`X-Hub-Signature-256`, `X-GitHub-Delivery`).
+    #[arg(long, requires = "post_bytes")]
+    sign_github: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+struct Load {
+    target: Target,
+    post_bytes: Option<usize>,
+    key: Option<hmac::Key>,
+    span: Span,
+    new_connections: bool,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: u64,
+    hist: Option<hdrhistogram::Histogram<u64>>,
+}
+
+pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
+    let target = Target::parse(&args.url, args.common.ca.as_deref())?;
+    let mut window = Window::new(args.common.warmup, args.common.duration);
+    let pids = args.common.pids.clone();
+    let load = Arc::new(Load {
+        target,
+        post_bytes: args.post_bytes,
+        key: args
+            .sign_github
+            .as_ref()
+            .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes())),
+        span: window.span,
+        new_connections: args.new_connections,
+    });
+    let workers: Vec<_> = (0..args.connections)
+        .map(|i| tokio::spawn(worker(load.clone(), i as u64)))
+        .collect();
+    window.begin(&pids).await;
+    let usage = window.finish(&pids).await;
+    let mut hist = report::histogram();
+    let (mut ok, mut errors) = (0, 0);
+    for w in workers {
+        let t = w.await?;
+        ok += t.ok;
+        errors += t.errors;
+        if let Some(h) = t.hist {
+            hist.add(h)?;
+        }
+    }
+    let mode = match (
+        args.new_connections,
+        args.post_bytes.is_some(),
+        args.sign_github.is_some(),
+    ) {
+        (true, _, _) => "http_new_connection",
+        (false, true, true) => "http_signed_post",
+        (false, true, false) => "http_post",
+        (false, false, _) => "http_get",
+    };
+    let seconds = args.common.duration.as_secs_f64();
+    let v = report::result(
+        mode,
+        &args.common.label,
+        ok,
+        errors,
+        seconds,
+        &hist,
+        usage,
+        &pids,
+        json!({"connections": args.connections}),
+    );
+    println!("{v}");
+    Ok(())
+}
+
+async fn worker(load: Arc<Load>, id: u64) -> Tally {
+    let mut tally = Tally {
+        hist: Some(report::histogram()),
+        ..Tally::default()
+    };
+    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    let mut n = id << 40;
+    loop {
+        let started = Instant::now();
+        if started >= load.span.end {
+            return tally;
+        }
+        n += 1;
+        let outcome = async {
+            if sender.is_none() || load.new_connections {
+                sender = Some(connect(&load.target).await?);
+            }
+            let s = sender.as_mut().expect("just connected");
+            s.ready().await?;
+            let response = s.send_request(load.request(n)).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            anyhow::Ok(status)
+        }
+        .await;
+        let done = Instant::now();
+        let counted = load.span.contains(done);
+        match outcome {
+            Ok(status) if status.is_success() => {
+                if counted {
+                    tally.ok += 1;
+                    let _ = tally
+                        .hist
+                        .as_mut()
+                        .expect("set")
+                        .record((done - started).as_micros() as u64);
+                }
+            }
+            Ok(_) | Err(_) => {
+                if counted {
+                    tally.errors += 1;
+                }
+                sender = None;
+            }
+        }
+    }
+}
+
+async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let io = target.connect().await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+impl Load {
+    fn request(&self, n: u64) -> hyper::Request<Full<Bytes>> {
+        let builder = hyper::Request::builder()
+            .uri(self.target.path_and_query.as_str())
+            .header(hyper::header::HOST, self.target.authority.as_str());
+        let Some(size) = self.post_bytes else {
+            return builder.body(Full::default()).expect("valid request");
+        };
+        let body = form_body(n, size);
+        let mut builder = builder.method(hyper::Method::POST).header(
+            hyper::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+        if let Some(key) = &self.key {
+            let tag = hmac::sign(key, body.as_bytes());
+            builder = builder
+                .header(
+                    "x-hub-signature-256",
+                    format!("sha256={}", hex(tag.as_ref())),
+                )
+                .header("x-github-delivery", format!("{n:016x}-load"));
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("valid request")
+    }
+}
+
+/// A Twilio-style status callback, unique per request, padded to `size` bytes.
+fn form_body(n: u64, size: usize) -> String {
+    let mut body = format!(
+        "AccountSid=AC00000000000000000000000000000000&CallSid=CA{n:032x}&CallStatus=in-progress\
+         &Direction=inbound&From=%2B14155550100&To=%2B14155550199&ApiVersion=2010-04-01&Digits=1"
+    );
+    if body.len() + 6 < size {
+        body.push_str("&Pad=");
+        body.extend(std::iter::repeat_n('x', size - body.len()));
+    }
+    body
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

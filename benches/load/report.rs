@@ -1,0 +1,130 @@
+//! What a run prints: counts, an HDR latency histogram, and the CPU time and memory that the named
+//! processes (the proxy) used while the load was measured, read from `/proc`.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// Round-trip latencies in microseconds, 1 µs to 60 s at three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
+}
+
+/// Clock ticks per second for `/proc/PID/stat`'s utime and stime (USER_HZ is 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads) and resident memory of a set of processes.
+#[derive(Clone, Copy, Default)]
+pub struct ProcSample {
+    pub cpu_seconds: f64,
+    pub rss_kib: u64,
+}
+
+impl ProcSample {
+    /// Reads every PID; a PID that has gone away counts as nothing.
+    pub fn read(pids: &[u32]) -> Self {
+        let mut s = Self::default();
+        for pid in pids {
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                // Fields after the command name, which is in parentheses and may hold spaces.
+                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+                let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+                s.cpu_seconds += ticks as f64 / USER_HZ;
+            }
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                s.rss_kib += status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        s
+    }
+}
+
+/// The measured span of a run: from the end of the warm-up to the end of the run.
+#[derive(Clone, Copy)]
+pub struct Span {
+    pub start: Instant,
+    pub end: Instant,
+}
+
+impl Span {
+    /// Whether an operation that completed at `t` is counted.
+    pub fn contains(&self, t: Instant) -> bool {
+        t >= self.start && t < self.end
+    }
+}
+
+/// The span plus the `/proc` sample taken when it began.
+pub struct Window {
+    pub span: Span,
+    before: ProcSample,
+}
+
+impl Window {
+    pub fn new(warmup: Duration, duration: Duration) -> Self {
+        let start = Instant::now() + warmup;
+        Self {
+            span: Span {
+                start,
+                end: start + duration,
+            },
+            before: ProcSample::default(),
+        }
+    }
+
+    /// Waits for the warm-up to end and takes the first `/proc` sample.
+    pub async fn begin(&mut self, pids: &[u32]) {
+        tokio::time::sleep_until(self.span.start.into()).await;
+        self.before = ProcSample::read(pids);
+    }
+
+    /// Waits for the run to end; the proxy's usage over the window.
+    pub async fn finish(&self, pids: &[u32]) -> (ProcSample, ProcSample) {
+        tokio::time::sleep_until(self.span.end.into()).await;
+        (self.before, ProcSample::read(pids))
+    }
+}
+
+/// The JSON line a run prints; `ops` are requests or messages (counted one way).
+pub fn result(
+    mode: &str,
+    label: &str,
+    ops: u64,
+    errors: u64,
+    seconds: f64,
+    hist: &Histogram<u64>,
+    proc_usage: (ProcSample, ProcSample),
+    pids: &[u32],
+    extra: Value,
+) -> Value {
+    let (before, after) = proc_usage;
+    let cpu = after.cpu_seconds - before.cpu_seconds;
+    let mut v = json!({
+        "mode": mode,
+        "label": label,
+        "ops": ops,
+        "errors": errors,
+        "seconds": seconds,
+        "ops_per_s": ops as f64 / seconds,
+        "p50_us": hist.value_at_quantile(0.50),
+        "p99_us": hist.value_at_quantile(0.99),
+        "p999_us": hist.value_at_quantile(0.999),
+        "max_us": hist.max(),
+    });
+    if !pids.is_empty() {
+        v["proxy_cpu_s"] = json!(cpu);
+        v["proxy_cpu_us_per_op"] = json!(if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 });
+        v["proxy_rss_kib"] = json!(after.rss_kib);
+    }
+    if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
+        v.extend(extra);
+    }
+    v
+}

@@ -1,0 +1,273 @@
+//! WebSocket mode: `--calls` Twilio Media Streams calls, each `connected`, `start` (with a phone
+//! number and a card number in `customParameters`, for the redactors), then `media` messages of real
+//! μ-law audio with DTMF digits, paced at `--rate` per second (Twilio's 50) or flat out with
+//! `--window` messages in flight, then `stop`. The echo backend returns every message, so the client
+//! measures each message's round trip through the proxy both ways, and counts what never came back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::Common;
+use crate::net::Target;
+use crate::report::{self, ProcSample, Span, Window};
+
+#[derive(Args)]
+pub struct WsArgs {
+    /// e.g. wss://127.0.0.1:8443/stream
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 64)]
+    calls: usize,
+    /// Media messages per second per call; 0 sends flat out.
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Flat out: messages in flight per call.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Open the calls, send `start`, then send nothing: memory per idle session.
+    #[arg(long)]
+    idle: bool,
+    /// Calls are opened evenly over this long (part of the warm-up).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    ramp: Duration,
+    /// After the run, how long to wait for echoes still on their way before counting them lost.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Send times are kept in a ring indexed by sequence number; far larger than any window.
+const RING: usize = 4096;
+
+struct Shared {
+    target: Target,
+    frames: Vec<String>,
+    span: Span,
+    rate: u32,
+    window: usize,
+    idle: bool,
+    drain: Duration,
+}
+
+#[derive(Default)]
+struct CallResult {
+    sent: u64,
+    received: u64,
+    counted: u64,
+    errors: u64,
+    hist: Option<hdrhistogram::Histogram<u64>>,
+}
+
+pub async fn run(args: WsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.window > 0 && args.window < RING,
+        "--window must be 1..{RING}"
+    );
+    anyhow::ensure!(
+        args.ramp <= args.common.warmup,
+        "--ramp must fit in --warmup, so that every call is open when measuring starts"
+    );
+    let target = Target::parse(&args.url, args.common.ca.as_deref())?;
+    let pids = args.common.pids.clone();
+    let baseline = ProcSample::read(&pids);
+    let mut window = Window::new(args.common.warmup, args.common.duration);
+    let shared = Arc::new(Shared {
+        target,
+        frames: crate::audio::call_frames(),
+        span: window.span,
+        rate: args.rate,
+        window: args.window,
+        idle: args.idle,
+        drain: args.drain,
+    });
+    let opened = Instant::now();
+    let calls: Vec<_> = (0..args.calls)
+        .map(|i| {
+            let shared = shared.clone();
+            let at = opened + args.ramp.mul_f64(i as f64 / args.calls.max(1) as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                call(&shared, i).await
+            })
+        })
+        .collect();
+    window.begin(&pids).await;
+    // Memory with every call open, halfway through the run.
+    tokio::time::sleep(args.common.duration / 2).await;
+    let loaded = ProcSample::read(&pids);
+    let usage = window.finish(&pids).await;
+    let mut total = CallResult::default();
+    let mut hist = report::histogram();
+    for c in calls {
+        let r = c.await?;
+        total.sent += r.sent;
+        total.received += r.received;
+        total.counted += r.counted;
+        total.errors += r.errors;
+        if let Some(h) = r.hist {
+            hist.add(h)?;
+        }
+    }
+    let mode = match (args.idle, args.rate) {
+        (true, _) => "ws_idle",
+        (false, 0) => "ws_flat",
+        (false, _) => "ws_paced",
+    };
+    let rss_per_call = (loaded.rss_kib.saturating_sub(baseline.rss_kib)) as f64 / args.calls as f64;
+    let v = report::result(
+        mode,
+        &args.common.label,
+        total.counted,
+        total.errors,
+        args.common.duration.as_secs_f64(),
+        &hist,
+        usage,
+        &pids,
+        json!({
+            "calls": args.calls,
+            "rate": args.rate,
+            "sent": total.sent,
+            "received": total.received,
+            "lost": total.sent.saturating_sub(total.received),
+            "rss_per_call_kib": if pids.is_empty() { serde_json::Value::Null } else { rss_per_call.into() },
+        }),
+    );
+    println!("{v}");
+    Ok(())
+}
+
+async fn call(shared: &Shared, index: usize) -> CallResult {
+    let mut result = CallResult {
+        hist: Some(report::histogram()),
+        ..CallResult::default()
+    };
+    if let Err(e) = drive(shared, index, &mut result).await {
+        result.errors += 1;
+        if result.errors == 1 && index < 3 {
+            eprintln!("call {index}: {e:#}");
+        }
+    }
+    result
+}
+
+async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Result<()> {
+    let io = shared.target.connect().await?;
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(shared.target.url.as_str(), io, Some(config))
+            .await?;
+    let (mut sink, mut stream) = ws.split();
+    let sid = format!("MZ{index:032x}");
+    sink.send(Message::text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ))
+    .await?;
+    sink.send(Message::text(start_event(&sid, index))).await?;
+
+    let mut sent_at = vec![Instant::now(); RING];
+    let mut seq: u64 = 1;
+    let mut in_flight = 0usize;
+    let mut sending = !shared.idle;
+    let paced = shared.rate > 0;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / shared.rate.max(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let end = tokio::time::sleep_until(shared.span.end.into());
+    tokio::pin!(end);
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
+        if sending && !paced && in_flight < shared.window {
+            while in_flight < shared.window {
+                seq += 1;
+                sent_at[seq as usize % RING] = Instant::now();
+                sink.feed(Message::text(media_event(shared, &sid, seq)))
+                    .await?;
+                r.sent += 1;
+                in_flight += 1;
+            }
+            sink.flush().await?;
+        }
+        tokio::select! {
+            _ = ticker.tick(), if sending && paced => {
+                seq += 1;
+                sent_at[seq as usize % RING] = Instant::now();
+                sink.send(Message::text(media_event(shared, &sid, seq))).await?;
+                r.sent += 1;
+                in_flight += 1;
+            }
+            _ = &mut end, if drain_until.is_none() => {
+                sending = false;
+                if in_flight == 0 {
+                    break;
+                }
+                drain_until = Some(tokio::time::Instant::now() + shared.drain);
+            }
+            _ = async { tokio::time::sleep_until(drain_until.expect("guarded")).await }, if drain_until.is_some() => break,
+            m = stream.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let Some(n) = media_seq(&t) else { continue };
+                    let now = Instant::now();
+                    r.received += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                    if shared.span.contains(now) {
+                        r.counted += 1;
+                        let rtt = now - sent_at[n as usize % RING];
+                        let _ = r.hist.as_mut().expect("set").record(rtt.as_micros() as u64);
+                    }
+                    if drain_until.is_some() && in_flight == 0 {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("the proxy closed the call"),
+            },
+        }
+    }
+    seq += 1;
+    sink.send(Message::text(format!(
+        r#"{{"event":"stop","sequenceNumber":"{seq}","stop":{{"accountSid":"AC00000000000000000000000000000000","callSid":"CA{index:032x}"}},"streamSid":"{sid}"}}"#
+    )))
+    .await?;
+    let _ = sink.close().await;
+    // The close handshake: read until the proxy's reply.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+fn start_event(sid: &str, index: usize) -> String {
+    format!(
+        r#"{{"event":"start","sequenceNumber":"1","start":{{"accountSid":"AC00000000000000000000000000000000","streamSid":"{sid}","callSid":"CA{index:032x}","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{"caller":"+14155550100","note":"card 4111 1111 1111 1111"}}}},"streamSid":"{sid}"}}"#
+    )
+}
+
+fn media_event(shared: &Shared, sid: &str, seq: u64) -> String {
+    let chunk = seq - 1;
+    let payload = &shared.frames[chunk as usize % shared.frames.len()];
+    format!(
+        r#"{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}},"streamSid":"{sid}"}}"#,
+        chunk * 20
+    )
+}
+
+/// The sequence number of an echoed `media` message; other events give `None`.
+fn media_seq(text: &str) -> Option<u64> {
+    if !text.starts_with(r#"{"event":"media""#) {
+        return None;
+    }
+    let rest = text.split_once(r#""sequenceNumber":""#)?.1;
+    rest[..rest.find('"')?].parse().ok()
+}

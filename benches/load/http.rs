@@ -92,16 +92,12 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
         (false, true, false) => "http_post",
         (false, false, _) => "http_get",
     };
-    let seconds = args.common.duration.as_secs_f64();
     let v = report::result(
         mode,
-        &args.common.label,
-        ok,
-        errors,
-        seconds,
+        &args.common,
+        (ok, errors),
         &hist,
         usage,
-        &pids,
         json!({"connections": args.connections}),
     );
     println!("{v}");

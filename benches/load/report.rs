@@ -92,18 +92,17 @@ impl Window {
     }
 }
 
-/// The JSON line a run prints; `ops` are requests or messages (counted one way).
+/// The JSON line a run prints; `ops` are requests or round trips, counted in the measured span.
 pub fn result(
     mode: &str,
-    label: &str,
-    ops: u64,
-    errors: u64,
-    seconds: f64,
+    common: &crate::Common,
+    (ops, errors): (u64, u64),
     hist: &Histogram<u64>,
     proc_usage: (ProcSample, ProcSample),
-    pids: &[u32],
     extra: Value,
 ) -> Value {
+    let (label, pids) = (&common.label, &common.pids);
+    let seconds = common.duration.as_secs_f64();
     let (before, after) = proc_usage;
     let cpu = after.cpu_seconds - before.cpu_seconds;
     let mut v = json!({

@@ -123,13 +123,10 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     let rss_per_call = (loaded.rss_kib.saturating_sub(baseline.rss_kib)) as f64 / args.calls as f64;
     let v = report::result(
         mode,
-        &args.common.label,
-        total.counted,
-        total.errors,
-        args.common.duration.as_secs_f64(),
+        &args.common,
+        (total.counted, total.errors),
         &hist,
         usage,
-        &pids,
         json!({
             "calls": args.calls,
             "rate": args.rate,

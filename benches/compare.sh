@@ -8,7 +8,7 @@
 #
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
-# voxguard-webhook voxguard-media"), OUT (the results file; default in the temp dir).
+# voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir).
 #
 # Everything listens on 127.0.0.1 only; every load is bounded in time; only the processes this script
 # started are stopped. The proxy under test is pinned to CPU 1 and the load generator and backend to
@@ -25,6 +25,7 @@ CALLS=${CALLS:-64}
 IDLE_CALLS=${IDLE_CALLS:-1000}
 PACED_STEPS=${PACED_STEPS:-$([ -n "$QUICK" ] && echo "500" || echo "250 500 750 1000")}
 PEERS=${PEERS:-"direct nginx haproxy voxguard voxguard-webhook voxguard-media"}
+LOADS=${LOADS:-"http ws"}
 SECRET=compare-secret
 LOAD_CPU=0
 PROXY_CPU=1
@@ -235,13 +236,13 @@ for peer in $PEERS; do
     HTTP=https://127.0.0.1:$port; WS=wss://127.0.0.1:$port
   fi
   # The webhook configuration differs from the plain one only on HTTP, the media one only on WebSocket.
-  if [ "$peer" != voxguard-media ]; then
+  if [ "$peer" != voxguard-media ] && [[ " $LOADS " == *" http "* ]]; then
     load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
     load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
       --post-bytes 2048 --sign-github "$SECRET"
     [ "$peer" = direct ] || load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
   fi
-  if [ "$peer" != voxguard-webhook ]; then
+  if [ "$peer" != voxguard-webhook ] && [[ " $LOADS " == *" ws "* ]]; then
     load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
     [ "$peer" = direct ] || load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
       --duration 2s --warmup 3s --ramp 2s

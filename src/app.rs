@@ -154,7 +154,7 @@ impl App {
         );
         bans.set_exempt(config.bans.exempt.clone());
         let pipeline = Pipeline::new(
-            Runtime::build(config, None, &sink)?,
+            Runtime::build(config, None, &sink, &metrics.http)?,
             bans,
             metrics.clone(),
             drain.clone(),
@@ -248,7 +248,12 @@ impl App {
         if let Ok(ring) = crate::recording::key_ring(config) {
             self.recordings.ring.store(Arc::new(ring));
         }
-        let runtime = Runtime::build(config, Some(&self.pipeline.runtime.load()), &sink)?;
+        let runtime = Runtime::build(
+            config,
+            Some(&self.pipeline.runtime.load()),
+            &sink,
+            &self.pipeline.metrics.http,
+        )?;
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());
         self.pipeline.bans.set_exempt(config.bans.exempt.clone());

@@ -404,6 +404,44 @@ impl Default for Metrics {
 }
 
 /// `200` → `"2xx"`, without allocating.
+/// A route's request counters (one per status class) and duration histogram, resolved once when
+/// the runtime is built, so that a request pays no label lookup (a hash and a lock each).
+pub struct RouteHttpMetrics {
+    pub route: std::sync::Arc<str>,
+    by_class: [prometheus::IntCounter; 5],
+    duration: prometheus::Histogram,
+}
+
+impl RouteHttpMetrics {
+    pub fn new(http: &HttpMetrics, route: &str) -> Self {
+        let class = |c: &str| http.requests.with_label_values(&[route, c]);
+        Self {
+            route: route.into(),
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: http.duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts a finished request under its status class and observes its duration.
+    pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
 pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",

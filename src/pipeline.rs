@@ -21,7 +21,7 @@ use crate::admission::signature::verifier::{self, WebhookVerifier};
 use crate::admission::signature::{Failure, unix_now};
 use crate::audit::log::{AuditLog, Event as AuditEvent};
 use crate::config::{Config, RouteConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteHttpMetrics};
 use crate::net::conn::Activity;
 use crate::proxy::body::{AccessRecord, ProxyBody, Tracked};
 use crate::proxy::headers::{RequestIds, harden_response};
@@ -40,6 +40,10 @@ const ROUTE_WIDE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UN
 /// Everything that SIGHUP can replace: routes, upstream pools, lists and per-request settings.
 pub struct Runtime {
     pub routes: RouteTable,
+    /// Beside `routes`, in its order: each route's upstream and request metrics, resolved once.
+    route_state: Vec<RouteState>,
+    /// Requests that matched no route.
+    unrouted: Arc<RouteHttpMetrics>,
     pub upstreams: std::collections::HashMap<String, Arc<Upstream>>,
     pub hsts: Option<HeaderValue>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -61,6 +65,12 @@ pub struct Runtime {
     media_sessions: std::collections::HashMap<String, Arc<PerIpCounter>>,
 }
 
+/// What a request on a route needs that can be looked up once per runtime, not once per request.
+struct RouteState {
+    upstream: Arc<Upstream>,
+    http: Arc<RouteHttpMetrics>,
+}
+
 impl Runtime {
     /// Builds from `config`, reusing `previous`'s limiter state for routes whose name and
     /// `rate_limit` are unchanged (a reload must not hand every client a fresh burst).
@@ -68,11 +78,20 @@ impl Runtime {
         config: &Config,
         previous: Option<&Runtime>,
         recorder: &Arc<dyn RecordingSink>,
+        http_metrics: &crate::metrics::HttpMetrics,
     ) -> Result<Self, UpstreamError> {
         let mut upstreams = std::collections::HashMap::new();
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Upstream::build(u)?);
         }
+        let routes = RouteTable::new(&config.routes);
+        let route_state = routes
+            .iter()
+            .map(|r| RouteState {
+                upstream: upstreams[&r.upstream].clone(),
+                http: Arc::new(RouteHttpMetrics::new(http_metrics, &r.name)),
+            })
+            .collect();
         let route_lists = config
             .routes
             .iter()
@@ -145,7 +164,9 @@ impl Runtime {
             webhooks,
             media,
             media_sessions,
-            routes: RouteTable::new(&config.routes),
+            route_state,
+            unrouted: Arc::new(RouteHttpMetrics::new(http_metrics, "none")),
+            routes,
             trusted_proxies: config.server.trusted_proxies.clone(),
             accept_lists: IpLists::new(config.server.allow.clone(), config.server.deny.clone()),
             route_lists,
@@ -247,13 +268,12 @@ impl Pipeline {
         }
         let client = decided.ip;
 
-        let route = rt.routes.select(host.as_deref(), req.uri().path()).cloned();
-        let route_label: Arc<str> = route
-            .as_ref()
-            .map_or_else(|| "none".into(), |r| r.name.as_str().into());
-        let mut response = match route {
+        let selected = rt.routes.select_indexed(host.as_deref(), req.uri().path());
+        let route_metrics = selected.map_or(&rt.unrouted, |(i, _)| &rt.route_state[i].http);
+        let route_metrics = route_metrics.clone();
+        let mut response = match selected {
             None => Rejection::NoRoute.response(),
-            Some(route) => match self.admit(&rt, &route, client, &req) {
+            Some((index, route)) => match self.admit(&rt, route, client, &req) {
                 Err(rejection) => rejection.response(),
                 Ok(session_slot) => {
                     let ctx = ForwardCtx {
@@ -261,17 +281,28 @@ impl Pipeline {
                         original_host: host.as_deref(),
                         request_id: &request_id,
                     };
+                    let upstream = &rt.route_state[index].upstream;
                     match rt.webhooks.get(&route.name) {
-                        None => self.proxy(&rt, &route, req, ctx, &conn, session_slot).await,
+                        None => {
+                            self.proxy(&rt, (route, upstream), req, ctx, &conn, session_slot)
+                                .await
+                        }
                         Some(verifier) => {
                             match self
-                                .verify_webhook(verifier, &route, req, client, &request_id)
+                                .verify_webhook(verifier, route, req, client, &request_id)
                                 .await
                             {
                                 Err(rejection) => rejection.response(),
                                 Ok((req, claim)) => {
                                     let res = self
-                                        .proxy(&rt, &route, req, ctx, &conn, session_slot)
+                                        .proxy(
+                                            &rt,
+                                            (route, upstream),
+                                            req,
+                                            ctx,
+                                            &conn,
+                                            session_slot,
+                                        )
                                         .await;
                                     if let Some(claim) = claim {
                                         claim.settle(res.status());
@@ -286,7 +317,7 @@ impl Pipeline {
         };
         harden_response(response.headers_mut(), rt.hsts.as_ref());
         let record = AccessRecord {
-            route: route_label,
+            route: route_metrics,
             method,
             status: response.status().as_u16(),
             client,
@@ -294,7 +325,7 @@ impl Pipeline {
             started,
         };
         let (parts, body) = response.into_parts();
-        let body = Tracked::new(body, record, self.metrics.clone(), Some(in_flight));
+        let body = Tracked::new(body, record, Some(in_flight));
         Ok(Response::from_parts(
             parts,
             http_body_util::BodyExt::boxed(body),
@@ -528,7 +559,7 @@ impl Pipeline {
     async fn proxy<K: Clone + Send + Sync + 'static, B>(
         &self,
         rt: &Runtime,
-        route: &RouteConfig,
+        (route, upstream): (&RouteConfig, &Upstream),
         req: Request<B>,
         ctx: ForwardCtx<'_>,
         conn: &ConnCtx<K>,
@@ -538,7 +569,6 @@ impl Pipeline {
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<crate::proxy::body::BoxError>,
     {
-        let upstream = &rt.upstreams[&route.upstream];
         match forward(route, upstream, req, ctx).await {
             Ok(fwd) => {
                 if let Some((client_up, upstream_up)) = fwd.websocket {

@@ -25,8 +25,17 @@ impl RouteTable {
 
     /// The route for a request, or `None` (→ 404). `host` may carry a port; it is stripped.
     pub fn select(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteConfig>> {
+        self.select_indexed(host, path).map(|(_, r)| r)
+    }
+
+    /// As `select`, with the route's position in `iter()` (for state kept beside the table).
+    pub fn select_indexed(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<(usize, &Arc<RouteConfig>)> {
         let host = host.map(strip_port);
-        self.routes.iter().find(|r| {
+        self.routes.iter().enumerate().find(|(_, r)| {
             let host_ok = match (&r.host, host) {
                 (None, _) => true,
                 (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
@@ -34,6 +43,11 @@ impl RouteTable {
             };
             host_ok && path.starts_with(r.path_prefix.as_str())
         })
+    }
+
+    /// The routes in match order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RouteConfig>> {
+        self.routes.iter()
     }
 }
 

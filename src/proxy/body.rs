@@ -12,7 +12,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 
-use crate::metrics::{Metrics, status_class};
 use crate::net::conn::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -125,7 +124,8 @@ where
 /// What the access log says about one request. No path, query string, body or header value: voice
 /// apps put call ids and phone numbers in them. The route name says which endpoint was hit.
 pub struct AccessRecord {
-    pub route: Arc<str>,
+    /// The route's metrics, which also carry its name.
+    pub route: Arc<crate::metrics::RouteHttpMetrics>,
     pub method: http::Method,
     pub status: u16,
     pub client: std::net::IpAddr,
@@ -141,7 +141,6 @@ pin_project_lite::pin_project! {
         inner: ProxyBody,
         bytes: u64,
         record: Option<AccessRecord>,
-        metrics: Metrics,
         _in_flight: Option<InFlight>,
     }
 
@@ -149,44 +148,29 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(record) = this.record.take() {
-                finish(record, *this.bytes, this.metrics);
+                finish(record, *this.bytes);
             }
         }
     }
 }
 
 impl Tracked {
-    pub fn new(
-        inner: ProxyBody,
-        record: AccessRecord,
-        metrics: Metrics,
-        in_flight: Option<InFlight>,
-    ) -> Self {
+    pub fn new(inner: ProxyBody, record: AccessRecord, in_flight: Option<InFlight>) -> Self {
         Self {
             inner,
             bytes: 0,
             record: Some(record),
-            metrics,
             _in_flight: in_flight,
         }
     }
 }
 
-fn finish(r: AccessRecord, bytes: u64, metrics: &Metrics) {
+fn finish(r: AccessRecord, bytes: u64) {
     let elapsed = r.started.elapsed();
-    metrics
-        .http
-        .requests
-        .with_label_values(&[&*r.route, status_class(r.status)])
-        .inc();
-    metrics
-        .http
-        .duration
-        .with_label_values(&[&*r.route])
-        .observe(elapsed.as_secs_f64());
+    r.route.observe(r.status, elapsed);
     tracing::info!(
         target: "voxguard::access",
-        route = &*r.route,
+        route = &*r.route.route,
         method = %r.method,
         status = r.status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,

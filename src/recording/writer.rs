@@ -201,47 +201,21 @@ async fn write_call(
     let mut state = State::Undecided(Vec::new());
     let mut tick = tokio::time::interval(sink.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH_EVENTS);
     loop {
         tokio::select! {
-            ev = rx.recv() => {
-                let Some(e) = ev else { break };
-                state = match state {
-                    State::Undecided(mut held) => {
-                        let decides = e.call.is_some() || (e.audio.is_some() && !call.consent_required);
-                        let info = e.call.clone();
-                        held.push(e);
-                        if !decides {
-                            State::Undecided(held)
-                        } else if call.consent_required && !info.as_ref().is_some_and(|i| i.consent) {
-                            sink.metrics.not_consented.with_label_values(&[&call.route]).inc();
-                            audit(&sink, "recording_not_consented", "ok", &call.route, serde_json::json!({}));
-                            State::Off
-                        } else {
-                            let subject = info.and_then(|i| i.subject);
-                            match start(&sink, &call, subject.as_deref()) {
-                                Ok(mut open) => {
-                                    for h in &held {
-                                        open.push(h);
-                                    }
-                                    State::Recording(open)
-                                }
-                                Err(why) => fail(&sink, &call, None, &why, &failed),
-                            }
-                        }
-                    }
-                    State::Recording(mut open) => {
-                        open.push(&e);
-                        if open.plain.len() >= CHUNK_BYTES {
-                            match open.seal(false, &sink) {
-                                Ok(()) => State::Recording(open),
-                                Err(why) => fail(&sink, &call, Some(&open), &why.to_string(), &failed),
-                            }
-                        } else {
-                            State::Recording(open)
-                        }
-                    }
-                    State::Off => State::Off,
-                };
+            n = rx.recv_many(&mut batch, BATCH_EVENTS) => {
+                if n == 0 {
+                    break;
+                }
+                for e in batch.drain(..) {
+                    state = apply(state, e, &sink, &call, &failed);
+                }
+                // Let a few frames queue up before waking again: one wake-up per batch, not per
+                // frame. The queue holds seconds of audio; the call never waits on this.
+                if matches!(state, State::Recording(_)) {
+                    tokio::time::sleep(BATCH_WAIT.min(sink.config.flush_interval)).await;
+                }
             }
             _ = tick.tick() => {
                 if let State::Recording(open) = &mut state
@@ -272,6 +246,70 @@ async fn write_call(
                 fail(&sink, &call, Some(&open), &why.to_string(), &failed);
             }
         }
+    }
+}
+
+/// Most events taken from a call's queue at once.
+const BATCH_EVENTS: usize = 256;
+
+/// How long the writer lets events gather after a batch (at most `flush_interval`): ~25 frames of
+/// a two-way call per wake-up instead of one.
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One event through the recording's state: held until the call's first event decides consent,
+/// then written, or dropped when the call is not recorded.
+fn apply(
+    state: State,
+    e: RecordedEvent,
+    sink: &FileSink,
+    call: &CallStart,
+    failed: &CancellationToken,
+) -> State {
+    match state {
+        State::Undecided(mut held) => {
+            let decides = e.call.is_some() || (e.audio.is_some() && !call.consent_required);
+            let info = e.call.clone();
+            held.push(e);
+            if !decides {
+                State::Undecided(held)
+            } else if call.consent_required && !info.as_ref().is_some_and(|i| i.consent) {
+                sink.metrics
+                    .not_consented
+                    .with_label_values(&[&call.route])
+                    .inc();
+                audit(
+                    sink,
+                    "recording_not_consented",
+                    "ok",
+                    &call.route,
+                    serde_json::json!({}),
+                );
+                State::Off
+            } else {
+                let subject = info.and_then(|i| i.subject);
+                match start(sink, call, subject.as_deref()) {
+                    Ok(mut open) => {
+                        for h in &held {
+                            open.push(h);
+                        }
+                        State::Recording(open)
+                    }
+                    Err(why) => fail(sink, call, None, &why, failed),
+                }
+            }
+        }
+        State::Recording(mut open) => {
+            open.push(&e);
+            if open.plain.len() >= CHUNK_BYTES {
+                match open.seal(false, sink) {
+                    Ok(()) => State::Recording(open),
+                    Err(why) => fail(sink, call, Some(&open), &why.to_string(), failed),
+                }
+            } else {
+                State::Recording(open)
+            }
+        }
+        State::Off => State::Off,
     }
 }
 

@@ -292,6 +292,26 @@ impl CallProcessor {
         self.release(out, now, false);
     }
 
+    /// When the frame that has waited longest must go out even if no later audio comes: the pump
+    /// sleeps until then instead of polling on a fixed tick. `None` when nothing waits.
+    pub fn next_due(&self) -> Option<Instant> {
+        let fronts = [
+            self.to_backend.front().map(|i| i.arrived),
+            self.to_caller.front().map(|i| i.arrived),
+            self.recording.front().map(|i| i.arrived),
+        ];
+        fronts
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t + self.max_wait())
+    }
+
+    /// A frame never waits longer than its delay plus two frames of wall-clock time.
+    fn max_wait(&self) -> Duration {
+        self.s.lookahead.max(CONFIRMATION_WAIT) + Duration::from_millis(40)
+    }
+
     /// Whether anything waits in a delay.
     pub fn holding(&self) -> bool {
         !(self.to_backend.is_empty() && self.to_caller.is_empty() && self.recording.is_empty())
@@ -362,8 +382,7 @@ impl CallProcessor {
     fn release(&mut self, out: &mut Vec<Output>, now: Instant, all: bool) {
         let rate = u64::from(self.s.sample_rate);
         let forward_delay = self.s.lookahead.as_millis() as u64 * rate / 1000;
-        // A frame never waits longer than its delay plus two frames of wall-clock time.
-        let max_wait = self.s.lookahead.max(CONFIRMATION_WAIT) + Duration::from_millis(40);
+        let max_wait = self.max_wait();
         let ready = |masks: &HashMap<StreamKey, ToneMask>,
                      media: &Option<(StreamKey, u64, u64)>,
                      arrived: Instant,

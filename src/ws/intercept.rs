@@ -153,6 +153,11 @@ impl MediaSession {
         Ok(self.drain())
     }
 
+    /// When `due` next has something to release (see `CallProcessor::next_due`).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.processor.next_due()
+    }
+
     /// What waited past its delay in wall-clock time; `None` if nothing waits.
     pub fn due(&mut self) -> Option<Vec<(Direction, Message)>> {
         if !self.processor.holding() {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
@@ -34,7 +34,7 @@ pub struct SessionSettings {
     pub audit: Option<(crate::audit::log::AuditLog, crate::keys::KeyBytes)>,
 }
 
-/// How often a media session releases frames that waited out their delay on a quiet stream.
+/// The soonest a media session looks again for frames that waited out their delay on a quiet stream.
 const MEDIA_TICK: Duration = Duration::from_millis(20);
 
 /// How long to wait for the far side's reply to a relayed close frame.
@@ -43,8 +43,9 @@ const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// tungstenite's defaults keep 128 KiB of read buffer per socket; calls are many and idle-ish.
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(4 * 1024)
+        // Frames queue up to this much before a write; the pump flushes at the end of each burst.
+        .write_buffer_size(16 * 1024)
         .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
@@ -195,49 +196,84 @@ where
     C: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     U: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
+    // The idle timer is not re-armed per message (a timer-wheel update each time): it fires, and if
+    // a message came since, it is set again for `last_activity + idle_timeout`.
+    let mut last_activity = tokio::time::Instant::now();
     let idle = tokio::time::sleep(settings.idle_timeout);
     tokio::pin!(idle);
+    let draining = grace_over.cancelled();
+    tokio::pin!(draining);
+    let recorder_token = media.as_deref().map(|m| m.recorder_failed.clone());
+    let recorder_failed = async move {
+        match recorder_token {
+            Some(token) => token.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(recorder_failed);
     let deadline = tokio::time::sleep(
         settings
             .max_duration
             .unwrap_or(Duration::from_secs(u32::MAX.into())),
     );
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(MEDIA_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Frames held in a media delay go out on their own once they have waited long enough: the timer
+    // is armed for the oldest one's deadline, not ticking every frame.
+    let media_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(media_timer);
+    let mut media_armed = false;
+    // Messages are written with `feed` and flushed once nothing more is ready to read: a burst
+    // becomes one TLS record and one write per side, while a lone message is flushed at once.
+    let mut ready: Option<(From, Option<Result<Message, WsError>>)> = None;
+    let mut batched = 0usize;
     loop {
-        let (from, next) = tokio::select! {
-            m = client.next() => (From::Client, m),
-            m = upstream.next() => (From::Upstream, m),
-            _ = tick.tick(), if media.is_some() => {
-                if let Some(sends) = media.as_deref_mut().and_then(MediaSession::due)
-                    && send_all(sends, &mut client, &mut upstream).await.is_err()
-                {
-                    close_both(&mut client, &mut upstream, "peer gone").await;
-                    return End::Error;
-                }
-                continue;
-            }
-            _ = async { media.as_deref().expect("guarded").recorder_failed.cancelled().await }, if media.is_some() => {
-                close_both(&mut client, &mut upstream, "recording failed").await;
+        if ready.is_none() {
+            if batched > 0 && flush_both(&mut client, &mut upstream).await.is_err() {
+                close_both(&mut client, &mut upstream, "peer gone").await;
                 return End::Error;
             }
-            _ = &mut deadline => {
-                flush_media(&mut media, &mut client, &mut upstream).await;
-                close_both(&mut client, &mut upstream, "maximum call duration").await;
-                return End::MaxDuration;
-            }
-            _ = &mut idle => {
-                close_both(&mut client, &mut upstream, "idle timeout").await;
-                return End::Idle;
-            }
-            _ = grace_over.cancelled() => {
-                close_both(&mut client, &mut upstream, "server shutting down").await;
-                return End::Draining;
-            }
+            batched = 0;
+        }
+        let (from, next) = match ready.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                m = client.next() => (From::Client, m),
+                m = upstream.next() => (From::Upstream, m),
+                _ = &mut media_timer, if media_armed => {
+                    if let Some(sends) = media.as_deref_mut().and_then(MediaSession::due)
+                        && send_all(sends, &mut client, &mut upstream).await.is_err()
+                    {
+                        close_both(&mut client, &mut upstream, "peer gone").await;
+                        return End::Error;
+                    }
+                    media_armed = arm_media_timer(media.as_deref(), media_timer.as_mut());
+                    continue;
+                }
+                _ = &mut recorder_failed => {
+                    close_both(&mut client, &mut upstream, "recording failed").await;
+                    return End::Error;
+                }
+                _ = &mut deadline => {
+                    flush_media(&mut media, &mut client, &mut upstream).await;
+                    close_both(&mut client, &mut upstream, "maximum call duration").await;
+                    return End::MaxDuration;
+                }
+                _ = &mut idle => {
+                    let due = last_activity + settings.idle_timeout;
+                    if due > tokio::time::Instant::now() {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    close_both(&mut client, &mut upstream, "idle timeout").await;
+                    return End::Idle;
+                }
+                _ = &mut draining => {
+                    close_both(&mut client, &mut upstream, "server shutting down").await;
+                    return End::Draining;
+                }
+            },
         };
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + settings.idle_timeout);
+        last_activity = tokio::time::Instant::now();
         if let Some(m) = media.as_deref_mut() {
             match next {
                 Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -248,9 +284,14 @@ where
                     counter.inc();
                     match m.handle(direction, msg) {
                         Ok(sends) => {
-                            if send_all(sends, &mut client, &mut upstream).await.is_err() {
+                            if feed_all(sends, &mut client, &mut upstream).await.is_err() {
                                 close_both(&mut client, &mut upstream, "peer gone").await;
                                 return End::Error;
+                            }
+                            batched += 1;
+                            ready = peek_ready(from, &mut client, &mut upstream, batched);
+                            if !media_armed {
+                                media_armed = arm_media_timer(Some(m), media_timer.as_mut());
                             }
                         }
                         Err(CloseCall { code, reason }) => {
@@ -281,7 +322,10 @@ where
             From::Upstream => relay(next, &mut upstream, &mut client, &counters.to_client).await,
         };
         match (step, from) {
-            (Step::Continue, _) => {}
+            (Step::Continue, _) => {
+                batched += 1;
+                ready = peek_ready(from, &mut client, &mut upstream, batched);
+            }
             (Step::Closed, From::Client) => return End::ClosedByClient,
             (Step::Closed, From::Upstream) => return End::ClosedByUpstream,
             (Step::TooLarge, _) => return End::TooLarge,
@@ -312,7 +356,13 @@ where
         Some(Ok(msg)) => {
             counter.inc();
             let is_close = matches!(msg, Message::Close(_));
-            if to.send(msg).await.is_err() {
+            // Data is fed and flushed with the rest of its burst; a close goes out at once.
+            let sent = if is_close {
+                to.send(msg).await
+            } else {
+                to.feed(msg).await
+            };
+            if sent.is_err() {
                 let _ = from.send(going_away("upstream gone")).await;
                 return Step::Failed;
             }
@@ -346,6 +396,74 @@ where
             Step::Failed
         }
     }
+}
+
+/// Sets the media timer for the oldest held frame's deadline, but never sooner than a frame from now
+/// (so a clock that does not move, as in paused-time tests, cannot spin the pump). Whether it is set.
+fn arm_media_timer(
+    media: Option<&MediaSession>,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> bool {
+    let Some(due) = media.and_then(MediaSession::next_due) else {
+        return false;
+    };
+    let soonest = tokio::time::Instant::now() + MEDIA_TICK;
+    timer.reset(tokio::time::Instant::from_std(due).max(soonest));
+    true
+}
+
+/// Most messages relayed before the sinks are flushed, so a flood on one side cannot starve the
+/// other side or the timers.
+const MAX_BATCH: usize = 64;
+
+/// The next message from the side that just sent one, if it is already buffered (no waiting).
+/// Polling with a no-op waker is fine: the next `select!` polls every source with the task's own.
+fn peek_ready<C, U>(
+    from: From,
+    client: &mut C,
+    upstream: &mut U,
+    batched: usize,
+) -> Option<(From, Option<Result<Message, WsError>>)>
+where
+    C: Stream<Item = Result<Message, WsError>> + Unpin,
+    U: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    if batched >= MAX_BATCH {
+        return None;
+    }
+    let next = match from {
+        From::Client => client.next().now_or_never()?,
+        From::Upstream => upstream.next().now_or_never()?,
+    };
+    Some((from, next))
+}
+
+async fn flush_both<C, U>(client: &mut C, upstream: &mut U) -> Result<(), WsError>
+where
+    C: Sink<Message, Error = WsError> + Unpin,
+    U: Sink<Message, Error = WsError> + Unpin,
+{
+    let (a, b) = tokio::join!(client.flush(), upstream.flush());
+    a.and(b)
+}
+
+/// Queues each message on its side, in order; the caller flushes.
+async fn feed_all<C, U>(
+    sends: Vec<(Direction, Message)>,
+    client: &mut C,
+    upstream: &mut U,
+) -> Result<(), WsError>
+where
+    C: Sink<Message, Error = WsError> + Unpin,
+    U: Sink<Message, Error = WsError> + Unpin,
+{
+    for (direction, msg) in sends {
+        match direction {
+            Direction::ToBackend => upstream.feed(msg).await?,
+            Direction::ToCaller => client.feed(msg).await?,
+        }
+    }
+    Ok(())
 }
 
 /// Sends each message to its side, in order.

@@ -10,6 +10,7 @@ mod config_cli;
 mod deploy;
 mod http;
 mod lifecycle;
+mod load_harness;
 mod media;
 mod media_audio;
 mod recording;

@@ -1,0 +1,265 @@
+//! The load harness (`benches/load`, example `voxguard-load`) through a real proxy: it must count
+//! what it claims, since benches/compare.sh and docs/PERFORMANCE.md rest on its numbers. These tests
+//! check counts and errors, never speed.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::support::{self, ws_backend};
+
+/// `cargo test` and nextest build examples beside the test binary's `deps` directory.
+fn harness() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join("examples").join("voxguard-load");
+    assert!(path.exists(), "{} is built with the tests", path.display());
+    path
+}
+
+struct Backend {
+    child: Child,
+    http: String,
+    ws: String,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn backend() -> Backend {
+    let mut child = Command::new(harness())
+        .arg("backend")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = |prefix: &str| {
+        let line = lines.next().unwrap().unwrap();
+        line.strip_prefix(prefix).unwrap().to_string()
+    };
+    let http = addr("http ");
+    let ws = addr("ws ");
+    Backend { child, http, ws }
+}
+
+/// Runs a load mode to completion (off the async runtime, which keeps serving the proxy).
+async fn run(args: Vec<String>) -> serde_json::Value {
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(harness()).args(&args).output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn proxy_for(backend: &Backend, media: &str) -> support::TestProxy {
+    let http: std::net::SocketAddr = backend.http.parse().unwrap();
+    let extra = format!(
+        "[[upstream]]\nname = \"media\"\nurl = \"http://{}\"\n[[route]]\nname = \"stream\"\npath_prefix = \"/stream\"\nupstream = \"media\"\nwebsocket = true\n{media}",
+        backend.ws
+    );
+    support::spawn_proxy(http, "", &extra).await
+}
+
+fn ca_file(p: &support::TestProxy) -> String {
+    let path = p.dir.path().join("ca.pem");
+    std::fs::write(&path, &p.ca_pem).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_counts_requests_and_reads_the_proxy_cpu() {
+    let b = backend();
+    let p = proxy_for(&b, "").await;
+    let url = format!("https://{}/", p.tls);
+    let pid = std::process::id().to_string();
+    let common = [
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--ca",
+        &ca_file(&p),
+        "--pid",
+        &pid,
+    ];
+    let mut get = args(&["http", "--url", &url, "--connections", "4"]);
+    get.extend(args(&common));
+    let r = run(get).await;
+    assert_eq!(r["mode"], "http_get");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["p50_us"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["proxy_cpu_s"].as_f64().unwrap() > 0.0,
+        "the proxy's CPU is read: {r}"
+    );
+
+    let mut post = args(&[
+        "http",
+        "--url",
+        &url,
+        "--connections",
+        "2",
+        "--post-bytes",
+        "2048",
+    ]);
+    post.extend(args(&["--sign-github", "s", "--new-connections"]));
+    post.extend(args(&common));
+    let r = run(post).await;
+    assert_eq!(r["mode"], "http_new_connection");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_posts_pass_a_github_webhook_route_and_a_wrong_secret_is_counted() {
+    let b = backend();
+    let http: std::net::SocketAddr = b.http.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::config_text(
+        dir.path(),
+        http,
+        "",
+        "[route.webhook]\nscheme = \"github\"\nsecret_env = \"HOOK\"",
+    );
+    let p = support::spawn_proxy_env(dir, &text, &|k| (k == "HOOK").then(|| "hook-secret".into()))
+        .await;
+    let url = format!("https://{}/hook", p.tls);
+    let ca = ca_file(&p);
+    let signed = |secret: &str| {
+        args(&[
+            "http",
+            "--url",
+            &url,
+            "--connections",
+            "2",
+            "--post-bytes",
+            "2048",
+            "--sign-github",
+            secret,
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--ca",
+            &ca,
+        ])
+    };
+    let good = run(signed("hook-secret")).await;
+    assert_eq!(good["mode"], "http_signed_post");
+    assert_eq!(
+        good["errors"], 0,
+        "every body is unique, so none is a replay: {good}"
+    );
+    assert!(good["ops"].as_u64().unwrap() > 0);
+    let bad = run(signed("wrong")).await;
+    assert_eq!(bad["ops"], 0, "{bad}");
+    assert!(
+        bad["errors"].as_u64().unwrap() > 0,
+        "403s are errors: {bad}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_mode_round_trips_every_message_through_the_media_pipeline() {
+    let b = backend();
+    let p = proxy_for(&b, "[route.media]\nprotocol = \"twilio\"").await;
+    let url = format!("wss://{}/stream", p.tls);
+    let pid = std::process::id().to_string();
+    let r = run(args(&[
+        "ws",
+        "--url",
+        &url,
+        "--calls",
+        "4",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--ramp",
+        "200ms",
+        "--ca",
+        &ca_file(&p),
+        "--pid",
+        &pid,
+    ]))
+    .await;
+    assert_eq!(r["mode"], "ws_paced");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["sent"], r["received"], "{r}");
+    // 4 calls at 50 messages/s for the 1 s measured: never more (a tick at each end aside).
+    let ops = r["ops"].as_u64().unwrap();
+    assert!((100..=220).contains(&ops), "paced, not flat out: {r}");
+    // The media route holds forwarded audio 40 ms each way, and the harness sees it.
+    assert!(r["p50_us"].as_u64().unwrap() >= 80_000, "{r}");
+
+    let flat = run(args(&[
+        "ws",
+        "--url",
+        &url,
+        "--calls",
+        "2",
+        "--rate",
+        "0",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--ramp",
+        "100ms",
+        "--ca",
+        &ca_file(&p),
+    ]))
+    .await;
+    assert_eq!(flat["mode"], "ws_flat");
+    assert_eq!(
+        (flat["errors"].as_u64(), flat["lost"].as_u64()),
+        (Some(0), Some(0)),
+        "{flat}"
+    );
+    assert!(flat["ops"].as_u64().unwrap() > ops, "{flat}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_never_come_back_are_counted_lost() {
+    // A backend that records and never echoes.
+    let sink = ws_backend::spawn_ws_backend().await;
+    let r = run(args(&[
+        "ws",
+        "--url",
+        &format!("ws://{}/", sink.addr),
+        "--calls",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "200ms",
+        "--ramp",
+        "100ms",
+        "--drain",
+        "200ms",
+    ]))
+    .await;
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{r}");
+    assert_eq!(r["lost"].as_u64(), Some(sent), "{r}");
+    assert_eq!(r["ops"], 0, "{r}");
+}

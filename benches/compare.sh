@@ -226,33 +226,74 @@ load() { # $1 peer, then harness arguments; appends one JSON line to $OUT
   echo "  $line" >&2
 }
 
-for peer in $PEERS; do
-  echo "== $peer" >&2
-  if [ "$peer" = direct ]; then
+# Each load runs on a freshly started peer, so that memory left over from one load (allocator
+# caches, session caches) does not flatter or spoil the next one's RSS figures.
+fresh() { # $1 peer; sets HTTP, WS, CA
+  if [ "$1" = direct ]; then
     PEER_PIDS=(); CA=
     HTTP=http://$HTTP_BACKEND; WS=ws://$WS_BACKEND
   else
-    port=$(free_port); start_peer "$peer" "$port"; CA=$WORK/ca.pem
+    [ ${#PEER_PIDS[@]} -eq 0 ] || stop_peer
+    local port; port=$(free_port); start_peer "$1" "$port"; CA=$WORK/ca.pem
     HTTP=https://127.0.0.1:$port; WS=wss://127.0.0.1:$port
   fi
+}
+
+for peer in $PEERS; do
+  echo "== $peer" >&2
   # The webhook configuration differs from the plain one only on HTTP, the media one only on WebSocket.
   if [ "$peer" != voxguard-media ] && [[ " $LOADS " == *" http "* ]]; then
-    load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
-    load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
+    fresh "$peer"; load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
+    fresh "$peer"; load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
       --post-bytes 2048 --sign-github "$SECRET"
-    [ "$peer" = direct ] || load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
+    if [ "$peer" != direct ]; then
+      fresh "$peer"; load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
+    fi
   fi
   if [ "$peer" != voxguard-webhook ] && [[ " $LOADS " == *" ws "* ]]; then
-    load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
-    [ "$peer" = direct ] || load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
-      --duration 2s --warmup 3s --ramp 2s
+    fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
+    if [ "$peer" != direct ]; then
+      fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
+        --duration 2s --warmup 3s --ramp 2s
+    fi
     for calls in $PACED_STEPS; do
-      load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 --duration "$PACED_DURATION" \
-        --warmup 3s --ramp 2s
+      fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 \
+        --duration "$PACED_DURATION" --warmup 3s --ramp 2s
     done
   fi
-  [ "$peer" = direct ] || stop_peer
+  [ ${#PEER_PIDS[@]} -eq 0 ] || stop_peer
 done
+
+# Start-up to ready with the shipped proxy.toml (embedded defaults, dev certificate, local data dir):
+# the first start creates the dev certificate and keys, later ones load them.
+if [[ " $PEERS " == *" voxguard "* ]]; then
+  echo "== voxguard start-up" >&2
+  mkdir -p "$WORK/startup"
+  python3 - "$VOXGUARD" "$ROOT/proxy.toml" "$WORK/startup" "$(free_port)" "$(free_port)" >>"$OUT" <<'PY'
+import json, os, statistics, subprocess, sys, time, urllib.request
+binary, config, cwd, tls, admin = sys.argv[1:]
+env = dict(os.environ, VOXGUARD_LISTEN=f"127.0.0.1:{tls}", VOXGUARD_ADMIN_LISTEN=f"127.0.0.1:{admin}",
+           VOXGUARD_LOG_LEVEL="warn")
+times = []
+for _ in range(6):
+    t0 = time.monotonic()
+    p = subprocess.Popen([binary, "run", "--config", config], cwd=cwd, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1).status == 200:
+                break
+        except Exception:
+            if p.poll() is not None or time.monotonic() - t0 > 10:
+                sys.exit("voxguard did not become ready")
+            time.sleep(0.001)
+    times.append((time.monotonic() - t0) * 1000)
+    p.terminate(); p.wait()
+print(json.dumps({"mode": "startup", "label": "voxguard", "first_ms": times[0],
+                  "median_ms": statistics.median(times[1:])}))
+PY
+  tail -1 "$OUT" | sed 's/^/  /' >&2
+fi
 
 python3 "$ROOT/benches/compare_table.py" "$OUT"
 echo "raw results: $OUT" >&2

@@ -79,6 +79,19 @@ TABLE = [
 ]
 
 
+def startup(kind):
+    def f(p):
+        r = get(p, "startup")
+        return None if r is None else r[kind]
+    return f
+
+
+TABLE += [
+    ("start-up to ready, shipped proxy.toml, first start (creates dev cert and keys), ms", per_peer(startup("first_ms")), "{:.0f}", False),
+    ("start-up to ready, later starts (median of 5), ms", per_peer(startup("median_ms")), "{:.0f}", False),
+]
+
+
 def latency(spec, p):
     parts = spec.split(":")
     r = get(p, parts[1], int(parts[2]) if len(parts) > 2 else None)

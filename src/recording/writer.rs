@@ -23,12 +23,15 @@ use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
 
-/// Plaintext gathered before a chunk is sealed early. With the buffer (32 KiB, allocated once) sealed
-/// in place, this bounds an open recording's memory (one second of a two-way Twilio call is ~17 KiB).
-pub const CHUNK_BYTES: usize = 30 * 1024;
-// A chunk is sealed once it passes CHUNK_BYTES, so the buffer stays within its 32 KiB unless one record
-// is over 2 KiB (a large `start` event), and an open recording within the 64 KiB target.
-const _: () = assert!(CHUNK_BYTES + 2 * 1024 <= 32 * 1024);
+/// Plaintext gathered before a chunk is sealed early. With the buffer (`BUFFER_BYTES`, allocated
+/// once) sealed in place, this bounds an open recording's memory. One second of a two-way Twilio
+/// call is ~17 KiB, so a busy call seals a chunk a little more often than every `flush_interval`.
+pub const CHUNK_BYTES: usize = 14 * 1024;
+/// The plaintext buffer of an open recording.
+const BUFFER_BYTES: usize = 16 * 1024;
+// A chunk is sealed once it passes CHUNK_BYTES, so the buffer stays within BUFFER_BYTES unless one
+// record is over 2 KiB (a large `start` event), and an open call within the 64 KiB target.
+const _: () = assert!(CHUNK_BYTES + 2 * 1024 <= BUFFER_BYTES);
 
 /// Opens the file a recording is written to (injectable: tests simulate a full disk).
 pub type Opener =
@@ -212,8 +215,9 @@ async fn write_call(
                     state = apply(state, e, &sink, &call, &failed);
                 }
                 // Let a few frames queue up before waking again: one wake-up per batch, not per
-                // frame. The queue holds seconds of audio; the call never waits on this.
-                if matches!(state, State::Recording(_)) {
+                // frame. The queue holds seconds of audio; the call never waits on this. A big
+                // batch means the call is sending faster than real time: keep draining.
+                if n < BATCH_EVENTS / 4 && matches!(state, State::Recording(_)) {
                     tokio::time::sleep(BATCH_WAIT.min(sink.config.flush_interval)).await;
                 }
             }
@@ -249,12 +253,12 @@ async fn write_call(
     }
 }
 
-/// Most events taken from a call's queue at once.
-const BATCH_EVENTS: usize = 256;
+/// Most events taken from a call's queue at once (the batch buffer is per call: kept small).
+const BATCH_EVENTS: usize = 64;
 
-/// How long the writer lets events gather after a batch (at most `flush_interval`): ~25 frames of
+/// How long the writer lets events gather after a batch (at most `flush_interval`): ~10 frames of
 /// a two-way call per wake-up instead of one.
-const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One event through the recording's state: held until the call's first event decides consent,
 /// then written, or dropped when the call is not recorded.
@@ -380,7 +384,7 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         header: header_bytes,
         prefix,
         counter: 0,
-        plain: Vec::with_capacity(32 * 1024),
+        plain: Vec::with_capacity(BUFFER_BYTES),
         last_at_ms: 0,
     }))
 }
@@ -429,46 +433,67 @@ fn fail(
 mod tests {
     use super::*;
 
+    fn media_event(i: u64) -> RecordedEvent {
+        RecordedEvent {
+            at: std::time::Duration::from_millis(i * 10),
+            direction: if i % 2 == 0 {
+                Direction::ToBackend
+            } else {
+                Direction::ToCaller
+            },
+            kind: crate::ws::protocols::Kind::Media,
+            track: Track::Inbound,
+            audio: Some(Audio::Ulaw(vec![0x7E; 160])),
+            json: None,
+            call: None,
+        }
+    }
+
     #[test]
     fn an_open_recording_holds_at_most_one_chunk_of_memory() {
-        let mut open = Open {
-            id: "x".into(),
-            out: Box::new(std::io::sink()),
-            dek: KeyBytes::random(),
-            header: vec![0; 52],
-            prefix: [0; 7],
-            counter: 0,
-            plain: Vec::with_capacity(8 * 1024),
-            bytes: 0,
-            last_at_ms: 0,
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
+            dir.path().join("data"),
+            dir.path().join("rec"),
+        );
+        let config = crate::Config::parse(&text, "t", &|_| None).unwrap();
+        let sink = FileSink::new(
+            config.recording.clone(),
+            crate::recording::key_ring(&config).unwrap(),
+            crate::recording::subject_key(&config).unwrap(),
+            crate::metrics::Metrics::new().recording,
+        )
+        .unwrap();
+        let call = CallStart {
+            route: "media".into(),
+            codec: crate::recording::format::Codec::Mulaw,
+            sample_rate: 8000,
+            retention: None,
+            consent_required: false,
         };
-        // One second of a two-way Twilio call: 50 frames of 160 μ-law bytes each way.
-        for i in 0..100u64 {
-            open.push(&RecordedEvent {
-                at: std::time::Duration::from_millis(i * 10),
-                direction: if i % 2 == 0 {
-                    Direction::ToBackend
-                } else {
-                    Direction::ToCaller
-                },
-                kind: crate::ws::protocols::Kind::Media,
-                track: Track::Inbound,
-                audio: Some(Audio::Ulaw(vec![0x7E; 160])),
-                json: None,
-                call: None,
-            });
+        let failed = CancellationToken::new();
+        let mut state = State::Undecided(Vec::new());
+        let mut largest = 0;
+        // Ten seconds of a two-way Twilio call (50 frames of 160 μ-law bytes each way per second),
+        // through the writer's own state machine, which seals a chunk whenever one is full.
+        for i in 0..1000u64 {
+            state = apply(state, media_event(i), &sink, &call, &failed);
+            let State::Recording(open) = &state else {
+                panic!("the call is recorded");
+            };
+            let footprint = std::mem::size_of::<Open>()
+                + open.plain.capacity()
+                + open.header.len()
+                + open.id.len();
+            largest = largest.max(footprint);
         }
-        assert!(
-            open.plain.len() < CHUNK_BYTES,
-            "one flush interval fits a chunk: {}",
-            open.plain.len()
-        );
-        let footprint =
-            std::mem::size_of::<Open>() + open.plain.capacity() + open.header.len() + open.id.len();
-        eprintln!(
-            "open recording after 1 s: {footprint} bytes ({} of plaintext)",
-            open.plain.len()
-        );
-        assert!(footprint <= 64 * 1024, "{footprint}");
+        let State::Recording(open) = &state else {
+            unreachable!()
+        };
+        assert!(open.counter > 0, "chunks were sealed on the way");
+        assert_eq!(open.plain.capacity(), BUFFER_BYTES, "the buffer never grew");
+        eprintln!("an open recording holds at most {largest} bytes");
+        assert!(largest <= 64 * 1024, "{largest}");
     }
 }

@@ -43,9 +43,9 @@ const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// tungstenite's defaults keep 128 KiB of read buffer per socket; calls are many and idle-ish.
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         // Frames queue up to this much before a write; the pump flushes at the end of each burst.
-        .write_buffer_size(16 * 1024)
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(max_message_bytes.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))

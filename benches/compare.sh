@@ -4,7 +4,10 @@
 # run. Prints one table (docs/PERFORMANCE.md explains it) and keeps the raw JSON lines.
 #
 #   benches/compare.sh                 # about 12 minutes
-#   QUICK=1 benches/compare.sh         # about 3 minutes: shorter loads, fewer paced steps
+#   QUICK=1 benches/compare.sh         # about 4 minutes: shorter loads, one paced step
+#   SMOKE=1 benches/compare.sh         # about 2 minutes, debug build: checks that every peer serves every
+#                                      # load with no error and no lost message (.ci/run runs this);
+#                                      # its figures mean nothing
 #
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
@@ -18,6 +21,15 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=${QUICK:-}
+SMOKE=${SMOKE:-}
+if [ -n "$SMOKE" ]; then
+  DURATION=${DURATION:-1s}; PACED_DURATION=${PACED_DURATION:-1s}; CONNS=${CONNS:-4}; CALLS=${CALLS:-4}
+  IDLE_CALLS=${IDLE_CALLS:-20}; PACED_STEPS=${PACED_STEPS:-20}; WS_WARMUP=${WS_WARMUP:-1s}; RAMP=${RAMP:-500ms}
+  PROFILE=${PROFILE:-debug}
+fi
+WS_WARMUP=${WS_WARMUP:-3s}
+RAMP=${RAMP:-2s}
+PROFILE=${PROFILE:-release}
 DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4s || echo 10s)}
 PACED_DURATION=${PACED_DURATION:-$([ -n "$QUICK" ] && echo 3s || echo 5s)}
 CONNS=${CONNS:-64}
@@ -42,9 +54,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y "${missing[@]}" >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${missing[@]}" >/dev/null; }
 fi
 PATH=$PATH:/usr/sbin
-(cd "$ROOT" && cargo build --release --quiet --bin voxguard --example voxguard-load)
-VOXGUARD=$ROOT/target/release/voxguard
-LOAD=$ROOT/target/release/examples/voxguard-load
+if [ "$PROFILE" = release ]; then
+  (cd "$ROOT" && cargo build --release --quiet --bin voxguard --example voxguard-load)
+else
+  (cd "$ROOT" && cargo build --quiet --bin voxguard --example voxguard-load)
+fi
+VOXGUARD=$ROOT/target/$PROFILE/voxguard
+LOAD=$ROOT/target/$PROFILE/examples/voxguard-load
 ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d -t voxguard-compare.XXXXXX)
@@ -254,11 +270,11 @@ for peer in $PEERS; do
     fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
     if [ "$peer" != direct ]; then
       fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
-        --duration 2s --warmup 3s --ramp 2s
+        --duration 2s --warmup "$WS_WARMUP" --ramp "$RAMP"
     fi
     for calls in $PACED_STEPS; do
       fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 \
-        --duration "$PACED_DURATION" --warmup 3s --ramp 2s
+        --duration "$PACED_DURATION" --warmup "$WS_WARMUP" --ramp "$RAMP"
     done
   fi
   [ ${#PEER_PIDS[@]} -eq 0 ] || stop_peer
@@ -295,5 +311,5 @@ PY
   tail -1 "$OUT" | sed 's/^/  /' >&2
 fi
 
-python3 "$ROOT/benches/compare_table.py" "$OUT"
+python3 "$ROOT/benches/compare_table.py" ${SMOKE:+--check} "$OUT"
 echo "raw results: $OUT" >&2

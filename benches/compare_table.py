@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
 """Prints benches/compare.sh's results (JSON lines from voxguard-load) as one Markdown table, then
-each voxguard configuration as a ratio to nginx and to HAProxy. Usage: compare_table.py results.jsonl"""
+each voxguard configuration as a ratio to nginx and to HAProxy.
+
+Usage: compare_table.py [--check] results.jsonl
+--check (compare.sh's SMOKE mode) exits 1 unless every peer ran every load it should, with no error
+and no lost message."""
 import json
 import sys
+
+CHECK = "--check" in sys.argv[1:]
+PATH = [a for a in sys.argv[1:] if a != "--check"][0]
 
 PEERS = ["direct", "nginx", "haproxy", "voxguard", "voxguard-webhook", "voxguard-media"]
 OURS = ["voxguard", "voxguard-webhook", "voxguard-media"]
@@ -12,7 +19,7 @@ HOLD_MS = {"voxguard-media": 80}
 PACED_P99_MS = 20
 PACED_CPU_CALLS = 500
 
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [json.loads(l) for l in open(PATH) if l.strip()]
 
 
 def get(peer, mode, calls=None):
@@ -133,3 +140,29 @@ if ours and peers:
         if all(c == "—" for c in cells):
             continue
         print(f"| {title.strip()} | " + " | ".join(cells) + " |")
+
+if CHECK:
+    expected = {
+        "direct": ["http_get", "http_signed_post", "ws_flat", "ws_paced"],
+        "nginx": ["http_get", "http_signed_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
+        "haproxy": ["http_get", "http_signed_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
+        "voxguard": ["http_get", "http_signed_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced", "startup"],
+        "voxguard-webhook": ["http_get", "http_signed_post", "http_new_connection"],
+        "voxguard-media": ["ws_flat", "ws_idle", "ws_paced"],
+    }
+    problems = []
+    for peer, modes in expected.items():
+        for mode in modes:
+            found = [r for r in rows if r["label"] == peer and r["mode"] == mode]
+            if not found:
+                problems.append(f"{peer}: no {mode} result")
+            for r in found:
+                if r.get("errors", 0) or r.get("lost", 0):
+                    problems.append(f"{peer} {mode}: {r.get('errors')} errors, {r.get('lost')} lost")
+                elif mode not in ("ws_idle", "startup") and not r["ops"]:
+                    problems.append(f"{peer} {mode}: nothing completed")
+    print()
+    if problems:
+        print("smoke check FAILED:\n  " + "\n  ".join(problems))
+        sys.exit(1)
+    print(f"smoke check passed: {len(rows)} results, every peer served every load, no errors, nothing lost")

@@ -56,6 +56,10 @@ impl Write for SyncOnFlush {
         self.0.write(buf)
     }
 
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.sync_data()
     }
@@ -142,10 +146,7 @@ impl Open {
             &mut self.plain,
         );
         let written = (len.len() + self.plain.len()) as u64;
-        let wrote = self
-            .out
-            .write_all(&len)
-            .and_then(|()| self.out.write_all(&self.plain));
+        let wrote = write_both(&mut *self.out, &len, &self.plain);
         self.plain.clear(); // the allocation is kept for the next chunk
         wrote?;
         self.counter += 1;
@@ -185,6 +186,25 @@ impl Open {
         }
         .encode_into(&mut self.plain);
     }
+}
+
+/// Writes the chunk's length and body with one system call where the file takes both at once.
+fn write_both(out: &mut dyn Write, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    let total = head.len() + body.len();
+    while done < head.len() {
+        let n = out.write_vectored(&[
+            std::io::IoSlice::new(&head[done..]),
+            std::io::IoSlice::new(body),
+        ])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    out.write_all(&body[(done - head.len()).min(body.len())..])?;
+    debug_assert!(done <= total);
+    Ok(())
 }
 
 enum State {

@@ -5,17 +5,18 @@
 //! client that went away releases it (the guard's `Drop`), so the provider's retry goes through. While
 //! the first delivery is still in flight a duplicate is refused too: the backend is already handling it.
 //!
-//! Ids are stored as SHA-256 digests: fixed size, and nothing a provider put in a header is kept. When
-//! full, expired entries go first, then the eighth closest to expiry; in-flight claims are never evicted.
+//! Ids are stored as SHA-256 digests: fixed size, and nothing a provider put in a header is kept.
+//! Accepted ids also go into a queue in the order they were accepted, which (the window being fixed)
+//! is the order they expire in: when the map is full, the oldest accepted id goes, one per new id, in
+//! constant time (no scan of the map under the lock). In-flight claims are never evicted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::encoding::sha256;
 use crate::admission::ban::Now;
-use crate::admission::evict_lowest;
 use crate::config::webhook::ReplayConfig;
 
 #[derive(Clone, Copy)]
@@ -24,9 +25,32 @@ enum Entry {
     Accepted { until: Instant },
 }
 
+/// The map of ids and the acceptance order.
+#[derive(Default)]
+struct Ids {
+    map: HashMap<[u8; 32], Entry>,
+    /// Accepted ids, oldest first, with the expiry they were accepted with. An id released or
+    /// accepted again since is skipped when it comes up (its entry no longer matches).
+    order: VecDeque<([u8; 32], Instant)>,
+}
+
+impl Ids {
+    /// Pops the oldest accepted id; whether it was still unexpired (an eviction, not a clean-up).
+    /// `None` when nothing accepted is left.
+    fn drop_oldest(&mut self, now: Instant) -> Option<bool> {
+        while let Some((key, until)) = self.order.pop_front() {
+            if matches!(self.map.get(&key), Some(Entry::Accepted { until: u }) if *u == until) {
+                self.map.remove(&key);
+                return Some(until > now);
+            }
+        }
+        None
+    }
+}
+
 /// One route's accepted ids.
 pub struct ReplayCache {
-    map: Mutex<HashMap<[u8; 32], Entry>>,
+    ids: Mutex<Ids>,
     pub spec: ReplayConfig,
     evictions: AtomicU64,
     now: Now,
@@ -39,7 +63,7 @@ pub struct Replayed;
 impl ReplayCache {
     pub fn new(spec: ReplayConfig, now: Now) -> Arc<Self> {
         Arc::new(Self {
-            map: Mutex::new(HashMap::new()),
+            ids: Mutex::new(Ids::default()),
             spec,
             evictions: AtomicU64::new(0),
             now,
@@ -50,39 +74,35 @@ impl ReplayCache {
         Self::new(spec, Arc::new(Instant::now))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Claims every id of one delivery, or none if any of them is taken.
     pub fn claim(self: &Arc<Self>, ids: &[Vec<u8>]) -> Result<Claim, Replayed> {
         let now = (self.now)();
         let keys: Vec<[u8; 32]> = ids.iter().map(|id| sha256(id)).collect();
-        let mut map = self.lock();
+        let mut ids = self.lock();
         let taken = |e: &Entry| match *e {
             Entry::InFlight => true,
             Entry::Accepted { until } => until > now,
         };
-        if keys.iter().any(|k| map.get(k).is_some_and(taken)) {
+        if keys.iter().any(|k| ids.map.get(k).is_some_and(taken)) {
             return Err(Replayed);
         }
-        let max = self.spec.max_entries;
-        if map.len() + keys.len() > max {
-            // Clean up once per batch, not once per claim: afterwards an eighth of the room is free.
-            map.retain(|_, e| taken(e));
-            let target = max.saturating_sub((max / 8).max(keys.len()));
-            if map.len() > target {
-                // In-flight claims rank above every accepted id.
-                let excess = map.len() - target;
-                let gone = evict_lowest(&mut map, excess, |e| match *e {
-                    Entry::InFlight => (true, None),
-                    Entry::Accepted { until } => (false, Some(until)),
-                });
-                self.evictions.fetch_add(gone as u64, Ordering::Relaxed);
+        // Make room: the oldest accepted ids go first (expired ones are simply cleaned up). With only
+        // in-flight claims left the map may pass `max_entries` by the requests in flight.
+        while ids.map.len() + keys.len() > self.spec.max_entries {
+            match ids.drop_oldest(now) {
+                Some(true) => {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(false) => {}
+                None => break,
             }
         }
         for k in &keys {
-            map.insert(*k, Entry::InFlight);
+            ids.map.insert(*k, Entry::InFlight);
         }
         Ok(Claim {
             cache: self.clone(),
@@ -93,7 +113,7 @@ impl ReplayCache {
 
     /// Ids held (accepted, possibly expired, and in flight).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,12 +128,16 @@ impl ReplayCache {
     /// Drops expired entries (called periodically, off the request path).
     pub fn sweep(&self) -> usize {
         let now = (self.now)();
-        let mut map = self.lock();
-        map.retain(|_, e| match *e {
+        let mut ids = self.lock();
+        while ids.order.front().is_some_and(|(_, until)| *until <= now) {
+            ids.drop_oldest(now);
+        }
+        // Entries skipped in the queue (released or re-accepted) are dropped here too.
+        ids.map.retain(|_, e| match *e {
             Entry::InFlight => true,
             Entry::Accepted { until } => until > now,
         });
-        map.len()
+        ids.map.len()
     }
 }
 
@@ -133,9 +157,10 @@ impl Claim {
         }
         self.settled = true;
         let until = (self.cache.now)() + self.cache.spec.window;
-        let mut map = self.cache.lock();
+        let mut ids = self.cache.lock();
         for k in &self.keys {
-            map.insert(*k, Entry::Accepted { until });
+            ids.map.insert(*k, Entry::Accepted { until });
+            ids.order.push_back((*k, until));
         }
     }
 }
@@ -143,9 +168,9 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if !self.settled {
-            let mut map = self.cache.lock();
+            let mut ids = self.cache.lock();
             for k in &self.keys {
-                map.remove(k);
+                ids.map.remove(k);
             }
         }
     }

@@ -466,7 +466,7 @@ where
     Ok(())
 }
 
-/// Sends each message to its side, in order.
+/// Sends each message to its side, in order, and flushes both sides.
 async fn send_all<C, U>(
     sends: Vec<(Direction, Message)>,
     client: &mut C,
@@ -476,13 +476,8 @@ where
     C: Sink<Message, Error = WsError> + Unpin,
     U: Sink<Message, Error = WsError> + Unpin,
 {
-    for (direction, msg) in sends {
-        match direction {
-            Direction::ToBackend => upstream.send(msg).await?,
-            Direction::ToCaller => client.send(msg).await?,
-        }
-    }
-    Ok(())
+    feed_all(sends, client, upstream).await?;
+    flush_both(client, upstream).await
 }
 
 async fn flush_media<C, U>(media: &mut Option<&mut MediaSession>, client: &mut C, upstream: &mut U)

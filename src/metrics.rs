@@ -414,40 +414,29 @@ pub struct RouteHttpMetrics {
 
 impl RouteHttpMetrics {
     pub fn new(http: &HttpMetrics, route: &str) -> Self {
-        let class = |c: &str| http.requests.with_label_values(&[route, c]);
         Self {
             route: route.into(),
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            by_class: STATUS_CLASSES.map(|c| http.requests.with_label_values(&[route, c])),
             duration: http.duration.with_label_values(&[route]),
         }
     }
 
     /// Counts a finished request under its status class and observes its duration.
     pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
-        let class = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.by_class[class].inc();
+        self.by_class[status_class_index(status)].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 }
 
-pub fn status_class(status: u16) -> &'static str {
+/// The `status` label values, in `status_class_index` order.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

@@ -123,15 +123,11 @@ impl RequestIds {
 
     pub fn next(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Hex by hand: `format!` costs more than everything else in building the id.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(32);
-        for word in [self.prefix, n] {
-            for shift in (0..16).rev() {
-                id.push(HEX[((word >> (shift * 4)) & 0xf) as usize] as char);
-            }
-        }
-        id
+        // Not `format!`: it costs more than everything else in building the id.
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.prefix.to_be_bytes());
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+        crate::admission::signature::encoding::to_hex(&bytes)
     }
 }
 

@@ -191,7 +191,6 @@ impl Open {
 /// Writes the chunk's length and body with one system call where the file takes both at once.
 fn write_both(out: &mut dyn Write, head: &[u8], body: &[u8]) -> std::io::Result<()> {
     let mut done = 0;
-    let total = head.len() + body.len();
     while done < head.len() {
         let n = out.write_vectored(&[
             std::io::IoSlice::new(&head[done..]),
@@ -202,9 +201,8 @@ fn write_both(out: &mut dyn Write, head: &[u8], body: &[u8]) -> std::io::Result<
         }
         done += n;
     }
-    out.write_all(&body[(done - head.len()).min(body.len())..])?;
-    debug_assert!(done <= total);
-    Ok(())
+    // Whatever of the body the vectored writes did not take.
+    out.write_all(&body[done - head.len()..])
 }
 
 enum State {

@@ -8,6 +8,7 @@ use prometheus::{
 pub const HTTP_REQUESTS: &str = "voxguard_http_requests_total";
 pub const HTTP_DURATION: &str = "voxguard_http_request_duration_seconds";
 pub const UPSTREAM_ERRORS: &str = "voxguard_upstream_errors_total";
+pub const HTTP_MALFORMED: &str = "voxguard_http_malformed_requests_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "voxguard_tls_handshake_failures_total";
 pub const TLS_CERT_RELOADS: &str = "voxguard_tls_certificate_reloads_total";
 pub const TLS_CERT_NOT_AFTER: &str = "voxguard_tls_certificate_not_after_seconds";
@@ -72,6 +73,9 @@ pub struct HttpMetrics {
     pub duration: HistogramVec,
     /// Labels: upstream, reason (connect, timeout, protocol, body_too_large).
     pub upstream_errors: IntCounterVec,
+    /// Labels: reason (malformed, head_too_large, header_timeout, incomplete, h2_protocol, other:
+    /// refused by hyper's parser or connection; bad_host, bad_body: refused by the pipeline).
+    pub malformed: IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -218,6 +222,11 @@ impl Metrics {
                     UPSTREAM_ERRORS,
                     "Upstream failures by reason.",
                     &["upstream", "reason"],
+                ),
+                malformed: counter(
+                    HTTP_MALFORMED,
+                    "Client requests or connections refused as malformed, by reason.",
+                    &["reason"],
                 ),
             },
             net: NetMetrics {

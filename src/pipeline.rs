@@ -268,10 +268,19 @@ impl Pipeline {
         }
         let client = decided.ip;
 
-        let selected = rt.routes.select_indexed(host.as_deref(), req.uri().path());
+        let bad_host =
+            crate::proxy::headers::check_host(req.version(), req.uri(), req.headers()).err();
+        let selected = match bad_host {
+            Some(_) => None,
+            None => rt.routes.select_indexed(host.as_deref(), req.uri().path()),
+        };
         let route_metrics = selected.map_or(&rt.unrouted, |(i, _)| &rt.route_state[i].http);
         let route_metrics = route_metrics.clone();
         let mut response = match selected {
+            None if bad_host.is_some() => {
+                tracing::debug!(reason = ?bad_host, "ambiguous Host; refused");
+                self.refuse(Rejection::BadHost)
+            }
             None => Rejection::NoRoute.response(),
             Some((index, route)) => match self.admit(&rt, route, client, &req) {
                 Err(rejection) => rejection.response(),
@@ -292,7 +301,7 @@ impl Pipeline {
                                 .verify_webhook(verifier, route, req, client, &request_id)
                                 .await
                             {
-                                Err(rejection) => rejection.response(),
+                                Err(rejection) => self.refuse(rejection),
                                 Ok((req, claim)) => {
                                     let res = self
                                         .proxy(
@@ -600,8 +609,20 @@ impl Pipeline {
                         .with_label_values(&[&upstream.name, reason])
                         .inc();
                 }
-                rejection.response()
+                self.refuse(rejection)
             }
         }
+    }
+
+    /// The response for a rejection, counting the malformed ones.
+    fn refuse(&self, rejection: Rejection) -> Response<ProxyBody> {
+        if let Some(reason) = rejection.malformed_reason() {
+            self.metrics
+                .http
+                .malformed
+                .with_label_values(&[reason])
+                .inc();
+        }
+        rejection.response()
     }
 }

@@ -22,6 +22,8 @@ pub enum Rejection {
     BodyTimeout,
     #[error("request body could not be read")]
     BadBody,
+    #[error("request Host is missing, repeated, malformed or differs from the request target")]
+    BadHost,
     #[error("webhook signature not verified")]
     BadSignature,
     #[error("webhook delivery already accepted")]
@@ -49,7 +51,7 @@ impl Rejection {
             }
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BadBody => StatusCode::BAD_REQUEST,
+            Rejection::BadBody | Rejection::BadHost => StatusCode::BAD_REQUEST,
             Rejection::BadSignature => StatusCode::FORBIDDEN,
             Rejection::Replayed => StatusCode::CONFLICT,
             Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -64,6 +66,15 @@ impl Rejection {
             Rejection::UpstreamConnect => Some("connect"),
             Rejection::UpstreamTimeout => Some("timeout"),
             Rejection::UpstreamProtocol => Some("protocol"),
+            _ => None,
+        }
+    }
+
+    /// The `voxguard_http_malformed_requests_total` reason for requests refused as malformed.
+    pub fn malformed_reason(self) -> Option<&'static str> {
+        match self {
+            Rejection::BadHost => Some("bad_host"),
+            Rejection::BadBody => Some("bad_body"),
             _ => None,
         }
     }
@@ -88,7 +99,11 @@ impl Rejection {
                 HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS),
             );
         }
-        if self == Rejection::BodyTimeout {
+        // After a framing or body error the connection's state is not to be trusted.
+        if matches!(
+            self,
+            Rejection::BodyTimeout | Rejection::BadBody | Rejection::BadHost
+        ) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self == Rejection::Overloaded {
@@ -121,6 +136,7 @@ mod tests {
             (Rejection::BodyTooLarge, 413),
             (Rejection::BodyTimeout, 408),
             (Rejection::BadBody, 400),
+            (Rejection::BadHost, 400),
             (Rejection::BadSignature, 403),
             (Rejection::Replayed, 409),
             (Rejection::Overloaded, 503),

@@ -107,7 +107,9 @@ where
 }
 
 /// Serves HTTP on an established stream until the client leaves, the idle watchdog fires, or the
-/// drain shuts it down (in-flight requests finish first).
+/// drain shuts it down (in-flight requests finish first). Returns the
+/// `voxguard_http_malformed_requests_total` reason when the client broke the protocol (hyper has
+/// then already answered 400/431/408 where HTTP/1.1 allows, or sent GOAWAY).
 pub async fn serve<I, S>(
     io: I,
     h2: bool,
@@ -115,7 +117,8 @@ pub async fn serve<I, S>(
     settings: HttpSettings,
     activity: Arc<Activity>,
     drain_started: tokio_util::sync::CancellationToken,
-) where
+) -> Option<&'static str>
+where
     I: Read + Write + Unpin + Send + 'static,
     S: Service<
             http::Request<Incoming>,
@@ -143,8 +146,33 @@ pub async fn serve<I, S>(
             .with_upgrades();
         drive(conn, settings.keepalive_timeout, &activity, &drain_started).await
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let e = result.err()?;
+    tracing::debug!(error = %e, "connection ended with an error");
+    client_fault(&e, h2)
+}
+
+/// The malformed-request reason for a connection error the client caused; `None` for errors that
+/// are not the client's (our own body, shutdown) or are ordinary hang-ups.
+fn client_fault(e: &hyper::Error, h2: bool) -> Option<&'static str> {
+    if e.is_parse_too_large() {
+        Some("head_too_large")
+    } else if e.is_parse() || e.is_parse_version_h2() {
+        Some("malformed")
+    } else if e.is_timeout() {
+        Some("header_timeout")
+    } else if e.is_incomplete_message() {
+        Some("incomplete")
+    } else if e.is_user()
+        || e.is_canceled()
+        || e.is_closed()
+        || e.is_shutdown()
+        || e.is_body_write_aborted()
+    {
+        None
+    } else if h2 {
+        Some("h2_protocol")
+    } else {
+        Some("other")
     }
 }
 

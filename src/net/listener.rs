@@ -200,8 +200,11 @@ async fn handle_tls(
         activity: activity.clone(),
         keep: guard,
     };
+    let malformed = pipeline.metrics.http.malformed.clone();
     let svc = hyper::service::service_fn(move |req| pipeline.clone().handle(req, ctx.clone()));
-    conn::serve(io, h2, svc, settings.http, activity, drain_started).await;
+    if let Some(reason) = conn::serve(io, h2, svc, settings.http, activity, drain_started).await {
+        malformed.with_label_values(&[reason]).inc();
+    }
 }
 
 /// Plain-HTTP listener: every request gets 308 to the same path on https.

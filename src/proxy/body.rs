@@ -60,23 +60,43 @@ where
 #[error("request body exceeds the route's max_body_bytes")]
 pub struct BodyTooLarge;
 
+/// What went wrong with a streamed request body, if anything: the upstream request fails either
+/// way, and this says whether the client (413 or 400) or the upstream (502) is to blame.
+#[derive(Default)]
+pub struct BodyFate {
+    too_large: AtomicBool,
+    broken: AtomicBool,
+}
+
+impl BodyFate {
+    /// The body passed the route's cap.
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
+    }
+
+    /// The client's body was malformed or cut short (bad chunk framing, oversized chunk extensions).
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// Streams a body and fails it once more than `remaining` bytes went through, raising `tripped`
-    /// so the pipeline can answer 413 instead of 502.
+    /// Streams a body and fails it once more than `remaining` bytes went through; records in `fate`
+    /// why it failed, so the pipeline can answer 413 or 400 instead of 502.
     pub struct Limited<B> {
         #[pin]
         inner: B,
         remaining: u64,
-        tripped: Arc<AtomicBool>,
+        fate: Arc<BodyFate>,
     }
 }
 
 impl<B> Limited<B> {
-    pub fn new(inner: B, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: B, limit: u64, fate: Arc<BodyFate>) -> Self {
         Self {
             inner,
             remaining: limit,
-            tripped,
+            fate,
         }
     }
 }
@@ -99,14 +119,17 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > *this.remaining {
-                        this.tripped.store(true, Ordering::Relaxed);
+                        this.fate.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *this.remaining -= len;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.fate.broken.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -87,6 +87,50 @@ pub fn set_forwarded(
     }
 }
 
+/// Why a request's authority is ambiguous; RFC 9112 §3.2 requires 400 for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHost {
+    /// HTTP/1.1 without `Host`.
+    Missing,
+    /// More than one `Host` line.
+    Repeated,
+    /// Not a valid `host[:port]` (userinfo, path, spaces, bytes outside ASCII).
+    Malformed,
+    /// An absolute-form target or h2 `:authority` that names another host than `Host`.
+    Mismatch,
+}
+
+/// Checks that the request names exactly one authority, so routing, the upstream's `Host` and
+/// `X-Forwarded-Host` all see the same one (the backend can never be told a different host than
+/// the proxy routed on).
+pub fn check_host(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<(), BadHost> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(BadHost::Repeated),
+        (None, None) if version == http::Version::HTTP_11 && uri.authority().is_none() => {
+            return Err(BadHost::Missing);
+        }
+        (None, None) => return Ok(()),
+        (Some(h), None) => h,
+    };
+    let host = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .filter(|a| !a.as_str().contains('@') && !a.as_str().is_empty())
+        .ok_or(BadHost::Malformed)?;
+    match uri.authority() {
+        Some(target) if !target.as_str().eq_ignore_ascii_case(host.as_str()) => {
+            Err(BadHost::Mismatch)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Strips what the client must not learn and adds the hardening headers.
 pub fn harden_response(headers: &mut HeaderMap, hsts: Option<&HeaderValue>) {
     headers.remove(header::SERVER);
@@ -188,6 +232,68 @@ mod tests {
         assert!(is_websocket_upgrade(&h));
         h.remove(header::UPGRADE);
         assert!(!is_websocket_upgrade(&h));
+    }
+
+    #[test]
+    fn host_must_be_single_valid_and_agree_with_the_target() {
+        use http::Version;
+        let check = |version, uri: &str, hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(header::HOST, HeaderValue::from_str(v).unwrap());
+            }
+            check_host(version, &uri.parse().unwrap(), &h)
+        };
+        assert_eq!(check(Version::HTTP_11, "/a", &["voice.example"]), Ok(()));
+        assert_eq!(
+            check(Version::HTTP_11, "/a", &["voice.example:8443"]),
+            Ok(())
+        );
+        assert_eq!(check(Version::HTTP_10, "/a", &[]), Ok(()));
+        assert_eq!(
+            check(Version::HTTP_2, "https://voice.example/a", &[]),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                Version::HTTP_11,
+                "http://VOICE.example/a",
+                &["voice.example"]
+            ),
+            Ok(())
+        );
+        assert_eq!(check(Version::HTTP_11, "/a", &[]), Err(BadHost::Missing));
+        assert_eq!(
+            check(Version::HTTP_11, "/a", &["a.example", "b.example"]),
+            Err(BadHost::Repeated)
+        );
+        assert_eq!(
+            check(Version::HTTP_10, "/a", &["a.example", "a.example"]),
+            Err(BadHost::Repeated)
+        );
+        for bad in ["user@voice.example", "voice.example/x", "a b", ""] {
+            assert_eq!(
+                check(Version::HTTP_11, "/a", &[bad]),
+                Err(BadHost::Malformed),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check(
+                Version::HTTP_11,
+                "http://evil.example/a",
+                &["voice.example"]
+            ),
+            Err(BadHost::Mismatch)
+        );
+        assert_eq!(
+            check(
+                Version::HTTP_2,
+                "https://evil.example/a",
+                &["voice.example"]
+            ),
+            Err(BadHost::Mismatch)
+        );
     }
 
     #[test]

@@ -4,14 +4,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
 use crate::config::RouteConfig;
-use crate::proxy::body::{BoxError, Limited, ProxyBody, empty};
+use crate::proxy::body::{BodyFate, BoxError, Limited, ProxyBody, empty};
 use crate::proxy::headers;
 use crate::proxy::upstream::Upstream;
 use crate::respond::Rejection;
@@ -84,8 +83,8 @@ where
     parts.uri = upstream.uri_for(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
 
-    let tripped = Arc::new(AtomicBool::new(false));
-    let body = Limited::new(body, route.max_body_bytes, tripped.clone()).boxed();
+    let fate = Arc::new(BodyFate::default());
+    let body = Limited::new(body, route.max_body_bytes, fate.clone()).boxed();
     let sent = tokio::time::timeout(
         upstream.response_timeout,
         upstream.client.request(Request::from_parts(parts, body)),
@@ -93,7 +92,8 @@ where
     .await;
     let mut res = match sent {
         Err(_) => return Err(Rejection::UpstreamTimeout),
-        Ok(Err(_)) if tripped.load(Ordering::Relaxed) => return Err(Rejection::BodyTooLarge),
+        Ok(Err(_)) if fate.too_large() => return Err(Rejection::BodyTooLarge),
+        Ok(Err(_)) if fate.broken() => return Err(Rejection::BadBody),
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, upstream = %upstream.name, error = %e, "upstream request failed");
             return Err(if e.is_connect() {

@@ -37,7 +37,7 @@ async fn get_over_http11_and_h2() {
     );
 }
 
-fn streamed_body(chunks: usize, chunk_size: usize) -> BoxBody {
+pub(crate) fn streamed_body(chunks: usize, chunk_size: usize) -> BoxBody {
     let stream = futures_util::stream::iter((0..chunks).map(move |_| {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(Bytes::from(
             vec![b'a'; chunk_size],

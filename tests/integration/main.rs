@@ -8,6 +8,7 @@ mod audit;
 mod chart;
 mod config_cli;
 mod deploy;
+mod framing;
 mod http;
 mod lifecycle;
 mod load_harness;

@@ -1,5 +1,6 @@
 //! A backend that records every request exactly as it arrived (method, raw path and query, headers,
 //! body bytes), so tests can assert what the proxy forwarded, byte for byte, or that nothing was.
+//! A body that breaks off is recorded with `complete: false`.
 //! A path containing `/flaky` answers 500 the first time it is seen and 200 after that.
 
 use std::collections::HashSet;
@@ -19,6 +20,9 @@ pub struct Recorded {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// False when the body broke off (the forwarding side aborted it): not a request a backend
+    /// would act on.
+    pub complete: bool,
 }
 
 #[derive(Clone, Default)]
@@ -34,11 +38,10 @@ impl Recorder {
 
     async fn handle(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let (body, complete) = match body.collect().await {
+            Ok(b) => (b.to_bytes(), true),
+            Err(_) => (Bytes::new(), false),
+        };
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -49,6 +52,7 @@ impl Recorder {
             path_and_query: path_and_query.clone(),
             headers: parts.headers,
             body,
+            complete,
         });
         let status = if path_and_query.contains("/flaky")
             && self.flaky_seen.lock().unwrap().insert(path_and_query)

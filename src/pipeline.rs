@@ -223,6 +223,22 @@ pub struct ConnCtx<K> {
     pub keep: K,
 }
 
+/// A WebSocket handshake's `Origin` against the route's list: an empty list allows any; a request
+/// without `Origin` (not a browser) passes, since only browsers can be made to send it cross-site.
+fn origin_allowed(allowed: &[String], headers: &http::HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => true,
+        (Some(origin), None) => origin
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o))),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 impl Pipeline {
     pub fn new(
         runtime: Runtime,
@@ -382,6 +398,11 @@ impl Pipeline {
         let mut slots = Vec::new();
         if !websocket {
             return Ok(slots);
+        }
+        if !origin_allowed(&route.websocket_allowed_origins, req.headers()) {
+            m.refusals.with_label_values(&["origin", &route.name]).inc();
+            self.count_refusal("origin", client, &route.name);
+            return Err(Rejection::Forbidden);
         }
         if let Some(sessions) = rt.ws_sessions.get(&route.name) {
             slots.push(sessions.try_acquire(client).ok_or_else(|| {

@@ -183,6 +183,7 @@ pub struct RouteFile {
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<String>,
     pub websocket_max_message_bytes: Option<u64>,
+    pub websocket_allowed_origins: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitFile>,

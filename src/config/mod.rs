@@ -180,6 +180,9 @@ pub struct RouteConfig {
     #[serde(serialize_with = "ser_duration")]
     pub websocket_idle_timeout: Duration,
     pub websocket_max_message_bytes: usize,
+    /// Browser origins (`https://app.example`) allowed to open WebSockets on this route; empty =
+    /// any. Stops cross-site WebSocket hijacking; non-browser clients send no `Origin` and pass.
+    pub websocket_allowed_origins: Vec<String>,
     /// Checked after routing against the client address (→ 403).
     #[serde(serialize_with = "ser_nets")]
     pub allow: Vec<ipnet::IpNet>,
@@ -354,6 +357,32 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// Validates an Origin allow list: each entry is `scheme://host[:port]` as browsers send it (no
+/// path, no trailing slash), or `null`; stored lower-cased for comparison.
+fn origins(e: &mut Errors, key: &str, list: Option<&[String]>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, origin) in list.unwrap_or_default().iter().enumerate() {
+        let lower = origin.to_ascii_lowercase();
+        let valid = lower == "null"
+            || lower.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && !lower.ends_with('/')
+                    && u.path() == "/"
+                    && u.query().is_none()
+            });
+        if valid {
+            out.push(lower);
+        } else {
+            e.push(
+                format!("{key}[{i}]"),
+                format!("{origin:?} must be scheme://host[:port] (as a browser sends Origin) or \"null\""),
+            );
+        }
+    }
+    out
 }
 
 /// Collects errors while converting; each conversion returns `Option` so validation continues.
@@ -717,6 +746,11 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 r.websocket_max_message_bytes,
                 d::WEBSOCKET_MAX_MESSAGE_BYTES,
             ) as usize,
+            websocket_allowed_origins: origins(
+                &mut e,
+                &key("websocket_allowed_origins"),
+                r.websocket_allowed_origins.as_deref(),
+            ),
             allow: e.nets(&key("allow"), r.allow.as_ref()),
             deny: e.nets(&key("deny"), r.deny.as_ref()),
             rate_limit: r
@@ -1007,6 +1041,31 @@ mod tests {
         ));
         assert!(
             errs[0].starts_with("route[0].rate_limit.per_ip:"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn websocket_origins_are_exact_browser_origins() {
+        let base =
+            "[[upstream]]\nname=\"a\"\nurl=\"http://127.0.0.1:1\"\n[[route]]\nupstream=\"a\"\n";
+        let c = Config::parse(
+            &format!("{base}websocket_allowed_origins = [\"https://App.Example\", \"http://127.0.0.1:3000\", \"null\"]\n"),
+            "t",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.routes[0].websocket_allowed_origins,
+            ["https://app.example", "http://127.0.0.1:3000", "null"]
+        );
+        let errs = errors(&format!(
+            "{base}websocket_allowed_origins = [\"https://a.example\", \"https://a.example/\", \"a.example\", \"wss://a.example\", \"https://a.example/x\"]\n"
+        ));
+        let keys: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [1, 2, 3, 4].map(|i| format!("route[0].websocket_allowed_origins[{i}]")),
             "{errs:?}"
         );
     }

@@ -171,6 +171,8 @@ pub enum End {
     Idle,
     Draining,
     TooLarge,
+    /// The peer broke RFC 6455 (unmasked or reserved-bit frames, invalid UTF-8, bad fragments).
+    ProtocolError,
     Error,
     /// A message could not be redacted and the route closes on that.
     Malformed,
@@ -329,6 +331,7 @@ where
             (Step::Closed, From::Client) => return End::ClosedByClient,
             (Step::Closed, From::Upstream) => return End::ClosedByUpstream,
             (Step::TooLarge, _) => return End::TooLarge,
+            (Step::Violation, _) => return End::ProtocolError,
             (Step::Failed, _) => return End::Error,
         }
     }
@@ -338,7 +341,22 @@ enum Step {
     Continue,
     Closed,
     TooLarge,
+    Violation,
     Failed,
+}
+
+/// The close code and reason for a peer that broke RFC 6455; `None` for a peer that just went away.
+fn violation(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        WsError::Utf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
+        WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+        ) => None,
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        _ => None,
+    }
 }
 
 async fn relay<A, B>(
@@ -381,15 +399,20 @@ where
             let _ = from.close().await;
             Step::Closed
         }
-        Some(Err(WsError::Capacity(_))) => {
+        Some(Err(e)) if let Some((code, reason)) = violation(&e) => {
+            // The offender is told why (RFC 6455 §7.4.1); the other side just sees the call end.
             let _ = from
                 .send(Message::Close(Some(CloseFrame {
-                    code: CloseCode::Size,
-                    reason: "message too big".into(),
+                    code,
+                    reason: reason.into(),
                 })))
                 .await;
-            let _ = to.send(going_away("peer sent a message too big")).await;
-            Step::TooLarge
+            let _ = to.send(going_away("peer broke the protocol")).await;
+            if code == CloseCode::Size {
+                Step::TooLarge
+            } else {
+                Step::Violation
+            }
         }
         Some(Err(_)) | None => {
             let _ = to.send(going_away("peer went away")).await;

@@ -19,3 +19,4 @@ mod tls;
 mod webhook;
 mod webhook_cli;
 mod websocket;
+mod ws_hostile;

@@ -73,7 +73,7 @@ pub struct HttpMetrics {
     pub duration: HistogramVec,
     /// Labels: upstream, reason (connect, timeout, protocol, body_too_large).
     pub upstream_errors: IntCounterVec,
-    /// Labels: reason (malformed, head_too_large, header_timeout, incomplete, h2_protocol, other:
+    /// Labels: reason (malformed, head_too_large, header_timeout, incomplete, h2_protocol, h2_flood, other:
     /// refused by hyper's parser or connection; bad_host, bad_body: refused by the pipeline).
     pub malformed: IntCounterVec,
 }

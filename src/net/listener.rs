@@ -184,7 +184,8 @@ async fn handle_tls(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
+    let flooded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = TokioIo::new(super::h2_flood::FloodGuard::new(tls, h2, flooded.clone()));
     let activity = Activity::new();
     let drain_started = pipeline.drain.started.clone();
     if over_limit {
@@ -202,7 +203,10 @@ async fn handle_tls(
     };
     let malformed = pipeline.metrics.http.malformed.clone();
     let svc = hyper::service::service_fn(move |req| pipeline.clone().handle(req, ctx.clone()));
-    if let Some(reason) = conn::serve(io, h2, svc, settings.http, activity, drain_started).await {
+    let fault = conn::serve(io, h2, svc, settings.http, activity, drain_started).await;
+    if flooded.load(std::sync::atomic::Ordering::Relaxed) {
+        malformed.with_label_values(&["h2_flood"]).inc();
+    } else if let Some(reason) = fault {
         malformed.with_label_values(&[reason]).inc();
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod cert_expiry;
 pub mod conn;
+pub mod h2_flood;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod tls;

@@ -228,6 +228,7 @@ where
     // becomes one TLS record and one write per side, while a lone message is flushed at once.
     let mut ready: Option<(From, Option<Result<Message, WsError>>)> = None;
     let mut batched = 0usize;
+    let mut pings = PingLedger::default();
     loop {
         if ready.is_none() {
             if batched > 0 && flush_both(&mut client, &mut upstream).await.is_err() {
@@ -319,6 +320,13 @@ where
                 _ => {}
             }
         }
+        if let Some(Ok(msg)) = &next
+            && !pings.should_relay(from, msg)
+        {
+            batched += 1;
+            ready = peek_ready(from, &mut client, &mut upstream, batched);
+            continue;
+        }
         let step = match from {
             From::Client => relay(next, &mut client, &mut upstream, &counters.to_upstream).await,
             From::Upstream => relay(next, &mut upstream, &mut client, &counters.to_client).await,
@@ -333,6 +341,48 @@ where
             (Step::TooLarge, _) => return End::TooLarge,
             (Step::Violation, _) => return End::ProtocolError,
             (Step::Failed, _) => return End::Error,
+        }
+    }
+}
+
+/// Pings travel end to end (a backend that times out silent sessions still sees the client's
+/// keep-alives), but tungstenite already answers each one on its own hop, so the far side's pong to
+/// a relayed ping would be a second one: those are dropped. Unsolicited pongs (heartbeats) pass.
+#[derive(Default)]
+struct PingLedger {
+    /// Payloads of pings relayed to the upstream / to the client, oldest first.
+    to_upstream: std::collections::VecDeque<bytes::Bytes>,
+    to_client: std::collections::VecDeque<bytes::Bytes>,
+}
+
+/// Pings relayed and not yet answered, per direction; past it a ping is answered but not relayed, so
+/// a ping flood costs no memory.
+const MAX_OUTSTANDING_PINGS: usize = 8;
+
+impl PingLedger {
+    /// Whether `msg`, read from `from`, goes on to the other side.
+    fn should_relay(&mut self, from: From, msg: &Message) -> bool {
+        let (relayed_by_from, relayed_to_from) = match from {
+            From::Client => (&mut self.to_upstream, &mut self.to_client),
+            From::Upstream => (&mut self.to_client, &mut self.to_upstream),
+        };
+        match msg {
+            Message::Ping(payload) => {
+                if relayed_by_from.len() >= MAX_OUTSTANDING_PINGS {
+                    return false;
+                }
+                relayed_by_from.push_back(payload.clone());
+                true
+            }
+            // A pong may answer only the latest of several pings (RFC 6455 §5.5.3).
+            Message::Pong(payload) => match relayed_to_from.iter().position(|p| p == payload) {
+                Some(i) => {
+                    relayed_to_from.drain(..=i);
+                    false
+                }
+                None => true,
+            },
+            _ => true,
         }
     }
 }
@@ -529,4 +579,29 @@ where
         client.send(going_away(reason)),
         upstream.send(going_away(reason))
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pongs_to_relayed_pings_are_dropped_and_heartbeats_pass() {
+        let mut ledger = PingLedger::default();
+        let ping = |p: &'static [u8]| Message::Ping(bytes::Bytes::from_static(p));
+        let pong = |p: &'static [u8]| Message::Pong(bytes::Bytes::from_static(p));
+        assert!(ledger.should_relay(From::Client, &ping(b"a")));
+        assert!(ledger.should_relay(From::Client, &ping(b"b")));
+        // The backend answers only the latest: both are settled, the client already has its pongs.
+        assert!(!ledger.should_relay(From::Upstream, &pong(b"b")));
+        assert!(ledger.to_upstream.is_empty());
+        // An unsolicited pong is a heartbeat and goes through; so does a pong from the client.
+        assert!(ledger.should_relay(From::Upstream, &pong(b"b")));
+        assert!(ledger.should_relay(From::Client, &pong(b"x")));
+        // A flood: past the limit, pings are answered on their hop but not relayed.
+        let relayed = (0..100)
+            .filter(|_| ledger.should_relay(From::Upstream, &ping(b"p")))
+            .count();
+        assert_eq!(relayed, MAX_OUTSTANDING_PINGS);
+    }
 }

@@ -14,6 +14,7 @@ mod lifecycle;
 mod load_harness;
 mod media;
 mod media_audio;
+mod properties;
 mod recording;
 mod tls;
 mod webhook;

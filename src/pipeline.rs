@@ -606,6 +606,7 @@ impl Pipeline {
                         route: route.name.as_str().into(),
                         idle_timeout: route.websocket_idle_timeout,
                         max_message_bytes: route.websocket_max_message_bytes,
+                        write_timeout: route.websocket_write_timeout,
                         media: rt.media.get(&route.name).cloned(),
                         max_duration: route.media.as_ref().map(|m| m.max_duration),
                         audit: self.audit.clone(),

@@ -19,6 +19,8 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest silence inside a response body (nginx's `proxy_read_timeout` is 60 s too).
+pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Body cap on routes with `[route.webhook]` when `max_body_bytes` is not set: the body is buffered.
@@ -47,6 +49,8 @@ pub const RECORDING_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const RECORDING_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const WEBSOCKET_MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// A WebSocket side whose writes make no progress this long (it stopped reading) ends the session.
+pub const WEBSOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LOG_LEVEL: &str = "info";
 /// IPv6 clients are rate-limited per /64: one subscriber usually holds a whole /64.
 pub const RATE_LIMIT_IPV6_PREFIX: u8 = 64;

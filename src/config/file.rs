@@ -168,6 +168,7 @@ pub struct UpstreamFile {
     pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
+    pub read_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
 }
 
@@ -184,6 +185,7 @@ pub struct RouteFile {
     pub websocket_idle_timeout: Option<String>,
     pub websocket_max_message_bytes: Option<u64>,
     pub websocket_allowed_origins: Option<Vec<String>>,
+    pub websocket_write_timeout: Option<String>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitFile>,

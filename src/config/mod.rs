@@ -163,6 +163,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub response_timeout: Duration,
+    /// A response body that sends nothing for this long is cut off (the client sees it end early).
+    #[serde(serialize_with = "ser_duration")]
+    pub read_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub pool_idle_timeout: Duration,
 }
@@ -183,6 +186,9 @@ pub struct RouteConfig {
     /// Browser origins (`https://app.example`) allowed to open WebSockets on this route; empty =
     /// any. Stops cross-site WebSocket hijacking; non-browser clients send no `Origin` and pass.
     pub websocket_allowed_origins: Vec<String>,
+    /// A side that stops reading: a write pending this long ends the session (1001 to the other).
+    #[serde(serialize_with = "ser_duration")]
+    pub websocket_write_timeout: Duration,
     /// Checked after routing against the client address (→ 403).
     #[serde(serialize_with = "ser_nets")]
     pub allow: Vec<ipnet::IpNet>,
@@ -666,6 +672,11 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 u.response_timeout.as_deref(),
                 d::UPSTREAM_RESPONSE_TIMEOUT,
             ),
+            read_timeout: e.duration(
+                &key("read_timeout"),
+                u.read_timeout.as_deref(),
+                d::UPSTREAM_READ_TIMEOUT,
+            ),
             pool_idle_timeout: e.duration(
                 &key("pool_idle_timeout"),
                 u.pool_idle_timeout.as_deref(),
@@ -746,6 +757,11 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 r.websocket_max_message_bytes,
                 d::WEBSOCKET_MAX_MESSAGE_BYTES,
             ) as usize,
+            websocket_write_timeout: e.duration(
+                &key("websocket_write_timeout"),
+                r.websocket_write_timeout.as_deref(),
+                d::WEBSOCKET_WRITE_TIMEOUT,
+            ),
             websocket_allowed_origins: origins(
                 &mut e,
                 &key("websocket_allowed_origins"),

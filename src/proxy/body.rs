@@ -144,6 +144,80 @@ where
     }
 }
 
+/// Raised by [`ReadTimeout`]: the upstream went silent mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing within its read_timeout")]
+pub struct UpstreamStalled;
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that fails once no frame has come for `limit` (a backend that
+    /// trickles or hangs mid-body cannot hold the client's connection forever). The timer is only
+    /// armed while the body is waiting on the upstream.
+    pub struct ReadTimeout<B> {
+        #[pin]
+        inner: B,
+        limit: std::time::Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        armed: bool,
+    }
+}
+
+impl<B> ReadTimeout<B> {
+    pub fn new(inner: B, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl<B> Body for ReadTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.armed = false;
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if !*this.armed {
+                    *this.armed = true;
+                    let deadline = tokio::time::Instant::now() + *this.limit;
+                    match this.timer {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                let timer = this.timer.as_mut().expect("armed above");
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(UpstreamStalled)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What the access log says about one request. No path, query string, body or header value: voice
 /// apps put call ids and phone numbers in them. The route name says which endpoint was hit.
 pub struct AccessRecord {

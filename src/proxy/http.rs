@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
 use crate::config::RouteConfig;
-use crate::proxy::body::{BodyFate, BoxError, Limited, ProxyBody, empty};
+use crate::proxy::body::{BodyFate, BoxError, Limited, ProxyBody, ReadTimeout, empty};
 use crate::proxy::headers;
 use crate::proxy::upstream::Upstream;
 use crate::respond::Rejection;
@@ -119,7 +119,10 @@ where
     let (mut parts, body) = res.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     Ok(Forwarded {
-        response: Response::from_parts(parts, body.map_err(Into::into).boxed()),
+        response: Response::from_parts(
+            parts,
+            ReadTimeout::new(body, upstream.read_timeout).boxed(),
+        ),
         websocket: None,
     })
 }

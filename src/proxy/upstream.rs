@@ -21,6 +21,8 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
     pub client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     pub response_timeout: Duration,
+    /// The longest gap between two reads of a response body.
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,7 @@ impl Upstream {
                 .expect("validated: url has a host"),
             client,
             response_timeout: cfg.response_timeout,
+            read_timeout: cfg.read_timeout,
         }))
     }
 

@@ -7,3 +7,4 @@ pub mod protocols;
 pub mod record;
 pub mod redact;
 pub mod session;
+pub mod stall;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::intercept::{CloseCall, MediaRoute, MediaSession};
 use super::protocols::Direction;
+use super::stall::StallGuard;
 use crate::metrics::{MediaMetrics, WsMetrics};
 
 /// Per-route session limits.
@@ -26,6 +27,8 @@ pub struct SessionSettings {
     pub route: Arc<str>,
     pub idle_timeout: Duration,
     pub max_message_bytes: usize,
+    /// A write to either side that makes no progress this long ends the session.
+    pub write_timeout: Duration,
     /// Media interception (`[route.media]` with a codec); `None` relays messages untouched.
     pub media: Option<MediaRoute>,
     /// The session is closed (1001) when this has passed.
@@ -74,6 +77,8 @@ pub async fn run<K: Send>(
         WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config)).await;
     let upstream =
         WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config)).await;
+    let client = StallGuard::new(client, settings.write_timeout);
+    let upstream = StallGuard::new(upstream, settings.write_timeout);
     metrics.active.inc();
     let counters = Counters {
         to_upstream: metrics

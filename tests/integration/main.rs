@@ -5,6 +5,7 @@ mod support;
 mod admin_api;
 mod admission;
 mod audit;
+mod backend_faults;
 mod chart;
 mod config_cli;
 mod deploy;

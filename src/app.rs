@@ -30,6 +30,9 @@ pub enum StartError {
     Upstream(#[from] UpstreamError),
     #[error("recording: {0}")]
     Recording(String),
+    /// The audit log cannot be kept (the message names `audit.dir` or the key at fault).
+    #[error("audit: {0}")]
+    Audit(String),
     #[error("{key} {addr}: cannot listen: {source}")]
     Bind {
         key: &'static str,
@@ -131,7 +134,7 @@ impl App {
             *audit_seed.expose(),
             metrics.audit_dropped.clone(),
         )
-        .map_err(StartError::Recording)?;
+        .map_err(StartError::Audit)?;
         audit.record(AuditEvent::new(
             "start",
             "ok",

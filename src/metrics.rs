@@ -58,7 +58,7 @@ pub struct Metrics {
     pub recording: RecordingMetrics,
     /// `outcome` = ok | error.
     pub config_reloads: IntCounterVec,
-    /// Audit events dropped because the writer's queue was full (each is also reported in the log).
+    /// Audit events lost: the writer's queue was full or a write failed (each is also reported in the log).
     pub audit_dropped: prometheus::IntCounter,
     /// Labels: alert. Offences in the alert's window, and 1 when that reached its threshold.
     pub alert_events: prometheus::IntGaugeVec,
@@ -384,7 +384,7 @@ impl Metrics {
             config_reloads: counter(CONFIG_RELOADS, "Configuration reloads.", &["outcome"]),
             audit_dropped: plain(
                 AUDIT_DROPPED,
-                "Audit events dropped (queue full); reported in the log.",
+                "Audit events lost (queue full or write failed); reported in the log.",
             ),
             alert_events: gauge_vec(ALERT_EVENTS, "Offences in the alert's window.", &["alert"]),
             alert_firing: gauge_vec(

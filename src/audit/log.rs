@@ -78,12 +78,19 @@ impl AuditLog {
         signing_seed: [u8; 32],
         dropped_counter: prometheus::IntCounter,
     ) -> Result<Self, String> {
-        crate::recording::writer::create_private_dir(&settings.dir)?;
+        crate::recording::writer::create_private_dir(&settings.dir)
+            .map_err(|e| format!("audit.dir: {e}"))?;
+        probe_writable(&settings.dir)?;
         let at = resume(&settings.dir)?;
         let chain = Chain::new(&mac_key, &signing_seed, at);
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(settings, chain, rx, dropped.clone()));
+        tokio::spawn(writer(
+            settings,
+            chain,
+            rx,
+            (dropped.clone(), dropped_counter.clone()),
+        ));
         Ok(Self {
             tx,
             dropped,
@@ -160,6 +167,14 @@ struct File {
     day: String,
 }
 
+/// A log that cannot be written must stop the start, not fail silently later.
+fn probe_writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("audit.dir {}: not writable: {e}", dir.display()))
+}
+
 fn open_new(dir: &Path, seq: u64) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let now = now_rfc3339();
@@ -185,12 +200,18 @@ async fn writer(
     settings: Settings,
     mut chain: Chain,
     mut rx: mpsc::Receiver<Msg>,
-    dropped: Arc<AtomicU64>,
+    (dropped, dropped_counter): (Arc<AtomicU64>, prometheus::IntCounter),
 ) {
     let mut file: Option<File> = None;
     let mut since_checkpoint = 0u64;
     let mut tick = tokio::time::interval(settings.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A line that cannot be written is lost like a dropped event: counted, and reported by an
+    // `audit_dropped` entry once writing works again (the verifier also shows the chain break).
+    let lost = |_: &std::io::Error| {
+        dropped.fetch_add(1, Ordering::Relaxed);
+        dropped_counter.inc();
+    };
     let write = |chain: &mut Chain, line: String, file: &mut Option<File>| {
         let now = now_rfc3339();
         let rotate = file
@@ -201,6 +222,7 @@ async fn writer(
                 Ok(f) => *file = Some(f),
                 Err(e) => {
                     tracing::error!(error = %e, "audit log: cannot open a file");
+                    lost(&e);
                     return;
                 }
             }
@@ -208,6 +230,10 @@ async fn writer(
         if let Some(f) = file.as_mut() {
             if let Err(e) = f.out.write_all(format!("{line}\n").as_bytes()) {
                 tracing::error!(error = %e, "audit log: write failed");
+                lost(&e);
+                // Reopen next time: the file may be gone or its filesystem remounted.
+                *file = None;
+                return;
             }
             f.bytes += line.len() as u64 + 1;
         }

@@ -15,6 +15,7 @@ mod lifecycle;
 mod load_harness;
 mod media;
 mod media_audio;
+mod ops_faults;
 mod properties;
 mod recording;
 mod tls;

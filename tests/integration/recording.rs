@@ -15,7 +15,7 @@ use voxguard::keys::KeyBytes;
 
 use crate::support::client::ws_connect;
 use crate::support::ws_backend::spawn_ws_backend;
-use crate::support::{TestProxy, bin, config_text, spawn_proxy_env};
+use crate::support::{TestProxy, admin_get, bin, config_text, spawn_proxy_env};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// A μ-law pattern no encryption would leave in place.
@@ -591,4 +591,63 @@ fn keygen_prints_an_id_and_a_usable_kek() {
         format!("key = {key}"),
         "fresh each time"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recordings_dir_on_a_full_256k_tmpfs_never_breaks_the_call() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let _disk = crate::support::Tmpfs::mount(&s.dir.path().join("rec"), "256k");
+    let mut proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
+    let media_received = || {
+        backend
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.to_text().is_ok_and(|t| t.contains("\"event\":\"media\"")))
+            .count()
+    };
+    let wait_for = |n: usize| async move {
+        for _ in 0..200 {
+            if media_received() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        media_received()
+    };
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/media", &[])
+        .await
+        .unwrap();
+    // 3000 frames is ~500 KB of recorded audio: the disk is full halfway in.
+    let frames = 3000;
+    ws.send(start_msg(json!({}))).await.unwrap();
+    for i in 0..frames {
+        ws.send(media(i + 2)).await.unwrap();
+    }
+    assert_eq!(
+        wait_for(frames).await,
+        frames,
+        "every frame still reaches the backend"
+    );
+    let _ = ws.close(None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains("voxguard_recordings_failed_total 1"),
+        "the full disk is counted: {metrics}"
+    );
+    // The proxy still takes calls and answers health checks.
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/media", &[])
+        .await
+        .unwrap();
+    ws.send(media(1)).await.unwrap();
+    assert_eq!(
+        wait_for(frames + 1).await,
+        frames + 1,
+        "a new call goes through"
+    );
+    assert_eq!(admin_get(proxy.admin, "/readyz").await.0, 200);
+    assert_eq!(crate::lifecycle::terminate(&mut proxy).await, Some(0));
 }

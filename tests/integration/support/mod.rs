@@ -133,3 +133,49 @@ pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     }
     names
 }
+
+/// A real tmpfs of `size` mounted at `path` for the test's lifetime (needs root, as CI runs: the
+/// test fails rather than pass without the fault it is about).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        Self::run(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+            &path.display().to_string(),
+        ]);
+        Tmpfs(path.to_path_buf())
+    }
+
+    /// Remounts read-only (`false`) or read-write (`true`).
+    pub fn set_writable(&self, writable: bool) {
+        let opt = if writable { "remount,rw" } else { "remount,ro" };
+        Self::run(&["-o", opt, &self.0.display().to_string()]);
+    }
+
+    fn run(args: &[&str]) {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount {args:?} failed (these tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

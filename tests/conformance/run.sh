@@ -7,8 +7,11 @@
 #             HPACK bomb, with the proxy's CPU and RSS read from /proc.
 #   tls       sslyze --mozilla_config=intermediate and testssl.sh, against a CA-issued 90-day ECDSA
 #             certificate (what production runs; the self-signed dev certificate is not judged).
+#   slow      tests/conformance/slow_clients.py: slowloris, slow body, slow read (slowhttptest) and a
+#             10,000-connection flood from 250 loopback sources, while a legitimate client at
+#             20 requests/s must keep p99 < 50 ms with zero errors (SLOW_SECONDS per case, 20).
 #
-# Usage: tests/conformance/run.sh [--full] [autobahn|h2|tls ...]     (default: all three)
+# Usage: tests/conformance/run.sh [--full] [autobahn|h2|tls|slow ...]     (default: all four)
 #   --full adds Autobahn's heavy cases (9.* large messages, 12.*/13.* compression), ~10 more minutes.
 # VOXGUARD_BIN selects the binary (default: target/debug/voxguard, built if missing).
 # Reports land in target/conformance/. Only processes this script started are stopped.
@@ -21,11 +24,11 @@ parts=()
 for arg in "$@"; do
   case "$arg" in
     --full) full=1 ;;
-    autobahn | h2 | tls) parts+=("$arg") ;;
-    *) echo "usage: $0 [--full] [autobahn|h2|tls ...]" >&2; exit 2 ;;
+    autobahn | h2 | tls | slow) parts+=("$arg") ;;
+    *) echo "usage: $0 [--full] [autobahn|h2|tls|slow ...]" >&2; exit 2 ;;
   esac
 done
-[ ${#parts[@]} -gt 0 ] || parts=(autobahn h2 tls)
+[ ${#parts[@]} -gt 0 ] || parts=(autobahn h2 tls slow)
 
 out=target/conformance
 mkdir -p "$out"
@@ -155,6 +158,40 @@ EOF
   echo "== HTTP/2 abuse (one JSON line per case)"
   "$py" tests/conformance/h2_abuse.py "127.0.0.1:$tls_port" "$work/h2-data/dev-cert.pem" "$proxy_pid" \
     | tee "$out/h2-abuse.jsonl"
+}
+
+run_slow() {
+  local tls_port admin_port backend
+  tls_port=$(free_port) admin_port=$(free_port)
+  command -v slowhttptest >/dev/null 2>&1 || apt-get install -y -qq slowhttptest >/dev/null
+  cargo build --quiet --locked --example voxguard-load
+  target/debug/examples/voxguard-load backend >"$work/backend.addr" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do grep -q '^http ' "$work/backend.addr" 2>/dev/null && break; sleep 0.1; done
+  backend=$(awk '/^http /{print $2}' "$work/backend.addr")
+  local limit
+  rm -f "$out/slow-clients.jsonl"
+  for limit in none 20; do
+    tls_port=$(free_port) admin_port=$(free_port)
+    {
+      printf '[server]\nlisten = "127.0.0.1:%s"\ndata_dir = "%s"\n' "$tls_port" "$work/slow-data"
+      [ "$limit" = none ] || printf 'max_connections_per_ip = %s\n' "$limit"
+      printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$admin_port"
+      printf '[[upstream]]\nname = "backend"\nurl = "http://%s"\n' "$backend"
+      printf '[[route]]\nname = "default"\nupstream = "backend"\n'
+    } >"$work/slow.toml"
+    start_proxy "slow-proxy-$limit" "$work/slow.toml" "$admin_port"
+    local cases=slowloris,slow-body,slow-read
+    if [ "$limit" = none ]; then
+      echo "== Slow and flooding clients, a legitimate client at 20 requests/s (one JSON line per case)"
+    else
+      cases=conn-flood
+    fi
+    python3 tests/conformance/slow_clients.py "127.0.0.1:$tls_port" "$work/slow-data/dev-cert.pem" \
+      "$proxy_pid" "$admin_port" "${SLOW_SECONDS:-20}" "$cases" | tee -a "$out/slow-clients.jsonl" || return 1
+    kill "$proxy_pid"
+    wait "$proxy_pid" 2>/dev/null || true
+  done
 }
 
 run_tls() {

@@ -122,6 +122,8 @@ websocket_max_message_bytes = 20971520
 protocol = "twilio"
 EOF
   start_proxy autobahn-proxy "$work/autobahn.toml" "$admin_port"
+  # The media route drops Autobahn's arbitrary data messages by design, so its heavy cases (9: large
+  # messages) would only time out one by one; it runs the rest.
   local exclude='"9.*", "12.*", "13.*"'
   [ "$full" = 1 ] && exclude=''
   rm -rf "$out/autobahn"
@@ -130,7 +132,7 @@ EOF
  "servers": [{"agent": "direct", "url": "ws://127.0.0.1:$echo_port"},
              {"agent": "voxguard", "url": "wss://127.0.0.1:$tls_port/"},
              {"agent": "voxguard-media", "url": "wss://127.0.0.1:$tls_port/media"}],
- "cases": ["*"], "exclude-cases": [$exclude], "exclude-agent-cases": {}}
+ "cases": ["*"], "exclude-cases": [$exclude], "exclude-agent-cases": {"voxguard-media": ["9.*"]}}
 EOF
   echo "== Autobahn fuzzingclient ($([ "$full" = 1 ] && echo all cases || echo 'core cases; --full adds 9, 12, 13'))"
   (cd "$work" && "$root/$venv/bin/wstest" -m fuzzingclient -s fuzzingclient.json >"$root/$out/autobahn-client.log" 2>&1)

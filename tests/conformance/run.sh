@@ -70,6 +70,17 @@ py3_tools() {
   echo "$root/$venv/bin/python"
 }
 
+# A one-route config: FILE TLS_PORT ADMIN_PORT DATA_DIR UPSTREAM_URL [lines for [server]].
+minimal_config() {
+  {
+    printf '[server]\nlisten = "127.0.0.1:%s"\ndata_dir = "%s"\n' "$2" "$4"
+    [ -z "${6:-}" ] || printf '%s\n' "$6"
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$3"
+    printf '[[upstream]]\nname = "backend"\nurl = "%s"\n' "$5"
+    printf '[[route]]\nname = "default"\nupstream = "backend"\n'
+  } >"$1"
+}
+
 # Starts voxguard on CONFIG; sets proxy_pid. Its log goes to $out/NAME.log.
 start_proxy() { # NAME CONFIG ADMIN_PORT
   "$bin" run --config "$2" >"$out/$1.log" 2>&1 &
@@ -143,19 +154,7 @@ run_h2() {
   local py tls_port admin_port
   py=$(py3_tools)
   tls_port=$(free_port) admin_port=$(free_port)
-  cat >"$work/h2.toml" <<EOF
-[server]
-listen = "127.0.0.1:$tls_port"
-data_dir = "$work/h2-data"
-[admin]
-listen = "127.0.0.1:$admin_port"
-[[upstream]]
-name = "none"
-url = "http://127.0.0.1:9"
-[[route]]
-name = "default"
-upstream = "none"
-EOF
+  minimal_config "$work/h2.toml" "$tls_port" "$admin_port" "$work/h2-data" "http://127.0.0.1:9"
   start_proxy h2-proxy "$work/h2.toml" "$admin_port"
   echo "== HTTP/2 abuse (one JSON line per case)"
   "$py" tests/conformance/h2_abuse.py "127.0.0.1:$tls_port" "$work/h2-data/dev-cert.pem" "$proxy_pid" \
@@ -175,13 +174,9 @@ run_slow() {
   rm -f "$out/slow-clients.jsonl"
   for limit in none 20; do
     tls_port=$(free_port) admin_port=$(free_port)
-    {
-      printf '[server]\nlisten = "127.0.0.1:%s"\ndata_dir = "%s"\n' "$tls_port" "$work/slow-data"
-      [ "$limit" = none ] || printf 'max_connections_per_ip = %s\n' "$limit"
-      printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$admin_port"
-      printf '[[upstream]]\nname = "backend"\nurl = "http://%s"\n' "$backend"
-      printf '[[route]]\nname = "default"\nupstream = "backend"\n'
-    } >"$work/slow.toml"
+    local extra=""
+    [ "$limit" = none ] || extra="max_connections_per_ip = $limit"
+    minimal_config "$work/slow.toml" "$tls_port" "$admin_port" "$work/slow-data" "http://$backend" "$extra"
     start_proxy "slow-proxy-$limit" "$work/slow.toml" "$admin_port"
     local cases=slowloris,slow-body,slow-read
     if [ "$limit" = none ]; then
@@ -212,22 +207,8 @@ run_tls() {
   openssl x509 -req -in "$pki/leaf.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 90 -extfile "$pki/ext" -out "$pki/leaf.pem" 2>/dev/null
   cat "$pki/leaf.pem" "$pki/ca.pem" >"$pki/chain.pem"
-  cat >"$work/tls.toml" <<EOF
-[server]
-listen = "127.0.0.1:$tls_port"
-data_dir = "$work/tls-data"
-[server.tls]
-cert_file = "$pki/chain.pem"
-key_file = "$pki/leaf.key"
-[admin]
-listen = "127.0.0.1:$admin_port"
-[[upstream]]
-name = "none"
-url = "http://127.0.0.1:9"
-[[route]]
-name = "default"
-upstream = "none"
-EOF
+  minimal_config "$work/tls.toml" "$tls_port" "$admin_port" "$work/tls-data" "http://127.0.0.1:9" \
+    "$(printf '[server.tls]\ncert_file = "%s"\nkey_file = "%s"' "$pki/chain.pem" "$pki/leaf.key")"
   start_proxy tls-proxy "$work/tls.toml" "$admin_port"
   echo "== sslyze --mozilla_config=intermediate"
   "$py" -m sslyze --mozilla_config=intermediate --certinfo_ca_file "$pki/ca.pem" \

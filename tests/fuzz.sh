@@ -28,7 +28,7 @@ cargo fuzz build -s none >/dev/null
 
 for target in $targets; do
   if compgen -G "regressions/$target/*" >/dev/null; then
-    cargo fuzz run -s none "$target" regressions/"$target"/* -- -runs=0 >/dev/null 2>&1 || {
+    cargo fuzz run -s none "$target" regressions/"$target"/* -- -runs=0 -timeout=10 >/dev/null 2>&1 || {
       echo "FAILED: $target no longer survives a past crash (fuzz/regressions/$target)" >&2
       exit 1
     }

@@ -269,14 +269,45 @@ fn refs(v: Option<&OneOrMany>) -> Vec<String> {
     }
 }
 
+/// The largest secret file read: secrets and keys are a few dozen bytes, so anything bigger is a
+/// wrong path (a log, a disk image) and is refused rather than read into memory.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file, refusing what is not a regular file (a FIFO or `/dev/stdin` would block
+/// start-up forever, `/dev/zero` would never end) and what is larger than
+/// [`MAX_SECRET_FILE_BYTES`]. Symlinks are followed, as Kubernetes secret volumes need.
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let not_regular = || format!("{} is not a regular file", path.display());
+    // stat before open: opening a FIFO for reading blocks until a writer appears.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut raw = String::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_string(&mut raw)
+        .map_err(cannot)?;
+    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_SECRET_FILE_BYTES} bytes; a secret file holds one secret",
+            path.display()
+        ));
+    }
+    Ok(raw)
+}
+
 /// Reads a secret; surrounding whitespace (the newline `echo` and editors add) is not part of it.
 pub fn resolve(r: &SecretRef, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let raw = match r {
         SecretRef::Env(name) => {
             env(name).ok_or_else(|| format!("environment variable {name} is not set"))?
         }
-        SecretRef::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        SecretRef::File(path) => read_secret_file(path)?,
     };
     let trimmed = raw.trim();
     if trimmed.is_empty() {
@@ -465,6 +496,7 @@ fn hmac_spec(e: &mut Errors, k: &dyn Fn(&str) -> String, f: &WebhookFile, spec: 
 
 #[cfg(test)]
 mod tests {
+    use super::MAX_SECRET_FILE_BYTES;
     use crate::config::{Config, ConfigError};
 
     const BASE: &str = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.webhook]\n";
@@ -529,6 +561,36 @@ mod tests {
             c.routes[0].webhook.as_ref().unwrap().secrets[0].bytes(),
             b"file-secret"
         );
+    }
+
+    #[test]
+    fn secret_files_that_are_not_small_regular_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; MAX_SECRET_FILE_BYTES as usize + 1]).unwrap();
+        let cases = [
+            (fifo.clone(), "is not a regular file"),
+            ("/dev/zero".into(), "is not a regular file"),
+            (dir.path().to_path_buf(), "is not a regular file"),
+            (big.clone(), "is larger than 65536 bytes"),
+        ];
+        for (path, why) in cases {
+            let err = errors(&format!(
+                "scheme = \"github\"\nsecret_file = {:?}\n",
+                path.display()
+            ));
+            assert!(
+                err.contains("route[0].webhook.secret_file") && err.contains(why),
+                "{}: {err}",
+                path.display()
+            );
+        }
     }
 
     #[test]

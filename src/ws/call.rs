@@ -180,7 +180,7 @@ impl CallProcessor {
                         kind: Kind::Mark,
                         track: frame.track,
                         audio: None,
-                        json: frame.json.take(),
+                        json: frame.json.take().map(Box::new),
                         call: None,
                     },
                     media: None,
@@ -201,7 +201,7 @@ impl CallProcessor {
         };
         if !self.call_seen && matches!(frame.kind, Kind::Start | Kind::Metadata) {
             self.call_seen = true;
-            event.call = Some(self.call_info(&frame));
+            event.call = Some(Box::new(self.call_info(&frame)));
         }
         let mut dirty = false;
         let mut media = None;
@@ -229,11 +229,11 @@ impl CallProcessor {
                 let json = frame.json.as_mut().expect("dtmf frames carry JSON");
                 let mut masked = json.clone();
                 mask_digit(&mut masked);
-                event.json = Some(if self.s.dtmf_events.record() {
+                event.json = Some(Box::new(if self.s.dtmf_events.record() {
                     masked.clone()
                 } else {
                     json.clone()
-                });
+                }));
                 if self.s.dtmf_events.forward() {
                     *json = masked;
                     dirty = true;
@@ -256,7 +256,7 @@ impl CallProcessor {
                     for (k, n) in counted.iter() {
                         report.add(k, n);
                     }
-                    event.json = Some(recorded);
+                    event.json = Some(Box::new(recorded));
                 }
             }
         }

@@ -17,11 +17,13 @@ pub struct RecordedEvent {
     pub kind: Kind,
     pub track: Track,
     pub audio: Option<Audio>,
-    /// Text events (media messages carry only their audio).
-    pub json: Option<Value>,
+    /// Text events (media messages carry only their audio). Boxed, like `call`: events wait in
+    /// per-call queues and batches by the dozen, and most are media frames without either, so an
+    /// inline `Value` (72 bytes) and `CallInfo` (56) would triple every slot (see `slot_size`).
+    pub json: Option<Box<Value>>,
     /// On the event that starts the call (Twilio `start`, the first PCM metadata message): what the
     /// recorder needs to decide whether and under whom to record, taken before redaction.
-    pub call: Option<CallInfo>,
+    pub call: Option<Box<CallInfo>>,
 }
 
 /// Consent and subject, read from the route's configured parameters.
@@ -61,3 +63,14 @@ pub trait RecordingSink: Send + Sync {
 
 /// Events per call queue before the call's events are dropped (and counted).
 pub const QUEUE_EVENTS: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    /// A recorded call holds up to a few hundred of these in its queue, batch and delay line; the
+    /// 64 KiB-per-recorded-call target depends on the slot staying small.
+    #[test]
+    fn slot_size() {
+        let size = std::mem::size_of::<super::RecordedEvent>();
+        assert!(size <= 80, "RecordedEvent grew to {size} bytes");
+    }
+}

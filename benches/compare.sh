@@ -11,7 +11,8 @@
 #
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
-# voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir).
+# voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir),
+# VOXGUARD_BIN (a voxguard binary to measure instead of the one built here: A/B runs of two builds).
 #
 # Everything listens on 127.0.0.1 only; every load is bounded in time; only the processes this script
 # started are stopped. The proxy under test is pinned to CPU 1 and the load generator and backend to
@@ -59,7 +60,7 @@ if [ "$PROFILE" = release ]; then
 else
   (cd "$ROOT" && cargo build --quiet --bin voxguard --example voxguard-load)
 fi
-VOXGUARD=$ROOT/target/$PROFILE/voxguard
+VOXGUARD=${VOXGUARD_BIN:-$ROOT/target/$PROFILE/voxguard}
 LOAD=$ROOT/target/$PROFILE/examples/voxguard-load
 ulimit -n "$(ulimit -Hn)"
 

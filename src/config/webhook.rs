@@ -271,7 +271,7 @@ fn refs(v: Option<&OneOrMany>) -> Vec<String> {
 
 /// The largest secret file read: secrets and keys are a few dozen bytes, so anything bigger is a
 /// wrong path (a log, a disk image) and is refused rather than read into memory.
-pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a secret file, refusing what is not a regular file (a FIFO or `/dev/stdin` would block
 /// start-up forever, `/dev/zero` would never end) and what is larger than

@@ -259,17 +259,26 @@ pub enum RecordBody {
 
 impl Record {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let (ty, body) = match &self.body {
-            RecordBody::Audio(b) => (1u8, b),
-            RecordBody::Event(b) => (2u8, b),
+        let body = match &self.body {
+            RecordBody::Audio(b) | RecordBody::Event(b) => b,
         };
-        out.push(ty);
+        self.encode_head_into(body.len(), out);
+        out.extend_from_slice(body);
+    }
+
+    /// Writes everything but the body, which the caller appends (`body_len` bytes of it). The
+    /// recording writer encodes from borrowed samples this way, without building a `Record`'s
+    /// owned body first; `body` is only read for its kind.
+    pub fn encode_head_into(&self, body_len: usize, out: &mut Vec<u8>) {
+        out.push(match self.body {
+            RecordBody::Audio(_) => 1u8,
+            RecordBody::Event(_) => 2u8,
+        });
         out.extend_from_slice(&self.at_ms.to_be_bytes());
         out.push(self.direction);
         out.push(self.track);
         out.push(self.kind);
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(body);
+        out.extend_from_slice(&(body_len as u32).to_be_bytes());
     }
 
     /// Parses every record of a chunk plaintext.

@@ -162,15 +162,14 @@ impl Open {
     fn push(&mut self, e: &RecordedEvent) {
         let at_ms = u32::try_from(e.at.as_millis()).unwrap_or(u32::MAX);
         self.last_at_ms = at_ms;
-        let body = match (&e.audio, &e.json) {
-            (Some(Audio::Ulaw(b)), _) => RecordBody::Audio(b.clone()),
-            (Some(Audio::Pcm16(s)), _) => {
-                RecordBody::Audio(s.iter().flat_map(|x| x.to_le_bytes()).collect())
-            }
-            (None, Some(j)) => RecordBody::Event(j.to_string().into_bytes()),
+        // Audio is encoded straight from the event's samples (no owned copy per frame); only an
+        // event's JSON is serialised first, since its length goes ahead of it.
+        let event = match (&e.audio, &e.json) {
+            (Some(_), _) => None,
+            (None, Some(j)) => Some(j.to_string().into_bytes()),
             (None, None) => return,
         };
-        Record {
+        let head = Record {
             at_ms,
             direction: match e.direction {
                 Direction::ToBackend => 0,
@@ -182,9 +181,23 @@ impl Open {
                 Track::Single => 2,
             },
             kind: e.kind as u8,
-            body,
+            body: match event {
+                Some(json) => RecordBody::Event(json),
+                None => RecordBody::Audio(Vec::new()),
+            },
+        };
+        match &e.audio {
+            Some(Audio::Ulaw(b)) => {
+                head.encode_head_into(b.len(), &mut self.plain);
+                self.plain.extend_from_slice(b);
+            }
+            Some(Audio::Pcm16(samples)) => {
+                head.encode_head_into(samples.len() * 2, &mut self.plain);
+                self.plain
+                    .extend(samples.iter().flat_map(|x| x.to_le_bytes()));
+            }
+            None => head.encode_into(&mut self.plain),
         }
-        .encode_into(&mut self.plain);
     }
 }
 

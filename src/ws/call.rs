@@ -8,14 +8,14 @@
 //! so up to ~40 ms of a tone's onset can pass before it is confirmed); the recording's is at least the
 //! detector's confirmation delay, so recorded tones are silenced from their onset.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::protocols::{Direction, Frame, FrameCodec, Kind, Malformed, Track, str_at};
+use super::protocols::{Audio, Direction, Frame, FrameCodec, Kind, Malformed, Track, str_at};
 use super::record::RecordedEvent;
 use super::redact::pause::Pause;
 use super::redact::text_pii::TextPii;
@@ -83,16 +83,67 @@ pub enum Output {
 
 type StreamKey = (Direction, Track);
 
+/// One tone mask per stream (direction × track), looked up by index: the lookup happens for every
+/// held frame on every message, and hashing the key was a visible share of the media path.
+#[derive(Default)]
+struct Masks([Option<Box<ToneMask>>; 6]);
+
+impl Masks {
+    fn slot(key: StreamKey) -> usize {
+        let track = match key.1 {
+            Track::Inbound => 0,
+            Track::Outbound => 1,
+            Track::Single => 2,
+        };
+        key.0 as usize * 3 + track
+    }
+
+    fn get(&self, key: &StreamKey) -> Option<&ToneMask> {
+        self.0[Self::slot(*key)].as_deref()
+    }
+
+    fn get_or_new(&mut self, key: StreamKey, rate: u32) -> &mut ToneMask {
+        self.0[Self::slot(key)].get_or_insert_with(|| Box::new(ToneMask::new(rate)))
+    }
+}
+
 /// The recording's delay in time: the detector's confirmation delay (3 blocks, ~38 ms at 8 kHz).
 const CONFIRMATION_WAIT: Duration = Duration::from_millis(40);
 
 struct Forwarded {
     arrived: Instant,
     original: Message,
+    /// A media frame's samples went to the recording: what is forwarded is either `original` or,
+    /// once `dirty`, silence of the same shape.
     frame: Frame,
+    silenced_shape: Option<Shape>,
     dirty: bool,
     /// The media stream and sample range, for frames that wait in the delay.
     media: Option<(StreamKey, u64, u64)>,
+}
+
+/// The encoding and length of a frame's audio: enough to forward its silence.
+#[derive(Clone, Copy)]
+struct Shape {
+    pcm: bool,
+    len: usize,
+}
+
+impl Shape {
+    fn of(audio: &Audio) -> Self {
+        Self {
+            pcm: matches!(audio, Audio::Pcm16(_)),
+            len: audio.len(),
+        }
+    }
+
+    fn silence(self) -> Audio {
+        if self.pcm {
+            Audio::Pcm16(vec![0; self.len])
+        } else {
+            Audio::Ulaw(vec![super::protocols::audio::ULAW_SILENCE; self.len])
+        }
+    }
 }
 
 struct Recorded {
@@ -104,7 +155,7 @@ struct Recorded {
 pub struct CallProcessor {
     s: Arc<MediaSettings>,
     started: Instant,
-    masks: HashMap<StreamKey, ToneMask>,
+    masks: Masks,
     to_backend: VecDeque<Forwarded>,
     to_caller: VecDeque<Forwarded>,
     recording: VecDeque<Recorded>,
@@ -142,7 +193,7 @@ impl CallProcessor {
         Self {
             s: settings,
             started: now,
-            masks: HashMap::new(),
+            masks: Masks::default(),
             to_backend: VecDeque::new(),
             to_caller: VecDeque::new(),
             recording: VecDeque::new(),
@@ -205,16 +256,18 @@ impl CallProcessor {
         }
         let mut dirty = false;
         let mut media = None;
+        let mut shape = None;
         match frame.kind {
             Kind::Media => {
                 let (key, start, end) = self.feed_tones(direction, &frame, now, &mut report);
                 media = key.map(|k| (k, start, end));
-                let audio = frame.audio.as_mut().expect("media frames carry audio");
-                let mut recorded = audio.clone();
+                // The samples move to the recording (no copy per frame); the forwarded side keeps
+                // the original message and, if it must be silenced, the shape of its audio.
+                let mut recorded = frame.audio.take().expect("media frames carry audio");
+                shape = Some(Shape::of(&recorded));
                 if paused && self.s.pause != Scope::Off {
                     report.add(Redaction::PausedFrame, 1);
                     if self.s.pause.forward() {
-                        audio.silence();
                         dirty = true;
                     }
                     if self.s.pause.record() {
@@ -265,6 +318,7 @@ impl CallProcessor {
             arrived: now,
             original: msg,
             frame,
+            silenced_shape: shape,
             dirty,
             media,
         });
@@ -338,7 +392,7 @@ impl CallProcessor {
         }
         let key = (direction, frame.track);
         let rate = self.s.sample_rate;
-        let mask = self.masks.entry(key).or_insert_with(|| ToneMask::new(rate));
+        let mask = self.masks.get_or_new(key, rate);
         let start = mask.position();
         let began = mask.feed(frame.audio.as_ref().expect("media").linear());
         if began > 0 {
@@ -362,10 +416,7 @@ impl CallProcessor {
                 Direction::ToCaller => &mut self.to_caller,
             };
             for item in queue.iter_mut().filter(|i| covered(&i.media)) {
-                if let Some(audio) = item.frame.audio.as_mut()
-                    && !audio.is_silent()
-                {
-                    audio.silence();
+                if item.silenced_shape.is_some() {
                     item.dirty = true;
                 }
             }
@@ -383,15 +434,13 @@ impl CallProcessor {
         let rate = u64::from(self.s.sample_rate);
         let forward_delay = self.s.lookahead.as_millis() as u64 * rate / 1000;
         let max_wait = self.max_wait();
-        let ready = |masks: &HashMap<StreamKey, ToneMask>,
-                     media: &Option<(StreamKey, u64, u64)>,
-                     arrived: Instant,
-                     delay: u64| {
-            all || now.saturating_duration_since(arrived) >= max_wait
-                || media.is_none_or(|(k, _, end)| {
-                    masks.get(&k).is_some_and(|m| m.position() >= end + delay)
-                })
-        };
+        let ready =
+            |masks: &Masks, media: &Option<(StreamKey, u64, u64)>, arrived: Instant, delay: u64| {
+                all || now.saturating_duration_since(arrived) >= max_wait
+                    || media.is_none_or(|(k, _, end)| {
+                        masks.get(&k).is_some_and(|m| m.position() >= end + delay)
+                    })
+            };
         for direction in [Direction::ToBackend, Direction::ToCaller] {
             loop {
                 let head_ready = {
@@ -405,8 +454,11 @@ impl CallProcessor {
                 if !head_ready {
                     break;
                 }
-                let item = self.queue(direction).pop_front().expect("a head");
+                let mut item = self.queue(direction).pop_front().expect("a head");
                 let msg = if item.dirty {
+                    if let Some(shape) = item.silenced_shape {
+                        item.frame.audio = Some(shape.silence());
+                    }
                     self.s.codec.encode(&item.frame)
                 } else {
                     item.original

@@ -16,6 +16,9 @@ use super::record::RecordedEvent;
 use crate::config::media::OnMalformed;
 use crate::metrics::MediaMetrics;
 
+/// What to send where, in order; borrowed from the session's reused buffer.
+pub type Sends<'a> = std::vec::Drain<'a, (Direction, Message)>;
+
 /// Message kinds (`protocols::Kind` variants; `Other` is the last).
 const KINDS: usize = crate::ws::protocols::Kind::Other as usize + 1;
 
@@ -70,6 +73,8 @@ pub struct MediaSession {
     /// `messages{route,direction,kind}` resolved once per session: it is bumped for every message.
     messages: [[Option<IntCounter>; KINDS]; 2],
     outs: Vec<Output>,
+    /// What the last message released, handed out by reference: no allocation per message.
+    sends: Vec<(Direction, Message)>,
     redacted: crate::ws::redact::Report,
     stream: Option<String>,
 }
@@ -103,17 +108,14 @@ impl MediaSession {
             recorder,
             messages: Default::default(),
             outs: Vec::new(),
+            sends: Vec::new(),
             redacted: Default::default(),
             stream: None,
         }
     }
 
     /// Processes one text or binary message; returns what to send, in order.
-    pub fn handle(
-        &mut self,
-        direction: Direction,
-        msg: Message,
-    ) -> Result<Vec<(Direction, Message)>, CloseCall> {
+    pub fn handle(&mut self, direction: Direction, msg: Message) -> Result<Sends<'_>, CloseCall> {
         let started = Instant::now();
         let decoded = self
             .processor
@@ -159,7 +161,7 @@ impl MediaSession {
     }
 
     /// What waited past its delay in wall-clock time; `None` if nothing waits.
-    pub fn due(&mut self) -> Option<Vec<(Direction, Message)>> {
+    pub fn due(&mut self) -> Option<Sends<'_>> {
         if !self.processor.holding() {
             return None;
         }
@@ -191,13 +193,13 @@ impl MediaSession {
     }
 
     /// Everything still held in a delay (call end).
-    pub fn finish(&mut self) -> Vec<(Direction, Message)> {
+    pub fn finish(&mut self) -> Sends<'_> {
         self.processor.flush(&mut self.outs);
         self.drain()
     }
 
-    fn drain(&mut self) -> Vec<(Direction, Message)> {
-        let mut sends = Vec::new();
+    fn drain(&mut self) -> Sends<'_> {
+        let mut sends = std::mem::take(&mut self.sends);
         let mut outs = std::mem::take(&mut self.outs);
         for out in outs.drain(..) {
             match out {
@@ -215,8 +217,9 @@ impl MediaSession {
                 }
             }
         }
-        self.outs = outs; // keep the allocation
-        sends
+        self.outs = outs; // keep the allocations
+        self.sends = sends;
+        self.sends.drain(..)
     }
 }
 

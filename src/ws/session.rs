@@ -290,18 +290,8 @@ where
                         From::Upstream => (Direction::ToCaller, &counters.to_client),
                     };
                     counter.inc();
-                    match m.handle(direction, msg) {
-                        Ok(sends) => {
-                            if feed_all(sends, &mut client, &mut upstream).await.is_err() {
-                                close_both(&mut client, &mut upstream, "peer gone").await;
-                                return End::Error;
-                            }
-                            batched += 1;
-                            ready = peek_ready(from, &mut client, &mut upstream, batched);
-                            if !media_armed {
-                                media_armed = arm_media_timer(Some(m), media_timer.as_mut());
-                            }
-                        }
+                    let sends = match m.handle(direction, msg) {
+                        Ok(sends) => sends,
                         Err(CloseCall { code, reason }) => {
                             let close = |code| {
                                 Message::Close(Some(CloseFrame {
@@ -315,6 +305,15 @@ where
                             );
                             return End::Malformed;
                         }
+                    };
+                    if feed_all(sends, &mut client, &mut upstream).await.is_err() {
+                        close_both(&mut client, &mut upstream, "peer gone").await;
+                        return End::Error;
+                    }
+                    batched += 1;
+                    ready = peek_ready(from, &mut client, &mut upstream, batched);
+                    if !media_armed {
+                        media_armed = arm_media_timer(Some(m), media_timer.as_mut());
                     }
                     continue;
                 }
@@ -527,7 +526,7 @@ where
 
 /// Queues each message on its side, in order; the caller flushes.
 async fn feed_all<C, U>(
-    sends: Vec<(Direction, Message)>,
+    sends: impl IntoIterator<Item = (Direction, Message)>,
     client: &mut C,
     upstream: &mut U,
 ) -> Result<(), WsError>
@@ -546,7 +545,7 @@ where
 
 /// Sends each message to its side, in order, and flushes both sides.
 async fn send_all<C, U>(
-    sends: Vec<(Direction, Message)>,
+    sends: impl IntoIterator<Item = (Direction, Message)>,
     client: &mut C,
     upstream: &mut U,
 ) -> Result<(), WsError>

@@ -61,15 +61,34 @@ pub struct BlockVerdict {
 
 /// Powers at the eight DTMF frequencies (rows then columns) and the block's energy, in one pass: the
 /// eight Goertzel recurrences are independent, so they run side by side (one SIMD register) instead of
-/// one after another, each bound by its own dependency chain.
+/// one after another, each bound by its own dependency chain. Each step also takes two samples:
+/// `s[n]` and `s[n+1]` are both computed from `s[n-1]` and `s[n-2]`
+/// (`s[n+1] = x[n+1] + c·x[n] + (c²−1)·s[n-1] − c·s[n-2]`), which halves the chain the loop waits on.
 fn powers(coeffs: &[f32; 8], block: &[f32]) -> ([f32; 8], f32) {
+    let mut c2m1 = [0.0f32; 8];
+    for i in 0..8 {
+        c2m1[i] = coeffs[i] * coeffs[i] - 1.0;
+    }
     let mut s1 = [0.0f32; 8];
     let mut s2 = [0.0f32; 8];
-    let mut energy = 0.0f32;
-    for &x in block {
-        energy += x * x;
+    let (mut even, mut odd) = (0.0f32, 0.0f32);
+    let pairs = block.chunks_exact(2);
+    let rest = pairs.remainder();
+    for pair in pairs {
+        let (a, b) = (pair[0], pair[1]);
+        even += a * a;
+        odd += b * b;
         for i in 0..8 {
-            let s = x + coeffs[i] * s1[i] - s2[i];
+            let sa = (a - s2[i]) + coeffs[i] * s1[i];
+            let sb = (b + coeffs[i] * (a - s2[i])) + c2m1[i] * s1[i];
+            s2[i] = sa;
+            s1[i] = sb;
+        }
+    }
+    for &x in rest {
+        even += x * x;
+        for i in 0..8 {
+            let s = (x - s2[i]) + coeffs[i] * s1[i];
             s2[i] = s1[i];
             s1[i] = s;
         }
@@ -78,7 +97,7 @@ fn powers(coeffs: &[f32; 8], block: &[f32]) -> ([f32; 8], f32) {
     for i in 0..8 {
         p[i] = s1[i] * s1[i] + s2[i] * s2[i] - coeffs[i] * s1[i] * s2[i];
     }
-    (p, energy)
+    (p, even + odd)
 }
 
 /// One stream's detector (one per call, direction and track).
@@ -215,6 +234,58 @@ impl DtmfDetector {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The textbook recurrence, one sample at a time, in f64: what `powers` must agree with.
+    fn reference_powers(coeffs: &[f32; 8], block: &[f32]) -> ([f64; 8], f64) {
+        let mut p = [0.0; 8];
+        for i in 0..8 {
+            let c = f64::from(coeffs[i]);
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for &x in block {
+                let s = f64::from(x) + c * s1 - s2;
+                s2 = s1;
+                s1 = s;
+            }
+            p[i] = s1 * s1 + s2 * s2 - c * s1 * s2;
+        }
+        let energy = block.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        (p, energy)
+    }
+
+    #[test]
+    fn two_samples_a_step_matches_the_textbook_recurrence() {
+        for (rate, len) in [(8000, 102), (16000, 204), (8000, 101)] {
+            let coeffs = DtmfDetector::new(rate).coeffs;
+            // A digit, speech-like noise, and both mixed, at full and low level.
+            let digit = tone('5', 20, rate, -6.0, 0.0, 0.0);
+            let mut seed = 7u32;
+            let noise: Vec<f32> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    f32::from((seed >> 16) as i16) / 4.0
+                })
+                .collect();
+            let tone_block: Vec<f32> = digit[..len].iter().map(|&x| f32::from(x)).collect();
+            let mixed: Vec<f32> = tone_block.iter().zip(&noise).map(|(a, b)| a + b).collect();
+            let quiet: Vec<f32> = tone_block.iter().map(|x| x / 300.0).collect();
+            for block in [&tone_block, &noise, &mixed, &quiet] {
+                let (p, energy) = powers(&coeffs, block);
+                let (want, want_energy) = reference_powers(&coeffs, block);
+                let peak = want.iter().cloned().fold(0.0, f64::max);
+                for i in 0..8 {
+                    // Relative to the block's strongest tone: what the detector compares against.
+                    let err = (f64::from(p[i]) - want[i]).abs() / peak;
+                    assert!(
+                        err < 1e-4,
+                        "rate {rate} len {len} filter {i}: {} vs {}",
+                        p[i],
+                        want[i]
+                    );
+                }
+                assert!((f64::from(energy) - want_energy).abs() / want_energy < 1e-5);
+            }
+        }
+    }
 
     /// `(row, col)` tone pair, `ms` long, each tone at `level_db` below full scale, `twist_db` added to
     /// the column tone, frequencies scaled by `1 + detune`.

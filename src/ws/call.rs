@@ -394,7 +394,7 @@ impl CallProcessor {
         let rate = self.s.sample_rate;
         let mask = self.masks.get_or_new(key, rate);
         let start = mask.position();
-        let began = mask.feed(frame.audio.as_ref().expect("media").linear());
+        let began = mask.feed(frame.audio.as_ref().expect("media"));
         if began > 0 {
             report.add(Redaction::DtmfTone, began);
             self.pause.digit(now);

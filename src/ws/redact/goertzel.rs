@@ -15,6 +15,9 @@
 
 use std::f32::consts::PI;
 
+use crate::ws::protocols::Audio;
+use crate::ws::protocols::audio::ulaw_to_linear;
+
 const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
 const COLS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
 const DIGITS: [[char; 4]; 4] = [
@@ -159,14 +162,46 @@ impl DtmfDetector {
         for s in samples {
             self.buf.push(f32::from(s));
             if self.buf.len() == self.block_len {
-                let start = self.position;
-                let hit = self.classify();
-                let verdict = self.advance(start, hit);
-                self.position += self.block_len as u64;
-                self.buf.clear();
-                on_block(verdict);
+                on_block(self.finish_block());
             }
         }
+    }
+
+    /// Feeds a frame as the wire carries it, a run of samples at a time: what the media path
+    /// calls for every frame, without a per-sample iterator.
+    pub fn feed_audio(&mut self, audio: &Audio, mut on_block: impl FnMut(BlockVerdict)) {
+        match audio {
+            Audio::Ulaw(bytes) => {
+                self.feed_slice(bytes, |b| f32::from(ulaw_to_linear(b)), &mut on_block)
+            }
+            Audio::Pcm16(samples) => self.feed_slice(samples, f32::from, &mut on_block),
+        }
+    }
+
+    fn feed_slice<T: Copy>(
+        &mut self,
+        mut rest: &[T],
+        to_f32: impl Fn(T) -> f32,
+        on_block: &mut impl FnMut(BlockVerdict),
+    ) {
+        while !rest.is_empty() {
+            let take = (self.block_len - self.buf.len()).min(rest.len());
+            let (now, later) = rest.split_at(take);
+            self.buf.extend(now.iter().map(|&s| to_f32(s)));
+            rest = later;
+            if self.buf.len() == self.block_len {
+                on_block(self.finish_block());
+            }
+        }
+    }
+
+    fn finish_block(&mut self) -> BlockVerdict {
+        let start = self.position;
+        let hit = self.classify();
+        let verdict = self.advance(start, hit);
+        self.position += self.block_len as u64;
+        self.buf.clear();
+        verdict
     }
 
     fn classify(&self) -> Option<char> {
@@ -250,6 +285,47 @@ pub(crate) mod tests {
         }
         let energy = block.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
         (p, energy)
+    }
+
+    #[test]
+    fn frames_fed_as_wire_audio_give_the_same_verdicts_as_samples() {
+        use crate::ws::protocols::audio::linear_to_ulaw;
+        let mut signal = tone('8', 90, 8000, -10.0, 0.0, 0.0);
+        signal.extend(vec![0i16; 400]);
+        signal.extend(tone('#', 60, 8000, -12.0, -3.0, 0.0));
+        let ulaw: Vec<u8> = signal.iter().map(|&x| linear_to_ulaw(x)).collect();
+        let expanded: Vec<i16> = ulaw.iter().map(|&b| ulaw_to_linear(b)).collect();
+        for (audio, samples) in [
+            (Audio::Ulaw(ulaw.clone()), expanded),
+            (Audio::Pcm16(signal.clone()), signal.clone()),
+        ] {
+            let mut want = Vec::new();
+            DtmfDetector::new(8000).feed(samples.into_iter(), |v| want.push(v));
+            // Frames of 160 samples and an odd size, so block edges fall inside frames.
+            for frame_len in [160, 37] {
+                let mut got = Vec::new();
+                let mut d = DtmfDetector::new(8000);
+                let frames: Vec<Audio> = match &audio {
+                    Audio::Ulaw(b) => b
+                        .chunks(frame_len)
+                        .map(|c| Audio::Ulaw(c.to_vec()))
+                        .collect(),
+                    Audio::Pcm16(p) => p
+                        .chunks(frame_len)
+                        .map(|c| Audio::Pcm16(c.to_vec()))
+                        .collect(),
+                };
+                for f in &frames {
+                    d.feed_audio(f, |v| got.push(v));
+                }
+                assert_eq!(got, want, "frame length {frame_len}");
+            }
+            assert_eq!(
+                want.iter().filter(|v| v.began).count(),
+                2,
+                "both digits found"
+            );
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl ToneMask {
     }
 
     /// Feeds one frame's samples; returns how many digits began in them.
-    pub fn feed(&mut self, samples: impl Iterator<Item = i16>) -> u32 {
+    pub fn feed(&mut self, audio: &crate::ws::protocols::Audio) -> u32 {
         let block = self.detector.block_len() as u64;
         let mut began = 0;
         let (open_from, last_hit_end, closed) = (
@@ -49,7 +49,7 @@ impl ToneMask {
             &mut self.last_hit_end,
             &mut self.closed,
         );
-        self.detector.feed(samples, |v| {
+        self.detector.feed_audio(audio, |v| {
             if v.began {
                 began += 1;
                 *open_from = Some(v.start.saturating_sub(2 * block));

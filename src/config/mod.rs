@@ -658,20 +658,33 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 }
             },
         };
+        let connect_timeout = e.duration(
+            &key("connect_timeout"),
+            u.connect_timeout.as_deref(),
+            d::UPSTREAM_CONNECT_TIMEOUT,
+        );
+        let response_timeout = e.duration(
+            &key("response_timeout"),
+            u.response_timeout.as_deref(),
+            d::UPSTREAM_RESPONSE_TIMEOUT,
+        );
+        // The response timer runs from the request, connect included: were it not longer, a
+        // blackholed backend would be reported as slow (504) instead of unreachable (502).
+        if response_timeout <= connect_timeout {
+            e.push(
+                key("response_timeout"),
+                format!(
+                    "must be longer than connect_timeout ({}), which it includes",
+                    humantime::format_duration(connect_timeout)
+                ),
+            );
+        }
         upstreams.push(UpstreamConfig {
             name,
             url,
             ca_file: u.ca_file.as_deref().map(PathBuf::from),
-            connect_timeout: e.duration(
-                &key("connect_timeout"),
-                u.connect_timeout.as_deref(),
-                d::UPSTREAM_CONNECT_TIMEOUT,
-            ),
-            response_timeout: e.duration(
-                &key("response_timeout"),
-                u.response_timeout.as_deref(),
-                d::UPSTREAM_RESPONSE_TIMEOUT,
-            ),
+            connect_timeout,
+            response_timeout,
             read_timeout: e.duration(
                 &key("read_timeout"),
                 u.read_timeout.as_deref(),
@@ -1068,6 +1081,26 @@ mod tests {
                 .any(|e| e == "route[0].upstream: no upstream named \"voic\""),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_response_timeout_not_longer_than_connect_timeout_is_refused() {
+        let upstream = |connect: &str, response: &str| {
+            format!(
+                "[[upstream]]\nname = \"voice\"\nurl = \"http://127.0.0.1:8080\"\n\
+                 connect_timeout = {connect:?}\nresponse_timeout = {response:?}\n"
+            )
+        };
+        for (connect, response) in [("1s", "1s"), ("2s", "1s")] {
+            let errs = errors(&upstream(connect, response));
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with("upstream[0].response_timeout: ")
+                        && e.contains(&format!("longer than connect_timeout ({connect})"))),
+                "{connect} / {response}: {errs:?}"
+            );
+        }
+        assert!(Config::parse(&upstream("1s", "1100ms"), "t", &no_env).is_ok());
     }
 
     #[test]

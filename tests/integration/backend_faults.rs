@@ -47,10 +47,12 @@ async fn read_head(tcp: &mut TcpStream) -> String {
 
 async fn proxy_for(backend: SocketAddr, route_extra: &str) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), backend, "", route_extra).replace(
-        "response_timeout = \"2s\"",
-        "response_timeout = \"1s\"\nread_timeout = \"500ms\"",
-    );
+    let text = config_text(dir.path(), backend, "", route_extra)
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"300ms\"")
+        .replace(
+            "response_timeout = \"2s\"",
+            "response_timeout = \"1s\"\nread_timeout = \"500ms\"",
+        );
     spawn_proxy_with(dir, &text).await
 }
 
@@ -108,7 +110,7 @@ async fn refused_and_blackholed_backends_get_502() {
     assert_eq!(
         fetch(&proxy, "/").await.0,
         502,
-        "connect_timeout (1s) → 502"
+        "connect_timeout (300ms, under response_timeout 1s) → 502"
     );
     let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
     assert!(

@@ -277,6 +277,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let backend = spawn_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let text = crate::support::config_text(dir.path(), backend, "", "")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"100ms\"")
         .replace("response_timeout = \"2s\"", "response_timeout = \"300ms\"");
     let proxy = crate::support::spawn_proxy_with(dir, &text).await;
     let (status, _, _) = https_get(proxy.tls, &proxy.ca_pem, "/slow").await;

@@ -8,3 +8,4 @@ pub mod record;
 pub mod redact;
 pub mod session;
 pub mod stall;
+pub mod wake;

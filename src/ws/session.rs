@@ -6,7 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::intercept::{CloseCall, MediaRoute, MediaSession};
 use super::protocols::Direction;
 use super::stall::StallGuard;
+use super::wake::{self, WakeFlags};
 use crate::metrics::{MediaMetrics, WsMetrics};
 
 /// Per-route session limits.
@@ -233,6 +238,10 @@ where
     // becomes one TLS record and one write per side, while a lone message is flushed at once.
     let mut ready: Option<(From, Option<Result<Message, WsError>>)> = None;
     let mut batched = 0usize;
+    // A wake-up polls only the sources that asked for it (`ws::wake`); which socket goes first
+    // alternates, so a flood on one side cannot starve the other.
+    let flags = WakeFlags::default();
+    let mut first = From::Client;
     let mut pings = PingLedger::default();
     loop {
         if ready.is_none() {
@@ -244,42 +253,58 @@ where
         }
         let (from, next) = match ready.take() {
             Some(item) => item,
-            None => tokio::select! {
-                m = client.next() => (From::Client, m),
-                m = upstream.next() => (From::Upstream, m),
-                _ = &mut media_timer, if media_armed => {
-                    if let Some(sends) = media.as_deref_mut().and_then(MediaSession::due)
-                        && send_all(sends, &mut client, &mut upstream).await.is_err()
-                    {
-                        close_both(&mut client, &mut upstream, "peer gone").await;
-                        return End::Error;
-                    }
-                    media_armed = arm_media_timer(media.as_deref(), media_timer.as_mut());
-                    continue;
-                }
-                _ = &mut recorder_failed => {
-                    close_both(&mut client, &mut upstream, "recording failed").await;
-                    return End::Error;
-                }
-                _ = &mut deadline => {
-                    flush_media(&mut media, &mut client, &mut upstream).await;
-                    close_both(&mut client, &mut upstream, "maximum call duration").await;
-                    return End::MaxDuration;
-                }
-                _ = &mut idle => {
-                    let due = last_activity + settings.idle_timeout;
-                    if due > tokio::time::Instant::now() {
-                        idle.as_mut().reset(due);
+            None => {
+                let woke = wait(
+                    &flags,
+                    &mut first,
+                    &mut client,
+                    &mut upstream,
+                    &mut House {
+                        media_timer: media_timer.as_mut(),
+                        media_armed,
+                        recorder_failed: recorder_failed.as_mut(),
+                        deadline: deadline.as_mut(),
+                        idle: idle.as_mut(),
+                        draining: draining.as_mut(),
+                    },
+                )
+                .await;
+                match woke {
+                    Woke::Message(from, next) => (from, next),
+                    Woke::MediaDue => {
+                        if let Some(sends) = media.as_deref_mut().and_then(MediaSession::due)
+                            && send_all(sends, &mut client, &mut upstream).await.is_err()
+                        {
+                            close_both(&mut client, &mut upstream, "peer gone").await;
+                            return End::Error;
+                        }
+                        media_armed = arm_media_timer(media.as_deref(), media_timer.as_mut());
                         continue;
                     }
-                    close_both(&mut client, &mut upstream, "idle timeout").await;
-                    return End::Idle;
+                    Woke::RecorderFailed => {
+                        close_both(&mut client, &mut upstream, "recording failed").await;
+                        return End::Error;
+                    }
+                    Woke::MaxDuration => {
+                        flush_media(&mut media, &mut client, &mut upstream).await;
+                        close_both(&mut client, &mut upstream, "maximum call duration").await;
+                        return End::MaxDuration;
+                    }
+                    Woke::IdleTimer => {
+                        let due = last_activity + settings.idle_timeout;
+                        if due > tokio::time::Instant::now() {
+                            idle.as_mut().reset(due);
+                            continue;
+                        }
+                        close_both(&mut client, &mut upstream, "idle timeout").await;
+                        return End::Idle;
+                    }
+                    Woke::Draining => {
+                        close_both(&mut client, &mut upstream, "server shutting down").await;
+                        return End::Draining;
+                    }
                 }
-                _ = &mut draining => {
-                    close_both(&mut client, &mut upstream, "server shutting down").await;
-                    return End::Draining;
-                }
-            },
+            }
         };
         last_activity = tokio::time::Instant::now();
         if let Some(m) = media.as_deref_mut() {
@@ -311,9 +336,10 @@ where
                         return End::Error;
                     }
                     batched += 1;
-                    ready = peek_ready(from, &mut client, &mut upstream, batched);
+                    ready = peek_ready(&flags, from, &mut client, &mut upstream, batched);
                     if !media_armed {
                         media_armed = arm_media_timer(Some(m), media_timer.as_mut());
+                        flags.flag(wake::HOUSEKEEPING);
                     }
                     continue;
                 }
@@ -328,7 +354,7 @@ where
             && !pings.should_relay(from, msg)
         {
             batched += 1;
-            ready = peek_ready(from, &mut client, &mut upstream, batched);
+            ready = peek_ready(&flags, from, &mut client, &mut upstream, batched);
             continue;
         }
         let step = match from {
@@ -338,7 +364,7 @@ where
         match (step, from) {
             (Step::Continue, _) => {
                 batched += 1;
-                ready = peek_ready(from, &mut client, &mut upstream, batched);
+                ready = peek_ready(&flags, from, &mut client, &mut upstream, batched);
             }
             (Step::Closed, From::Client) => return End::ClosedByClient,
             (Step::Closed, From::Upstream) => return End::ClosedByUpstream,
@@ -493,9 +519,10 @@ fn arm_media_timer(
 /// other side or the timers.
 const MAX_BATCH: usize = 64;
 
-/// The next message from the side that just sent one, if it is already buffered (no waiting).
-/// Polling with a no-op waker is fine: the next `select!` polls every source with the task's own.
+/// The next message from the side that just sent one, if it is already buffered (no waiting). The
+/// side is polled with its own waker: if nothing is there, it is registered and will flag itself.
 fn peek_ready<C, U>(
+    flags: &WakeFlags,
     from: From,
     client: &mut C,
     upstream: &mut U,
@@ -508,11 +535,125 @@ where
     if batched >= MAX_BATCH {
         return None;
     }
-    let next = match from {
-        From::Client => client.next().now_or_never()?,
-        From::Upstream => upstream.next().now_or_never()?,
+    poll_side(flags, from, client, upstream).map(|next| (from, next))
+}
+
+/// Polls one side if it is flagged; `Some` if it had a message (or ended), and then it stays
+/// flagged, since it may have more.
+fn poll_side<C, U>(
+    flags: &WakeFlags,
+    from: From,
+    client: &mut C,
+    upstream: &mut U,
+) -> Option<Option<Result<Message, WsError>>>
+where
+    C: Stream<Item = Result<Message, WsError>> + Unpin,
+    U: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let source = match from {
+        From::Client => wake::CLIENT,
+        From::Upstream => wake::UPSTREAM,
     };
-    Some((from, next))
+    if flags.take(source) == 0 {
+        return None;
+    }
+    let mut cx = flags.context(source);
+    let polled = match from {
+        From::Client => client.poll_next_unpin(&mut cx),
+        From::Upstream => upstream.poll_next_unpin(&mut cx),
+    };
+    match polled {
+        Poll::Ready(next) => {
+            flags.flag(source);
+            Some(next)
+        }
+        Poll::Pending => None,
+    }
+}
+
+/// What woke the pump.
+enum Woke {
+    Message(From, Option<Result<Message, WsError>>),
+    MediaDue,
+    RecorderFailed,
+    MaxDuration,
+    IdleTimer,
+    Draining,
+}
+
+/// The session's timers and tokens: polled together, and only when one of them has fired or was
+/// reset (`ws::wake::HOUSEKEEPING`).
+struct House<'a, R, D> {
+    media_timer: Pin<&'a mut tokio::time::Sleep>,
+    media_armed: bool,
+    recorder_failed: Pin<&'a mut R>,
+    deadline: Pin<&'a mut tokio::time::Sleep>,
+    idle: Pin<&'a mut tokio::time::Sleep>,
+    draining: Pin<&'a mut D>,
+}
+
+impl<R: Future<Output = ()>, D: Future<Output = ()>> House<'_, R, D> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Option<Woke> {
+        if self.media_armed && self.media_timer.as_mut().poll(cx).is_ready() {
+            return Some(Woke::MediaDue);
+        }
+        if self.recorder_failed.as_mut().poll(cx).is_ready() {
+            return Some(Woke::RecorderFailed);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Some(Woke::MaxDuration);
+        }
+        if self.idle.as_mut().poll(cx).is_ready() {
+            return Some(Woke::IdleTimer);
+        }
+        if self.draining.as_mut().poll(cx).is_ready() {
+            return Some(Woke::Draining);
+        }
+        None
+    }
+}
+
+/// Waits until a flagged source has something: the timers and tokens first (they end or steer the
+/// session), then both sides, the one that went second last time first.
+async fn wait<C, U, R, D>(
+    flags: &WakeFlags,
+    first: &mut From,
+    client: &mut C,
+    upstream: &mut U,
+    house: &mut House<'_, R, D>,
+) -> Woke
+where
+    C: Stream<Item = Result<Message, WsError>> + Unpin,
+    U: Stream<Item = Result<Message, WsError>> + Unpin,
+    R: Future<Output = ()>,
+    D: Future<Output = ()>,
+{
+    std::future::poll_fn(|task| {
+        flags.register(task.waker());
+        if flags.take(wake::HOUSEKEEPING) != 0 {
+            let woke = house.poll(&mut flags.context(wake::HOUSEKEEPING));
+            if let Some(woke) = woke {
+                // Whatever fired is handled (a timer reset, a session ended): look again next time.
+                flags.flag(wake::HOUSEKEEPING);
+                return Poll::Ready(woke);
+            }
+        }
+        let order = match *first {
+            From::Client => [From::Client, From::Upstream],
+            From::Upstream => [From::Upstream, From::Client],
+        };
+        for from in order {
+            if let Some(next) = poll_side(flags, from, client, upstream) {
+                *first = match from {
+                    From::Client => From::Upstream,
+                    From::Upstream => From::Client,
+                };
+                return Poll::Ready(Woke::Message(from, next));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn flush_both<C, U>(client: &mut C, upstream: &mut U) -> Result<(), WsError>

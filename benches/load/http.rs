@@ -110,7 +110,9 @@ async fn worker(load: Arc<Load>, id: u64) -> Tally {
         ..Tally::default()
     };
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
-    let mut n = id << 40;
+    // Unique across runs too (a run nonce in the top 16 bits), so that loads repeated against one
+    // proxy are never replays to its webhook replay cache.
+    let mut n = (run_nonce() << 48) | (id << 32);
     loop {
         let started = Instant::now();
         if started >= load.span.end {
@@ -185,6 +187,17 @@ impl Load {
             .body(Full::new(Bytes::from(body)))
             .expect("valid request")
     }
+}
+
+/// 16 bits that differ between runs of the harness.
+fn run_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.as_nanos() as u64 ^ u64::from(std::process::id())) & 0xffff
+    })
 }
 
 /// A Twilio-style status callback, unique per request, padded to `size` bytes.

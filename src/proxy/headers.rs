@@ -25,6 +25,14 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes the fixed hop-by-hop set, `Proxy-Authorization`, and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these, and each removal hashes.
+    // Headers named in `Connection` need `Connection` itself, which is in the set.
+    let any = headers
+        .keys()
+        .any(|name| name == header::PROXY_AUTHORIZATION || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -64,12 +72,19 @@ pub fn set_forwarded(
     original_host: Option<&str>,
     request_id: &str,
 ) {
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
-    };
-    headers.remove(X_FORWARDED_FOR);
-    // The formatted string becomes the header's bytes without another copy.
+    // The four headers below, in one growth of the map rather than one per insert.
+    headers.reserve(4);
+    // An IPv6 address is at most 39 characters.
+    let mut xff = String::with_capacity(39);
+    if let Some(prev) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+        && !prev.trim().is_empty()
+    {
+        xff.reserve(prev.len() + 2);
+        xff.push_str(prev);
+        xff.push_str(", ");
+    }
+    push_ip(&mut xff, client);
+    // `insert` replaces every earlier value. The string becomes the header's bytes without a copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -84,6 +99,31 @@ pub fn set_forwarded(
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// Appends `ip` as `Display` writes it. IPv4 digit by digit: `Display` for an address goes through
+/// the formatter's padding support and costs more than the rest of the header rewrite.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -203,6 +243,42 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut addresses: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.168.1.10",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        addresses.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 3, 9])));
+        for ip in addresses {
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("voice.example"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("x"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before, "Proxy-Authorization alone is found and removed");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! client that went away releases it (the guard's `Drop`), so the provider's retry goes through. While
 //! the first delivery is still in flight a duplicate is refused too: the backend is already handling it.
 //!
-//! Ids are stored as SHA-256 digests: fixed size, and nothing a provider put in a header is kept.
+//! Ids are stored as SHA-256 digests under a per-cache random salt: fixed size, nothing a provider
+//! put in a header is kept, and no sender can predict where an id lands in the map, so the map hashes
+//! a digest by taking its first eight bytes (no second, keyed hash per lookup; no bucket grinding).
 //! Accepted ids also go into a queue in the order they were accepted, which (the window being fixed)
 //! is the order they expire in: when the map is full, the oldest accepted id goes, one per new id, in
 //! constant time (no scan of the map under the lock). In-flight claims are never evicted.
@@ -15,7 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::encoding::sha256;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
 use crate::admission::ban::Now;
 use crate::config::webhook::ReplayConfig;
 
@@ -25,10 +30,30 @@ enum Entry {
     Accepted { until: Instant },
 }
 
+/// Hashes a salted digest by its first eight bytes: the salt makes them unpredictable, so they are
+/// as good as a keyed hash of the id.
+#[derive(Default)]
+struct DigestPrefix(u64);
+
+impl Hasher for DigestPrefix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(head) = bytes.first_chunk::<8>() {
+            self.0 = u64::from_ne_bytes(*head);
+        }
+    }
+
+    /// The array's length prefix: the same for every key.
+    fn write_usize(&mut self, _: usize) {}
+}
+
 /// The map of ids and the acceptance order.
 #[derive(Default)]
 struct Ids {
-    map: HashMap<[u8; 32], Entry>,
+    map: HashMap<[u8; 32], Entry, BuildHasherDefault<DigestPrefix>>,
     /// Accepted ids, oldest first, with the expiry they were accepted with. An id released or
     /// accepted again since is skipped when it comes up (its entry no longer matches).
     order: VecDeque<([u8; 32], Instant)>,
@@ -51,6 +76,7 @@ impl Ids {
 /// One route's accepted ids.
 pub struct ReplayCache {
     ids: Mutex<Ids>,
+    salt: [u8; 16],
     pub spec: ReplayConfig,
     evictions: AtomicU64,
     now: Now,
@@ -62,8 +88,13 @@ pub struct Replayed;
 
 impl ReplayCache {
     pub fn new(spec: ReplayConfig, now: Now) -> Arc<Self> {
+        let mut salt = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .expect("system randomness");
         Arc::new(Self {
             ids: Mutex::new(Ids::default()),
+            salt,
             spec,
             evictions: AtomicU64::new(0),
             now,
@@ -74,6 +105,16 @@ impl ReplayCache {
         Self::new(spec, Arc::new(Instant::now))
     }
 
+    /// The salted digest an id is stored as.
+    fn key(&self, id: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.salt);
+        ctx.update(id);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        key
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Ids> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -81,7 +122,7 @@ impl ReplayCache {
     /// Claims every id of one delivery, or none if any of them is taken.
     pub fn claim(self: &Arc<Self>, ids: &[Vec<u8>]) -> Result<Claim, Replayed> {
         let now = (self.now)();
-        let keys: Vec<[u8; 32]> = ids.iter().map(|id| sha256(id)).collect();
+        let keys: Vec<[u8; 32]> = ids.iter().map(|id| self.key(id)).collect();
         let mut ids = self.lock();
         let taken = |e: &Entry| match *e {
             Entry::InFlight => true,
@@ -197,6 +238,32 @@ mod tests {
 
     fn id(s: &str) -> Vec<Vec<u8>> {
         vec![s.as_bytes().to_vec()]
+    }
+
+    #[test]
+    fn ids_are_salted_per_cache_and_hashed_by_their_digest() {
+        let (a, _) = cache(100);
+        let (b, _) = cache(100);
+        assert_ne!(
+            a.key(b"id-1"),
+            b.key(b"id-1"),
+            "each cache has its own salt"
+        );
+        assert_ne!(a.key(b"id-1"), a.key(b"id-2"));
+        let hash = |k: &[u8; 32]| {
+            use std::hash::BuildHasher;
+            BuildHasherDefault::<DigestPrefix>::default().hash_one(k)
+        };
+        let k = a.key(b"id-1");
+        assert_eq!(hash(&k), u64::from_ne_bytes(k[..8].try_into().unwrap()));
+        // Keys equal in their first eight bytes share a bucket but stay distinct entries.
+        let (c, _) = cache(100);
+        let mut ids = c.lock();
+        let mut other = k;
+        other[31] ^= 1;
+        ids.map.insert(k, Entry::InFlight);
+        ids.map.insert(other, Entry::InFlight);
+        assert_eq!(ids.map.len(), 2);
     }
 
     #[test]

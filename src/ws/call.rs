@@ -433,10 +433,12 @@ impl CallProcessor {
     fn release(&mut self, out: &mut Vec<Output>, now: Instant, all: bool) {
         let rate = u64::from(self.s.sample_rate);
         let forward_delay = self.s.lookahead.as_millis() as u64 * rate / 1000;
-        let max_wait = self.max_wait();
+        // Frames that arrived by this instant have waited their longest (one subtraction per call,
+        // not one per held frame).
+        let overdue_if_by = now.checked_sub(self.max_wait());
         let ready =
             |masks: &Masks, media: &Option<(StreamKey, u64, u64)>, arrived: Instant, delay: u64| {
-                all || now.saturating_duration_since(arrived) >= max_wait
+                all || overdue_if_by.is_some_and(|t| arrived <= t)
                     || media.is_none_or(|(k, _, end)| {
                         masks.get(&k).is_some_and(|m| m.position() >= end + delay)
                     })

@@ -8,6 +8,9 @@
 #   SMOKE=1 benches/compare.sh         # about 2 minutes, debug build: checks that every peer serves every
 #                                      # load with no error and no lost message (.ci/run runs this);
 #                                      # its figures mean nothing
+#   INSTRUCTIONS=1 benches/compare.sh  # about 6 minutes: each proxy under callgrind, user-space instructions
+#                                      # per request or relayed message (deterministic to ~2 %: A/B runs
+#                                      # on a noisy machine, where CPU time swings by half between runs)
 #
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
@@ -23,6 +26,16 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=${QUICK:-}
 SMOKE=${SMOKE:-}
+INSTRUCTIONS=${INSTRUCTIONS:-}
+if [ -n "$INSTRUCTIONS" ]; then
+  # Under callgrind a proxy runs ~50x slower: few connections, so that none saturates, and no idle load
+  # (it has no messages). Each load runs twice, DURATION and three times DURATION, on the same proxy
+  # process; the instructions of the difference over the operations of the difference leave out
+  # start-up, handshakes and warm-up.
+  DURATION=${DURATION:-2s}; PACED_DURATION=${PACED_DURATION:-2s}; CONNS=${CONNS:-8}; CALLS=${CALLS:-8}
+  PACED_STEPS=${PACED_STEPS:-10}; WS_WARMUP=${WS_WARMUP:-1s}; RAMP=${RAMP:-500ms}
+  PEERS=${PEERS:-"nginx haproxy voxguard voxguard-webhook voxguard-media"}
+fi
 if [ -n "$SMOKE" ]; then
   DURATION=${DURATION:-1s}; PACED_DURATION=${PACED_DURATION:-1s}; CONNS=${CONNS:-4}; CALLS=${CALLS:-4}
   IDLE_CALLS=${IDLE_CALLS:-20}; PACED_STEPS=${PACED_STEPS:-20}; WS_WARMUP=${WS_WARMUP:-1s}; RAMP=${RAMP:-500ms}
@@ -46,7 +59,9 @@ PROXY_CPU=1
 
 # --- tools ---------------------------------------------------------------------------------------
 missing=()
-for tool in nginx:nginx haproxy:haproxy openssl:openssl taskset:util-linux; do
+tools="nginx:nginx haproxy:haproxy openssl:openssl taskset:util-linux"
+[ -z "$INSTRUCTIONS" ] || tools="$tools valgrind:valgrind"
+for tool in $tools; do
   command -v "${tool%%:*}" >/dev/null || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -202,22 +217,29 @@ VOXGUARD
 
 # --- one peer at a time ------------------------------------------------------------------------------
 PEER_PIDS=()
+WRAP=()
+if [ -n "$INSTRUCTIONS" ]; then
+  mkdir -p "$WORK/callgrind"
+  WRAP=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$WORK/callgrind/%p")
+fi
 start_peer() { # $1 peer, $2 port → sets PEER_PIDS
   local peer=$1 port=$2
   case $peer in
     nginx)
       nginx_conf "$port"
-      taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
-      local master=$!; STARTED+=("$master"); wait_port "$port"; sleep 0.3
-      PEER_PIDS=("$master" $(pgrep -P "$master")) ;;
+      # Under callgrind, one process (its control cannot reach a worker that dropped root).
+      taskset -c "$PROXY_CPU" "${WRAP[@]}" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" \
+        -g "daemon off;${INSTRUCTIONS:+ master_process off;}" &
+      local master=$!; STARTED+=("$master"); wait_port "$port"; sleep "$([ -n "$INSTRUCTIONS" ] && echo 2 || echo 0.3)"
+      PEER_PIDS=("$master" $(pgrep -P "$master" || true)) ;;
     haproxy)
       haproxy_conf "$port"
-      taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" &
+      taskset -c "$PROXY_CPU" "${WRAP[@]}" haproxy -db -f "$WORK/haproxy.cfg" &
       local pid=$!; STARTED+=("$pid"); wait_port "$port"; PEER_PIDS=("$pid") ;;
     voxguard*)
       local variant=${peer#voxguard}; variant=${variant#-}; variant=${variant:-plain}
       local conf; conf=$(voxguard_conf "$port" "$(free_port)" "$variant")
-      COMPARE_WEBHOOK_SECRET=$SECRET taskset -c "$PROXY_CPU" "$VOXGUARD" run --config "$conf" \
+      COMPARE_WEBHOOK_SECRET=$SECRET taskset -c "$PROXY_CPU" "${WRAP[@]}" "$VOXGUARD" run --config "$conf" \
         >"$WORK/voxguard-$variant.log" 2>&1 &
       local pid=$!; STARTED+=("$pid"); wait_port "$port"; PEER_PIDS=("$pid") ;;
   esac
@@ -233,6 +255,7 @@ stop_peer() {
 }
 
 load() { # $1 peer, then harness arguments; appends one JSON line to $OUT
+  [ -z "$INSTRUCTIONS" ] || { load_instructions "$@"; return 0; }
   local peer=$1; shift
   local pids=()
   for pid in "${PEER_PIDS[@]}"; do pids+=(--pid "$pid"); done
@@ -241,6 +264,53 @@ load() { # $1 peer, then harness arguments; appends one JSON line to $OUT
     echo "load failed for $peer: $*" >&2; return 0; }
   echo "$line" >>"$OUT"
   echo "  $line" >&2
+}
+
+# The proxy's user-space instructions so far (every process of it), after a callgrind dump.
+instructions() {
+  local total=0 pid file
+  for pid in "${PEER_PIDS[@]}"; do
+    callgrind_control -d "$pid" >/dev/null 2>&1 || continue
+    file=
+    for _ in $(seq 50); do
+      file=$(ls -t "$WORK/callgrind/$pid".* 2>/dev/null | head -1)
+      [ -n "$file" ] && grep -q '^summary:' "$file" && break
+      sleep 0.1
+    done
+    [ -n "$file" ] || continue
+    total=$((total + $(awk '/^summary:/{print $2}' "$file")))
+    rm -f "$WORK/callgrind/$pid".*
+  done
+  echo "$total"
+}
+
+# INSTRUCTIONS mode: the load at DURATION and at three times DURATION; appends the longer one's JSON
+# line with user_instructions_per_op = Δ instructions ÷ Δ operations.
+load_instructions() {
+  local peer=$1; shift
+  [ ${#PEER_PIDS[@]} -gt 0 ] || return 0 # direct: no proxy to count
+  [[ " $* " != *" --idle "* ]] || return 0
+  local short=() long=() prev=
+  for a in "$@"; do
+    if [ "$prev" = --duration ]; then short+=("$DURATION"); long+=("$(( ${DURATION%s} * 3 ))s"); else short+=("$a"); long+=("$a"); fi
+    prev=$a
+  done
+  local pid
+  for pid in "${PEER_PIDS[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1 || true; done
+  local first; first=$(taskset -c "$LOAD_CPU" "$LOAD" "${short[@]}" --label "$peer" --ca "$CA") || { echo "load failed for $peer" >&2; return 0; }
+  local i1; i1=$(instructions)
+  for pid in "${PEER_PIDS[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1 || true; done
+  local second; second=$(taskset -c "$LOAD_CPU" "$LOAD" "${long[@]}" --label "$peer" --ca "$CA") || { echo "load failed for $peer" >&2; return 0; }
+  local i2; i2=$(instructions)
+  python3 - "$first" "$second" "$i1" "$i2" >>"$OUT" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+i1, i2 = int(sys.argv[3]), int(sys.argv[4])
+ops = b["ops"] - a["ops"]
+b["user_instructions_per_op"] = (i2 - i1) / ops if ops > 0 and i1 and i2 else None
+print(json.dumps(b))
+PY
+  echo "  $(tail -1 "$OUT")" >&2
 }
 
 # Each load runs on a freshly started peer, so that memory left over from one load (allocator
@@ -283,7 +353,7 @@ done
 
 # Start-up to ready with the shipped proxy.toml (embedded defaults, dev certificate, local data dir):
 # the first start creates the dev certificate and keys, later ones load them.
-if [[ " $PEERS " == *" voxguard "* ]]; then
+if [ -z "$INSTRUCTIONS" ] && [[ " $PEERS " == *" voxguard "* ]]; then
   echo "== voxguard start-up" >&2
   mkdir -p "$WORK/startup"
   python3 - "$VOXGUARD" "$ROOT/proxy.toml" "$WORK/startup" "$(free_port)" "$(free_port)" >>"$OUT" <<'PY'

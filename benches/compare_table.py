@@ -86,6 +86,27 @@ TABLE = [
 ]
 
 
+def instructions(mode, per_relayed=False):
+    # INSTRUCTIONS=1 runs: user-space instructions per request, or per relayed message (÷ 2).
+    def f(p):
+        r = get(p, mode)
+        v = None if r is None else r.get("user_instructions_per_op")
+        return None if v is None else v / (2 if per_relayed else 1)
+    return f
+
+
+INSTRUCTION_TABLE = [
+    ("HTTP GET keep-alive: user-space instructions per request", per_peer(instructions("http_get")), "{:,.0f}", False),
+    ("HTTP POST 2 KB form, GitHub-signed: per request", per_peer(instructions("http_signed_post")), "{:,.0f}", False),
+    ("new TLS connection (resumed): per connection", per_peer(instructions("http_new_connection")), "{:,.0f}", False),
+    ("WebSocket flat out: per relayed message", per_peer(instructions("ws_flat", True)), "{:,.0f}", False),
+    ("WebSocket paced: per relayed message", per_peer(instructions("ws_paced", True)), "{:,.0f}", False),
+]
+if any("user_instructions_per_op" in r for r in rows):
+    # Under callgrind the rates, latencies and CPU times mean nothing: only the counts are shown.
+    TABLE = INSTRUCTION_TABLE
+
+
 def startup(kind):
     def f(p):
         r = get(p, "startup")
@@ -93,10 +114,11 @@ def startup(kind):
     return f
 
 
-TABLE += [
-    ("start-up to ready, shipped proxy.toml, first start (creates dev cert and keys), ms", per_peer(startup("first_ms")), "{:.0f}", False),
-    ("start-up to ready, later starts (median of 5), ms", per_peer(startup("median_ms")), "{:.0f}", False),
-]
+if TABLE is not INSTRUCTION_TABLE:
+    TABLE += [
+        ("start-up to ready, shipped proxy.toml, first start (creates dev cert and keys), ms", per_peer(startup("first_ms")), "{:.0f}", False),
+        ("start-up to ready, later starts (median of 5), ms", per_peer(startup("median_ms")), "{:.0f}", False),
+    ]
 
 
 def latency(spec, p):
@@ -124,7 +146,10 @@ ours = [p for p in OURS if p in present]
 peers = [p for p in ["nginx", "haproxy"] if p in present]
 if ours and peers:
     print()
-    print("Ratios (voxguard ÷ peer; for req/s and calls higher is better, for CPU and RSS lower is better):")
+    if TABLE is INSTRUCTION_TABLE:
+        print("Ratios (voxguard ÷ peer; lower is better):")
+    else:
+        print("Ratios (voxguard ÷ peer; for req/s and calls higher is better, for CPU and RSS lower is better):")
     print()
     cols = [f"{o} ÷ {p}" for o in ours for p in peers]
     print("| path | " + " | ".join(cols) + " |")

@@ -1,7 +1,9 @@
 //! One media message through decode → every redactor → encode (the call processor), with the
 //! default route settings: a Twilio `media` message (160 μ-law samples, 20 ms) and a 20 ms frame of
 //! 16 kHz PCM (320 samples). Speech-like audio, so nothing is masked and the original bytes are
-//! forwarded; the tone detector, the recording copy and the delay queues all run.
+//! forwarded; the tone detector, the recording copy and the delay queues all run. A third case sends
+//! the same Twilio messages at background level (-60 dBFS), as in a call's pauses, where the tone
+//! detector can tell from a block's energy alone that no digit is there.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,37 +36,51 @@ fn voice(n: usize, rate: f32, offset: usize) -> Vec<i16> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
+/// Fifty Twilio `media` messages of the vowel, its samples divided by `attenuation`.
+fn twilio_messages(attenuation: i16) -> Vec<Message> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let twilio = settings("protocol = \"twilio\"");
-    let messages: Vec<Message> = (0..50)
+    (0..50)
         .map(|i| {
-            let ulaw: Vec<u8> = voice(160, 8000.0, i * 160).iter().map(|&s| linear_to_ulaw(s)).collect();
+            let ulaw: Vec<u8> = voice(160, 8000.0, i * 160)
+                .iter()
+                .map(|&s| linear_to_ulaw(s / attenuation))
+                .collect();
             Message::text(format!(
                 r#"{{"event":"media","sequenceNumber":"{i}","media":{{"track":"inbound","chunk":"{i}","timestamp":"{}","payload":"{}"}},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}}"#,
                 i * 20,
                 b64.encode(ulaw)
             ))
         })
-        .collect();
-    let mut p = CallProcessor::new(twilio, Instant::now());
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let twilio = settings("protocol = \"twilio\"");
     let mut out = Vec::new();
-    let mut i = 0usize;
     let t0 = Instant::now();
-    c.bench_function("media_twilio_message", |b| {
-        b.iter(|| {
-            i += 1;
-            let now = t0 + Duration::from_millis(20 * i as u64);
-            p.process(
-                Direction::ToBackend,
-                messages[i % 50].clone(),
-                now,
-                &mut out,
-            )
-            .unwrap();
-            out.clear();
-        })
-    });
+    // Speech at about -12 dBFS, then the same at -60 dBFS (1/250 of the amplitude).
+    for (name, attenuation) in [
+        ("media_twilio_message", 1),
+        ("media_twilio_quiet_message", 250),
+    ] {
+        let messages = twilio_messages(attenuation);
+        let mut p = CallProcessor::new(twilio.clone(), Instant::now());
+        let mut i = 0usize;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                let now = t0 + Duration::from_millis(20 * i as u64);
+                p.process(
+                    Direction::ToBackend,
+                    messages[i % 50].clone(),
+                    now,
+                    &mut out,
+                )
+                .unwrap();
+                out.clear();
+            })
+        });
+    }
 
     let pcm = settings("protocol = \"pcm\"\nsample_rate = 16000");
     let frames: Vec<Message> = (0..50)

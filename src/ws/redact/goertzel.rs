@@ -62,25 +62,21 @@ pub struct BlockVerdict {
     pub began: bool,
 }
 
-/// Powers at the eight DTMF frequencies (rows then columns) and the block's energy, in one pass: the
-/// eight Goertzel recurrences are independent, so they run side by side (one SIMD register) instead of
+/// Powers at the eight DTMF frequencies (rows then columns), in one pass: the eight Goertzel recurrences are independent, so they run side by side (one SIMD register) instead of
 /// one after another, each bound by its own dependency chain. Each step also takes two samples:
 /// `s[n]` and `s[n+1]` are both computed from `s[n-1]` and `s[n-2]`
 /// (`s[n+1] = x[n+1] + c·x[n] + (c²−1)·s[n-1] − c·s[n-2]`), which halves the chain the loop waits on.
-fn powers(coeffs: &[f32; 8], block: &[f32]) -> ([f32; 8], f32) {
+fn powers(coeffs: &[f32; 8], block: &[f32]) -> [f32; 8] {
     let mut c2m1 = [0.0f32; 8];
     for i in 0..8 {
         c2m1[i] = coeffs[i] * coeffs[i] - 1.0;
     }
     let mut s1 = [0.0f32; 8];
     let mut s2 = [0.0f32; 8];
-    let (mut even, mut odd) = (0.0f32, 0.0f32);
     let pairs = block.chunks_exact(2);
     let rest = pairs.remainder();
     for pair in pairs {
         let (a, b) = (pair[0], pair[1]);
-        even += a * a;
-        odd += b * b;
         for i in 0..8 {
             let sa = (a - s2[i]) + coeffs[i] * s1[i];
             let sb = (b + coeffs[i] * (a - s2[i])) + c2m1[i] * s1[i];
@@ -89,7 +85,6 @@ fn powers(coeffs: &[f32; 8], block: &[f32]) -> ([f32; 8], f32) {
         }
     }
     for &x in rest {
-        even += x * x;
         for i in 0..8 {
             let s = (x - s2[i]) + coeffs[i] * s1[i];
             s2[i] = s1[i];
@@ -100,8 +95,27 @@ fn powers(coeffs: &[f32; 8], block: &[f32]) -> ([f32; 8], f32) {
     for i in 0..8 {
         p[i] = s1[i] * s1[i] + s2[i] * s2[i] - coeffs[i] * s1[i] * s2[i];
     }
-    (p, even + odd)
+    p
 }
+
+/// The block's energy (sum of squares), eight running sums side by side so that the loop vectorises.
+fn energy(block: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = block.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..8 {
+            lanes[i] += chunk[i] * chunk[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().map(|x| x * x).sum::<f32>()
+}
+
+/// No filter's power can exceed `block_len × energy` (Cauchy–Schwarz: |Σ xₙ·e^(−iωn)|² ≤ N·Σ xₙ²), and
+/// a digit needs both of its tones above the threshold. A block whose bound is under half the
+/// threshold (the half covers rounding) cannot hold a digit, and the eight filters are skipped: the
+/// pauses and quiet background that make up much of a call cost one pass of squares.
+const QUIET_BOUND: f32 = 0.5;
 
 /// One stream's detector (one per call, direction and track).
 pub struct DtmfDetector {
@@ -205,7 +219,14 @@ impl DtmfDetector {
     }
 
     fn classify(&self) -> Option<char> {
-        let (p, energy) = powers(&self.coeffs, &self.buf);
+        let energy = energy(&self.buf);
+        if self.block_len as f32 * energy < QUIET_BOUND * self.threshold {
+            return None;
+        }
+        self.classify_powers(&powers(&self.coeffs, &self.buf), energy)
+    }
+
+    fn classify_powers(&self, p: &[f32; 8], energy: f32) -> Option<char> {
         let rows = [p[0], p[1], p[2], p[3]];
         let cols = [p[4], p[5], p[6], p[7]];
         let best = |p: &[f32; 4]| {
@@ -288,6 +309,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn quiet_blocks_skip_the_filters_and_get_the_verdict_the_filters_give() {
+        let mut d = DtmfDetector::new(8000);
+        let len = d.block_len();
+        let (mut skipped, mut hits) = (0, 0);
+        // Digits from far below the threshold to well above it, twisted both ways, over low noise.
+        for level in (-70..=-20).step_by(2) {
+            for (digit, twist) in [('1', 0.0), ('5', -7.0), ('#', 3.5), ('D', 0.0)] {
+                let signal = tone(digit, 30, 8000, level as f32, twist, 0.0);
+                let mut seed = level as u32;
+                d.buf = signal[..len]
+                    .iter()
+                    .map(|&x| {
+                        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                        f32::from(x) + f32::from((seed >> 16) as i16) / 3000.0
+                    })
+                    .collect();
+                let full = d.classify_powers(&powers(&d.coeffs, &d.buf), energy(&d.buf));
+                assert_eq!(d.classify(), full, "{digit} at {level} dBFS, twist {twist}");
+                skipped += usize::from(len as f32 * energy(&d.buf) < QUIET_BOUND * d.threshold);
+                hits += usize::from(full.is_some());
+            }
+        }
+        assert!(skipped > 20, "the gate skips the quiet blocks ({skipped})");
+        assert!(hits > 20, "and the loud ones are still found ({hits})");
+    }
+
+    #[test]
     fn frames_fed_as_wire_audio_give_the_same_verdicts_as_samples() {
         use crate::ws::protocols::audio::linear_to_ulaw;
         let mut signal = tone('8', 90, 8000, -10.0, 0.0, 0.0);
@@ -345,7 +393,7 @@ pub(crate) mod tests {
             let mixed: Vec<f32> = tone_block.iter().zip(&noise).map(|(a, b)| a + b).collect();
             let quiet: Vec<f32> = tone_block.iter().map(|x| x / 300.0).collect();
             for block in [&tone_block, &noise, &mixed, &quiet] {
-                let (p, energy) = powers(&coeffs, block);
+                let (p, energy) = (powers(&coeffs, block), energy(block));
                 let (want, want_energy) = reference_powers(&coeffs, block);
                 let peak = want.iter().cloned().fold(0.0, f64::max);
                 for i in 0..8 {

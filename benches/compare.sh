@@ -29,7 +29,7 @@ SMOKE=${SMOKE:-}
 INSTRUCTIONS=${INSTRUCTIONS:-}
 if [ -n "$INSTRUCTIONS" ]; then
   # Under callgrind a proxy runs ~50x slower: few connections, so that none saturates, and no idle load
-  # (it has no messages). Each load runs twice, DURATION and three times DURATION, on the same proxy
+  # (it has no messages). Each load runs twice, at its duration and three times that, on the same proxy
   # process; the instructions of the difference over the operations of the difference leave out
   # start-up, handshakes and warm-up.
   DURATION=${DURATION:-2s}; PACED_DURATION=${PACED_DURATION:-2s}; CONNS=${CONNS:-8}; CALLS=${CALLS:-8}
@@ -284,7 +284,7 @@ instructions() {
   echo "$total"
 }
 
-# INSTRUCTIONS mode: the load at DURATION and at three times DURATION; appends the longer one's JSON
+# INSTRUCTIONS mode: the load at its duration and at three times that; appends the longer one's JSON
 # line with user_instructions_per_op = Δ instructions ÷ Δ operations.
 load_instructions() {
   local peer=$1; shift
@@ -292,7 +292,8 @@ load_instructions() {
   [[ " $* " != *" --idle "* ]] || return 0
   local short=() long=() prev=
   for a in "$@"; do
-    if [ "$prev" = --duration ]; then short+=("$DURATION"); long+=("$(( ${DURATION%s} * 3 ))s"); else short+=("$a"); long+=("$a"); fi
+    # The duration each load was given (whole seconds), and three times it.
+    if [ "$prev" = --duration ]; then short+=("$a"); long+=("$(( ${a%s} * 3 ))s"); else short+=("$a"); long+=("$a"); fi
     prev=$a
   done
   local pid

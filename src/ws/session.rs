@@ -3,12 +3,11 @@
 //! codes and reasons pass through. An idle session, an oversized message, or the end of the drain's
 //! grace period closes both sides (1001 going away, 1009 to the sender of a too-large message).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::OnUpgrade;

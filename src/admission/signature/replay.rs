@@ -13,11 +13,10 @@
 //! constant time (no scan of the map under the lock). In-flight claims are never evicted.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use std::hash::{BuildHasherDefault, Hasher};
 
 use ring::rand::{SecureRandom, SystemRandom};
 

@@ -62,8 +62,9 @@ pub struct BlockVerdict {
     pub began: bool,
 }
 
-/// Powers at the eight DTMF frequencies (rows then columns), in one pass: the eight Goertzel recurrences are independent, so they run side by side (one SIMD register) instead of
-/// one after another, each bound by its own dependency chain. Each step also takes two samples:
+/// Powers at the eight DTMF frequencies (rows then columns), in one pass: the eight Goertzel
+/// recurrences are independent, so they run side by side (one SIMD register) instead of one after
+/// another, each bound by its own dependency chain. Each step also takes two samples:
 /// `s[n]` and `s[n+1]` are both computed from `s[n-1]` and `s[n-2]`
 /// (`s[n+1] = x[n+1] + c·x[n] + (c²−1)·s[n-1] − c·s[n-2]`), which halves the chain the loop waits on.
 fn powers(coeffs: &[f32; 8], block: &[f32]) -> [f32; 8] {
@@ -220,10 +221,15 @@ impl DtmfDetector {
 
     fn classify(&self) -> Option<char> {
         let energy = energy(&self.buf);
-        if self.block_len as f32 * energy < QUIET_BOUND * self.threshold {
+        if self.too_quiet(energy) {
             return None;
         }
         self.classify_powers(&powers(&self.coeffs, &self.buf), energy)
+    }
+
+    /// A block of this energy cannot hold a digit (`QUIET_BOUND`).
+    fn too_quiet(&self, energy: f32) -> bool {
+        self.block_len as f32 * energy < QUIET_BOUND * self.threshold
     }
 
     fn classify_powers(&self, p: &[f32; 8], energy: f32) -> Option<char> {
@@ -327,7 +333,7 @@ pub(crate) mod tests {
                     .collect();
                 let full = d.classify_powers(&powers(&d.coeffs, &d.buf), energy(&d.buf));
                 assert_eq!(d.classify(), full, "{digit} at {level} dBFS, twist {twist}");
-                skipped += usize::from(len as f32 * energy(&d.buf) < QUIET_BOUND * d.threshold);
+                skipped += usize::from(d.too_quiet(energy(&d.buf)));
                 hits += usize::from(full.is_some());
             }
         }

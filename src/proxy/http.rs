@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use crate::config::RouteConfig;
 use crate::proxy::body::{BodyFate, BoxError, Limited, ProxyBody, ReadTimeout, empty};
 use crate::proxy::headers;
+use crate::proxy::pool::SendError;
 use crate::proxy::upstream::Upstream;
 use crate::respond::Rejection;
 
@@ -67,27 +68,22 @@ where
         // No compression: every message must stay inspectable.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
-    match (
-        route.preserve_host,
-        ctx.original_host
-            .and_then(|h| HeaderValue::from_str(h).ok()),
-    ) {
-        (true, Some(host)) => {
-            parts.headers.insert(header::HOST, host);
-        }
-        // hyper's client sets Host from the upstream URI when it is absent.
-        _ => {
-            parts.headers.remove(header::HOST);
-        }
-    }
-    parts.uri = upstream.uri_for(parts.uri.path_and_query());
+    let host = match (route.preserve_host, ctx.original_host) {
+        (true, Some(host)) => HeaderValue::from_str(host).ok(),
+        _ => None,
+    };
+    parts.headers.insert(
+        header::HOST,
+        host.unwrap_or_else(|| upstream.host_header.clone()),
+    );
+    parts.uri = Upstream::uri_for(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
 
     let fate = Arc::new(BodyFate::default());
     let body = Limited::new(body, route.max_body_bytes, fate.clone()).boxed();
     let sent = tokio::time::timeout(
         upstream.response_timeout,
-        upstream.client.request(Request::from_parts(parts, body)),
+        upstream.pool.send(Request::from_parts(parts, body)),
     )
     .await;
     let mut res = match sent {
@@ -96,10 +92,9 @@ where
         Ok(Err(_)) if fate.broken() => return Err(Rejection::BadBody),
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, upstream = %upstream.name, error = %e, "upstream request failed");
-            return Err(if e.is_connect() {
-                Rejection::UpstreamConnect
-            } else {
-                Rejection::UpstreamProtocol
+            return Err(match e {
+                SendError::Connect(_) => Rejection::UpstreamConnect,
+                SendError::Protocol(_) => Rejection::UpstreamProtocol,
             });
         }
         Ok(Ok(res)) => res,

@@ -3,4 +3,5 @@
 pub mod body;
 pub mod headers;
 pub mod http;
+pub mod pool;
 pub mod upstream;

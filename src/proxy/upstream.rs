@@ -1,84 +1,94 @@
-//! Pooled keep-alive clients to upstreams, `http://` or `https://` (rustls, system roots or a
-//! configured CA). Upstream connections speak HTTP/1.1 so WebSocket upgrades can share the pool.
+//! Configured upstreams: where each is, how long to wait for it, and its pool of keep-alive
+//! connections, `http://` or `https://` (rustls, system roots or a configured CA). Upstream
+//! connections speak HTTP/1.1 so WebSocket upgrades can share the pool.
 
 use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::header::HeaderValue;
+use rustls::pki_types::ServerName;
 
 use crate::config::UpstreamConfig;
-use crate::proxy::body::ProxyBody;
+use crate::proxy::pool::{Connector, Pool};
 
 /// One configured upstream: where it is, its pool, and how long to wait for it.
 pub struct Upstream {
     pub name: String,
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    pub client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// The `Host` a request carries when the route does not preserve the client's.
+    pub host_header: HeaderValue,
+    pub pool: Arc<Pool>,
     pub response_timeout: Duration,
     /// The longest gap between two reads of a response body.
     pub read_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("upstream[{name}].ca_file {path}: {reason}")]
+#[error("upstream[{name}].{key}: {reason}")]
 pub struct UpstreamError {
     name: String,
-    path: String,
+    key: &'static str,
     reason: String,
 }
 
 impl Upstream {
     pub fn build(cfg: &UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
+        let https = cfg.url.scheme_str() == Some("https");
+        let authority = cfg.url.authority().expect("validated: url has a host");
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // `Uri::host` keeps an IPv6 literal's brackets; DNS and TLS want the bare address.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        // A configured CA file is checked even on an `http://` upstream: a typo must not wait
+        // for the day the URL changes to `https://`.
         let roots = roots(cfg)?;
-        let tls = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let tls = if https {
+            let mut tls = rustls::ClientConfig::builder_with_provider(crate::net::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .expect("ring supports TLS 1.2 and 1.3")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host.clone()).map_err(|e| UpstreamError {
+                name: cfg.name.clone(),
+                key: "url",
+                reason: format!("host is not a valid TLS server name: {e}"),
+            })?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(tls)), name))
+        } else {
+            None
+        };
+        // As hyper's client wrote it: the port only when it is not the scheme's default.
+        let host_header = match authority.port_u16() {
+            Some(p) if p != if https { 443 } else { 80 } => format!("{}:{p}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let connector = Connector {
+            host,
+            port,
+            tls,
+            connect_timeout: cfg.connect_timeout,
+        };
         Ok(Arc::new(Self {
             name: cfg.name.clone(),
-            scheme: cfg.url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: cfg
-                .url
-                .authority()
-                .cloned()
-                .expect("validated: url has a host"),
-            client,
+            host_header: HeaderValue::from_str(&host_header)
+                .expect("validated: a URI authority is a valid header value"),
+            pool: Pool::new(connector, cfg.pool_idle_timeout),
             response_timeout: cfg.response_timeout,
             read_timeout: cfg.read_timeout,
         }))
     }
 
-    /// The upstream URI for a request's path and query.
-    pub fn uri_for(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            path_and_query
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).expect("scheme, authority and path are all set")
+    /// The origin-form target (path and query) the upstream is sent.
+    pub fn uri_for(path_and_query: Option<&http::uri::PathAndQuery>) -> Uri {
+        match path_and_query {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        }
     }
 }
 
@@ -86,12 +96,14 @@ fn roots(cfg: &UpstreamConfig) -> Result<rustls::RootCertStore, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     let err = |reason: String| UpstreamError {
         name: cfg.name.clone(),
-        path: cfg
-            .ca_file
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        reason,
+        key: "ca_file",
+        reason: format!(
+            "{}: {reason}",
+            cfg.ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
     };
     match &cfg.ca_file {
         Some(path) => {

@@ -2,48 +2,18 @@
 //! WebSocket backend that stops reading. Each ends in a bounded 502/504 or close, and afterwards the
 //! active-connection and session gauges are back to zero (nothing leaked).
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::backend::{raw_backend, read_head};
 use crate::support::client::{get, h1, ws_connect};
 use crate::support::{TestProxy, admin_get, closed_port, config_text, spawn_proxy_with};
-
-/// A backend that runs `serve` on every connection it accepts.
-async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(serve(tcp));
-        }
-    });
-    addr
-}
-
-/// Reads one request head.
-async fn read_head(tcp: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tcp.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
 
 async fn proxy_for(backend: SocketAddr, route_extra: &str) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();

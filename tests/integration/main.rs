@@ -19,6 +19,7 @@ mod ops_faults;
 mod properties;
 mod recording;
 mod tls;
+mod upstream_pool;
 mod webhook;
 mod webhook_cli;
 mod websocket;

@@ -1,0 +1,183 @@
+//! The upstream connection pool, seen from the backend: keep-alive connections are reused, a
+//! connection the backend closed costs no request, a half-read response is never reused, idle
+//! connections are closed after `pool_idle_timeout`, and an IPv6 literal upstream works.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::support::backend::{raw_backend, read_head};
+use crate::support::client::{get, h1, read};
+use crate::support::{TestProxy, config_text, spawn_proxy_with};
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// Answers `ok` to every request on a connection until the proxy closes it; `/big` gets 4 MiB.
+async fn keep_alive(mut tcp: TcpStream) {
+    loop {
+        let head = read_head(&mut tcp).await;
+        if head.is_empty() {
+            return;
+        }
+        let sent = if head.starts_with("GET /big ") {
+            let body = vec![b'x'; 4 << 20];
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            match tcp.write_all(head.as_bytes()).await {
+                Ok(()) => tcp.write_all(&body).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            tcp.write_all(OK).await
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// A backend whose accepted connections are counted.
+async fn counting_backend<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let addr = raw_backend(move |tcp| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        serve(tcp)
+    })
+    .await;
+    (addr, accepted)
+}
+
+async fn proxy_with_upstream(backend: SocketAddr, upstream_extra: &str) -> TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), backend, "", "").replace(
+        "response_timeout = \"2s\"",
+        &format!("response_timeout = \"2s\"\n{upstream_extra}"),
+    );
+    spawn_proxy_with(dir, &text).await
+}
+
+async fn get_ok(proxy: &TestProxy, path: &str) -> (u16, String) {
+    let mut client = h1(proxy.tls, &proxy.ca_pem).await;
+    let (status, _, body) = read(client.send_request(get(path)).await.unwrap()).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_backend_connection() {
+    let (backend, accepted) = counting_backend(keep_alive).await;
+    let proxy = proxy_with_upstream(backend, "").await;
+    let mut client = h1(proxy.tls, &proxy.ca_pem).await;
+    for i in 0..20 {
+        let (status, _, body) = read(client.send_request(get("/")).await.unwrap()).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one keep-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_after_each_response_costs_no_request() {
+    // No `Connection: close`: the backend just hangs up after answering, as an idle timeout does.
+    let (backend, accepted) = counting_backend(|mut tcp| async move {
+        read_head(&mut tcp).await;
+        let _ = tcp.write_all(OK).await;
+    })
+    .await;
+    let proxy = proxy_with_upstream(backend, "").await;
+    let mut client = h1(proxy.tls, &proxy.ca_pem).await;
+    for i in 0..30 {
+        let (status, _, body) = read(client.send_request(get("/")).await.unwrap()).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
+
+#[tokio::test]
+async fn a_half_read_response_never_serves_the_next_request() {
+    let (backend, accepted) = counting_backend(keep_alive).await;
+    let proxy = proxy_with_upstream(backend, "").await;
+    {
+        let mut client = h1(proxy.tls, &proxy.ca_pem).await;
+        let res = client.send_request(get("/big")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+        // Client and response dropped here, 4 MiB unread.
+    }
+    for i in 0..5 {
+        let (status, body) = get_ok(&proxy, "/").await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the cut-off connection was replaced once, and the new one reused"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_pool_idle_timeout() {
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let (backend, accepted) = counting_backend(move |mut tcp| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            read_head(&mut tcp).await;
+            tcp.write_all(OK).await.unwrap();
+            let answered = Instant::now();
+            let mut rest = [0u8; 64];
+            // The proxy sends nothing more; the read ends when it closes the connection.
+            let n = tcp.read(&mut rest).await.unwrap_or(0);
+            let _ = closed_tx.send((n, answered.elapsed()));
+        }
+    })
+    .await;
+    let proxy = proxy_with_upstream(backend, "pool_idle_timeout = \"400ms\"").await;
+    assert_eq!(get_ok(&proxy, "/").await, (200, "ok".to_string()));
+    let (bytes, idle_for) = tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
+        .await
+        .expect("the idle connection is closed within 10 s")
+        .unwrap();
+    assert_eq!(bytes, 0, "closed, not reused");
+    assert!(
+        idle_for >= Duration::from_millis(350),
+        "kept for the idle timeout first: {idle_for:?}"
+    );
+    assert_eq!(get_ok(&proxy, "/").await, (200, "ok".to_string()));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_ipv6_literal_upstream_is_reached_with_its_host_header() {
+    let listener = TcpListener::bind("[::1]:0").await.expect("::1 is up");
+    let backend = listener.local_addr().unwrap();
+    let (head_tx, mut head_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        head_tx.send(read_head(&mut tcp).await).unwrap();
+        tcp.write_all(OK).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), backend, "", "preserve_host = false");
+    let proxy = spawn_proxy_with(dir, &text).await;
+    assert_eq!(get_ok(&proxy, "/v6?q=1").await, (200, "ok".to_string()));
+    let head = head_rx.recv().await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("get /v6?q=1 http/1.1\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nhost: [::1]:{}\r\n", backend.port())),
+        "{head}"
+    );
+}

@@ -16,6 +16,8 @@
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
 # voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir),
 # VOXGUARD_BIN (a voxguard binary to measure instead of the one built here: A/B runs of two builds).
+# PROFILE_DIR (INSTRUCTIONS mode: keep each load's callgrind profile there, named peer-NN-short|long.pid,
+# for callgrind_annotate).
 #
 # Everything listens on 127.0.0.1 only; every load is bounded in time; only the processes this script
 # started are stopped. The proxy under test is pinned to CPU 1 and the load generator and backend to
@@ -220,6 +222,7 @@ PEER_PIDS=()
 WRAP=()
 if [ -n "$INSTRUCTIONS" ]; then
   mkdir -p "$WORK/callgrind"
+  [ -z "${PROFILE_DIR:-}" ] || mkdir -p "$PROFILE_DIR"
   WRAP=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$WORK/callgrind/%p")
 fi
 start_peer() { # $1 peer, $2 port → sets PEER_PIDS
@@ -279,6 +282,7 @@ instructions() {
     done
     [ -n "$file" ] || continue
     total=$((total + $(awk '/^summary:/{print $2}' "$file")))
+    [ -z "${PROFILE_DIR:-}" ] || cp "$file" "$PROFILE_DIR/$PROFILE_TAG.$pid"
     rm -f "$WORK/callgrind/$pid".*
   done
   echo "$total"
@@ -297,9 +301,11 @@ load_instructions() {
     prev=$a
   done
   local pid
+  LOAD_NO=$((${LOAD_NO:-0} + 1)); PROFILE_TAG=$(printf '%s-%02d-short' "$peer" "$LOAD_NO")
   for pid in "${PEER_PIDS[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1 || true; done
   local first; first=$(taskset -c "$LOAD_CPU" "$LOAD" "${short[@]}" --label "$peer" --ca "$CA") || { echo "load failed for $peer" >&2; return 0; }
   local i1; i1=$(instructions)
+  PROFILE_TAG=${PROFILE_TAG%-short}-long
   for pid in "${PEER_PIDS[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1 || true; done
   local second; second=$(taskset -c "$LOAD_CPU" "$LOAD" "${long[@]}" --label "$peer" --ca "$CA") || { echo "load failed for $peer" >&2; return 0; }
   local i2; i2=$(instructions)

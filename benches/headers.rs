@@ -27,6 +27,7 @@ fn typical_request_headers() -> HeaderMap {
 fn bench(c: &mut Criterion) {
     let template = typical_request_headers();
     let client = "203.0.113.9".parse().unwrap();
+    let host = HeaderValue::from_static("voice.example.com");
     c.bench_function("request_headers_rewrite", |b| {
         b.iter(|| {
             let mut h = template.clone();
@@ -34,7 +35,7 @@ fn bench(c: &mut Criterion) {
             set_forwarded(
                 &mut h,
                 client,
-                Some("voice.example.com"),
+                Some(&host),
                 "00000000000000000000000000000001",
             );
             h

@@ -270,12 +270,18 @@ impl Pipeline {
         let in_flight = conn.activity.enter();
         let rt = self.runtime.load_full();
         let request_id = self.ids.next();
-        let host = req
+        // The client's Host (h2: `:authority`), kept as a header value: forwarding reuses its bytes
+        // for `Host` and `X-Forwarded-Host` instead of copying them twice.
+        let host_value = req
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .map(str::to_owned);
+            .filter(|h| h.to_str().is_ok())
+            .cloned()
+            .or_else(|| {
+                let authority = req.uri().authority()?;
+                http::HeaderValue::from_str(authority.as_str()).ok()
+            });
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
         let method = req.method().clone();
         let peer = conn.peer.ip().to_canonical();
         let decided = client_ip(peer, req.headers(), &rt.trusted_proxies);
@@ -288,7 +294,7 @@ impl Pipeline {
             crate::proxy::headers::check_host(req.version(), req.uri(), req.headers()).err();
         let selected = match bad_host {
             Some(_) => None,
-            None => rt.routes.select_indexed(host.as_deref(), req.uri().path()),
+            None => rt.routes.select_indexed(host, req.uri().path()),
         };
         let route_metrics = selected.map_or(&rt.unrouted, |(i, _)| &rt.route_state[i].http);
         let route_metrics = route_metrics.clone();
@@ -303,7 +309,7 @@ impl Pipeline {
                 Ok(session_slot) => {
                     let ctx = ForwardCtx {
                         peer,
-                        original_host: host.as_deref(),
+                        original_host: host_value.as_ref(),
                         request_id: &request_id,
                     };
                     let upstream = &rt.route_state[index].upstream;

@@ -69,7 +69,7 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
-    original_host: Option<&str>,
+    original_host: Option<&HeaderValue>,
     request_id: &str,
 ) {
     // The four headers below, in one growth of the map rather than one per insert.
@@ -89,9 +89,9 @@ pub fn set_forwarded(
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    match original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    match original_host {
         Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h);
+            headers.insert(X_FORWARDED_HOST, h.clone());
         }
         None => {
             headers.remove(X_FORWARDED_HOST);
@@ -288,7 +288,7 @@ mod tests {
         set_forwarded(
             &mut h,
             "127.0.0.1".parse().unwrap(),
-            Some("voice.example"),
+            Some(&HeaderValue::from_static("voice.example")),
             "id1",
         );
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");

@@ -20,7 +20,7 @@ use crate::respond::Rejection;
 pub struct ForwardCtx<'a> {
     /// The TCP peer: what this hop appends to `X-Forwarded-For`.
     pub peer: IpAddr,
-    pub original_host: Option<&'a str>,
+    pub original_host: Option<&'a HeaderValue>,
     pub request_id: &'a str,
 }
 
@@ -69,13 +69,10 @@ where
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     let host = match (route.preserve_host, ctx.original_host) {
-        (true, Some(host)) => HeaderValue::from_str(host).ok(),
-        _ => None,
+        (true, Some(host)) => host.clone(),
+        _ => upstream.host_header.clone(),
     };
-    parts.headers.insert(
-        header::HOST,
-        host.unwrap_or_else(|| upstream.host_header.clone()),
-    );
+    parts.headers.insert(header::HOST, host);
     parts.uri = Upstream::uri_for(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
 

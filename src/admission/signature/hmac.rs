@@ -3,6 +3,8 @@
 //! Replay ids: the MAC itself (a repeat of the same signed body), and the `id_header` value when one is
 //! configured and present. The id header is not signed, so the MAC is what stops an edited-id replay.
 
+use http::HeaderName;
+
 use super::encoding::{any_mac_matches, base64_exact, hex_exact, mac, to_base64, to_hex};
 use super::{Failure, Secret, SignatureScheme, SignedRequest, Verified, header};
 use crate::config::webhook::{HmacSpec, MacEncoding};
@@ -13,11 +15,21 @@ const MAX_HEADER: usize = 256;
 pub struct Hmac {
     name: &'static str,
     spec: HmacSpec,
+    /// The spec's header names, parsed once: a lookup by `&str` parses the name every request.
+    header: HeaderName,
+    id_header: Option<HeaderName>,
 }
 
 impl Hmac {
+    /// `spec`'s header names must be valid (the config checks them).
     pub fn new(name: &'static str, spec: HmacSpec) -> Self {
-        Self { name, spec }
+        let parse = |h: &str| HeaderName::from_bytes(h.as_bytes()).expect("validated header name");
+        Self {
+            name,
+            header: parse(&spec.header),
+            id_header: spec.id_header.as_deref().map(parse),
+            spec,
+        }
     }
 
     fn decode(&self, value: &str) -> Result<Vec<u8>, Failure> {
@@ -38,14 +50,13 @@ impl SignatureScheme for Hmac {
     }
 
     fn verify(&self, req: &SignedRequest<'_>, keys: &[Secret]) -> Result<Verified, Failure> {
-        let value = header(req.headers, &self.spec.header, MAX_HEADER)?;
+        let value = header(req.headers, &self.header, MAX_HEADER)?;
         let candidate = [self.decode(value)?];
         let matched = any_mac_matches(self.spec.algorithm, keys, &[req.body], &candidate)
             .ok_or(Failure::Mismatch)?;
         let id = self
-            .spec
             .id_header
-            .as_deref()
+            .as_ref()
             .and_then(|h| header(req.headers, h, MAX_HEADER).ok())
             .map(|id| [b"id:", id.as_bytes()].concat());
         let mut replay_ids = vec![[b"mac:", matched].concat()];

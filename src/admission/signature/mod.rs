@@ -97,7 +97,11 @@ pub fn scheme_for(kind: &SchemeKind, tolerance: std::time::Duration) -> Box<dyn 
 
 /// One header as text, `Missing` if absent, `Malformed` if repeated, empty, over `max` bytes or not
 /// visible ASCII.
-pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str, max: usize) -> Result<&'a str, Failure> {
+pub(crate) fn header(
+    h: &HeaderMap,
+    name: impl http::header::AsHeaderName,
+    max: usize,
+) -> Result<&str, Failure> {
     let mut all = h.get_all(name).iter();
     let v = all.next().ok_or(Failure::Missing)?;
     if all.next().is_some() || v.is_empty() || v.len() > max {

@@ -19,8 +19,8 @@ pub struct StandardWebhooks {
 
 /// The `webhook-*` header, or its `svix-*` alias when only that is present.
 fn either<'a>(req: &'a SignedRequest<'_>, name: &str, max: usize) -> Result<&'a str, Failure> {
-    match header(req.headers, &format!("webhook-{name}"), max) {
-        Err(Failure::Missing) => header(req.headers, &format!("svix-{name}"), max),
+    match header(req.headers, format!("webhook-{name}"), max) {
+        Err(Failure::Missing) => header(req.headers, format!("svix-{name}"), max),
         other => other,
     }
 }

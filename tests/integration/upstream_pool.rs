@@ -181,3 +181,28 @@ async fn an_ipv6_literal_upstream_is_reached_with_its_host_header() {
         "{head}"
     );
 }
+
+#[tokio::test]
+async fn a_pooled_connection_carries_a_websocket_upgrade_and_is_then_never_reused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let backend = crate::support::backend::spawn_backend().await;
+    let proxy = proxy_with_upstream(backend, "").await;
+    // Leaves one idle keep-alive connection in the pool, which the upgrade below takes.
+    assert_eq!(get_ok(&proxy, "/headers").await.0, 200);
+    let (mut ws, _) = crate::support::client::ws_connect(proxy.tls, &proxy.ca_pem, "/ws", &[])
+        .await
+        .expect("the upgrade goes through");
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("one"));
+    // Had the upgraded socket gone back to the pool, this request would be written into the
+    // WebSocket stream and never answered. (Two guards: the pool keeps no sender past a 101, and
+    // hyper's sender never turns ready again after an upgrade.)
+    for _ in 0..3 {
+        let (status, body) = get_ok(&proxy, "/headers").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    ws.send(Message::text("two")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("two"));
+}

@@ -72,15 +72,20 @@ async fn get_ok(proxy: &TestProxy, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Sends `n` GETs one after another on one client connection; each must get `200 ok`.
+async fn all_ok_on_one_client(proxy: &TestProxy, n: usize) {
+    let mut client = h1(proxy.tls, &proxy.ca_pem).await;
+    for i in 0..n {
+        let (status, _, body) = read(client.send_request(get("/")).await.unwrap()).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+}
+
 #[tokio::test]
 async fn sequential_requests_share_one_backend_connection() {
     let (backend, accepted) = counting_backend(keep_alive).await;
     let proxy = proxy_with_upstream(backend, "").await;
-    let mut client = h1(proxy.tls, &proxy.ca_pem).await;
-    for i in 0..20 {
-        let (status, _, body) = read(client.send_request(get("/")).await.unwrap()).await;
-        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
-    }
+    all_ok_on_one_client(&proxy, 20).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         1,
@@ -97,11 +102,7 @@ async fn a_backend_that_closes_after_each_response_costs_no_request() {
     })
     .await;
     let proxy = proxy_with_upstream(backend, "").await;
-    let mut client = h1(proxy.tls, &proxy.ca_pem).await;
-    for i in 0..30 {
-        let (status, _, body) = read(client.send_request(get("/")).await.unwrap()).await;
-        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
-    }
+    all_ok_on_one_client(&proxy, 30).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 30);
 }
 

@@ -52,6 +52,13 @@ pub enum SendError {
     Protocol(hyper::Error),
 }
 
+/// Socket and TLS failures while opening a connection.
+impl From<io::Error> for SendError {
+    fn from(e: io::Error) -> Self {
+        Self::Connect(e)
+    }
+}
+
 /// How to open a connection to the upstream: its address, and TLS when it is `https://`.
 pub struct Connector {
     /// Host name or IP literal without brackets, as DNS or `SocketAddr` parsing wants it.
@@ -104,11 +111,6 @@ impl Pool {
                 },
             }
         }
-    }
-
-    /// Idle connections now in the pool (for tests and diagnostics).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -233,10 +235,7 @@ impl Pool {
 
 /// Tries each address the host resolves to, splitting the connect timeout among them.
 async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, SendError> {
-    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(SendError::Connect)?
-        .collect();
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
     let share = timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolved to no address");
     for addr in addrs {
@@ -265,12 +264,6 @@ where
         }
     });
     Ok(sender)
-}
-
-impl From<io::Error> for SendError {
-    fn from(e: io::Error) -> Self {
-        Self::Connect(e)
-    }
 }
 
 /// An upstream response body that returns its connection to the pool when read to the end.

@@ -36,7 +36,8 @@ impl Upstream {
     pub fn build(cfg: &UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
         let https = cfg.url.scheme_str() == Some("https");
         let authority = cfg.url.authority().expect("validated: url has a host");
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let default_port = if https { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
         // `Uri::host` keeps an IPv6 literal's brackets; DNS and TLS want the bare address.
         let host = authority
             .host()
@@ -63,9 +64,9 @@ impl Upstream {
             None
         };
         // As hyper's client wrote it: the port only when it is not the scheme's default.
-        let host_header = match authority.port_u16() {
-            Some(p) if p != if https { 443 } else { 80 } => format!("{}:{p}", authority.host()),
-            _ => authority.host().to_owned(),
+        let host_header = match authority.port_u16().filter(|p| *p != default_port) {
+            Some(p) => format!("{}:{p}", authority.host()),
+            None => authority.host().to_owned(),
         };
         let connector = Connector {
             host,

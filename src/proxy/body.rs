@@ -66,6 +66,7 @@ pub struct BodyTooLarge;
 pub struct BodyFate {
     too_large: AtomicBool,
     broken: AtomicBool,
+    waiting_on_client: AtomicBool,
 }
 
 impl BodyFate {
@@ -78,11 +79,19 @@ impl BodyFate {
     pub fn broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
     }
+
+    /// The body's last poll found nothing from the client yet: a timeout now is the client's
+    /// (408), not the upstream's. While the upstream is slow to read, hyper does not poll the body,
+    /// and the last poll was a frame.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
+    }
 }
 
 pin_project_lite::pin_project! {
     /// Streams a body and fails it once more than `remaining` bytes went through; records in `fate`
-    /// why it failed, so the pipeline can answer 413 or 400 instead of 502.
+    /// why it failed, so the pipeline can answer 413 or 400 instead of 502, and whether it is
+    /// waiting on the client, so a timeout meanwhile is 408 instead of 504.
     pub struct Limited<B> {
         #[pin]
         inner: B,
@@ -114,7 +123,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let polled = this.inner.poll_frame(cx);
+        this.fate
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
@@ -357,5 +370,29 @@ mod tests {
             buffer(stalled, None, 8, Duration::from_millis(50)).await,
             Err(Rejection::BodyTimeout)
         );
+    }
+
+    #[tokio::test]
+    async fn limited_says_whether_it_waits_on_the_client() {
+        use futures_util::StreamExt;
+        // One chunk, then nothing: the client has gone quiet mid-body.
+        let quiet =
+            futures_util::stream::iter(vec![data(2)]).chain(futures_util::stream::pending());
+        let fate = Arc::new(BodyFate::default());
+        let mut body = std::pin::pin!(Limited::new(
+            http_body_util::StreamBody::new(quiet),
+            100,
+            fate.clone()
+        ));
+        assert!(!fate.waiting_on_client(), "not polled yet");
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap().len(), 2);
+        assert!(
+            !fate.waiting_on_client(),
+            "a frame came: any wait now is on the reader"
+        );
+        let next = tokio::time::timeout(Duration::from_millis(20), body.frame()).await;
+        assert!(next.is_err(), "the client sends nothing more");
+        assert!(fate.waiting_on_client());
     }
 }

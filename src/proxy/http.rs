@@ -84,6 +84,8 @@ where
     )
     .await;
     let mut res = match sent {
+        // The client stopped sending its body: the upstream is still waiting for it.
+        Err(_) if fate.waiting_on_client() => return Err(Rejection::BodyTimeout),
         Err(_) => return Err(Rejection::UpstreamTimeout),
         Ok(Err(_)) if fate.too_large() => return Err(Rejection::BodyTooLarge),
         Ok(Err(_)) if fate.broken() => return Err(Rejection::BadBody),

@@ -290,6 +290,60 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_blamed() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::support::config_text(dir.path(), backend, "", "")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"100ms\"")
+        .replace("response_timeout = \"2s\"", "response_timeout = \"300ms\"");
+    let proxy = crate::support::spawn_proxy_with(dir, &text).await;
+
+    // Declares 100 bytes, sends 10, then goes quiet: the backend is still reading the body.
+    let mut tls = raw_tls(&proxy).await;
+    tls.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut reply))
+        .await
+        .expect("answered and closed in bounded time")
+        .ok();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+
+    // The same timeout with the whole body sent is the backend's: 504, counted against it.
+    let mut tls = raw_tls(&proxy).await;
+    tls.write_all(
+        b"POST /slow HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut head))
+        .await
+        .expect("answered in bounded time")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"voxguard_upstream_errors_total{reason="timeout",upstream="voice"} 1"#),
+        "only the slow backend counts as an upstream timeout:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"voxguard_http_requests_total{route="default",status="4xx"} 1"#),
+        "the stalled body counts as the client's 4xx:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_connection_limit_is_503_with_retry_after() {
     let proxy = spawn_proxy(spawn_backend().await, "max_connections = 1", "").await;
     let mut first = h1(proxy.tls, &proxy.ca_pem).await;

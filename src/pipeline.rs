@@ -69,6 +69,8 @@ pub struct Runtime {
 struct RouteState {
     upstream: Arc<Upstream>,
     http: Arc<RouteHttpMetrics>,
+    /// The route's verifier when it is signed (the same one `Runtime::webhooks` keeps by name).
+    webhook: Option<Arc<WebhookVerifier>>,
 }
 
 impl Runtime {
@@ -85,13 +87,6 @@ impl Runtime {
             upstreams.insert(u.name.clone(), Upstream::build(u)?);
         }
         let routes = RouteTable::new(&config.routes);
-        let route_state = routes
-            .iter()
-            .map(|r| RouteState {
-                upstream: upstreams[&r.upstream].clone(),
-                http: Arc::new(RouteHttpMetrics::new(http_metrics, &r.name)),
-            })
-            .collect();
         let route_lists = config
             .routes
             .iter()
@@ -137,6 +132,14 @@ impl Runtime {
                     r.name.clone(),
                     Arc::new(WebhookVerifier::build(cfg, previous.map(|p| p.as_ref()))),
                 ))
+            })
+            .collect::<std::collections::HashMap<_, _>>();
+        let route_state = routes
+            .iter()
+            .map(|r| RouteState {
+                upstream: upstreams[&r.upstream].clone(),
+                http: Arc::new(RouteHttpMetrics::new(http_metrics, &r.name)),
+                webhook: webhooks.get(&r.name).cloned(),
             })
             .collect();
         let media = config
@@ -312,8 +315,9 @@ impl Pipeline {
                         original_host: host_value.as_ref(),
                         request_id: &request_id,
                     };
-                    let upstream = &rt.route_state[index].upstream;
-                    match rt.webhooks.get(&route.name) {
+                    let state = &rt.route_state[index];
+                    let upstream = &state.upstream;
+                    match &state.webhook {
                         None => {
                             self.proxy(&rt, (route, upstream), req, ctx, &conn, session_slot)
                                 .await

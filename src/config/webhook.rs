@@ -151,18 +151,48 @@ impl std::fmt::Display for SecretRef {
 }
 
 /// Key bytes, decoded from a secret. Cheap to clone; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<[u8]>);
+#[derive(Clone)]
+pub struct Secret(Arc<SecretKey>);
+
+struct SecretKey {
+    bytes: Box<[u8]>,
+    /// HMAC keys derived on first use and kept for the life of the config: deriving one hashes the
+    /// padded key twice, which a signed route would otherwise pay on every request.
+    hmac_sha256: std::sync::OnceLock<ring::hmac::Key>,
+    hmac_sha1: std::sync::OnceLock<ring::hmac::Key>,
+}
 
 impl Secret {
-    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
-        Self(bytes.into())
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
+        Self(Arc::new(SecretKey {
+            bytes: bytes.into(),
+            hmac_sha256: std::sync::OnceLock::new(),
+            hmac_sha1: std::sync::OnceLock::new(),
+        }))
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
+    }
+
+    /// This secret as an HMAC key for `algorithm`.
+    pub fn hmac_key(&self, algorithm: HmacAlgorithm) -> &ring::hmac::Key {
+        let (cell, ring_algorithm) = match algorithm {
+            HmacAlgorithm::Sha256 => (&self.0.hmac_sha256, ring::hmac::HMAC_SHA256),
+            HmacAlgorithm::Sha1 => (&self.0.hmac_sha1, ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY),
+        };
+        cell.get_or_init(|| ring::hmac::Key::new(ring_algorithm, &self.0.bytes))
     }
 }
+
+/// Equal key bytes; the derived keys follow from them.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.bytes == other.0.bytes
+    }
+}
+
+impl Eq for Secret {}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -100,7 +100,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: the connect future (TCP, TLS handshake, timers) is most of this one's
+                // size, and every request's future embeds this one, though few requests connect.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(res) => return Ok(self.attach(sender, res)),

@@ -25,10 +25,11 @@ pub fn hex_exact(s: &str, len: usize) -> Result<Vec<u8>, Failure> {
         b'A'..=b'F' => Ok(b - b'A' + 10),
         _ => Err(Failure::Malformed),
     };
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
+    let mut out = Vec::with_capacity(len);
+    for pair in s.as_bytes().chunks_exact(2) {
+        out.push(digit(pair[0])? << 4 | digit(pair[1])?);
+    }
+    Ok(out)
 }
 
 /// Standard padded base64 of exactly `len` bytes → the bytes.
@@ -57,13 +58,6 @@ pub fn to_base64(bytes: &[u8]) -> String {
 }
 
 impl HmacAlgorithm {
-    fn ring(self) -> hmac::Algorithm {
-        match self {
-            HmacAlgorithm::Sha256 => hmac::HMAC_SHA256,
-            HmacAlgorithm::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-        }
-    }
-
     /// MAC length in bytes.
     pub fn mac_len(self) -> usize {
         match self {
@@ -73,9 +67,14 @@ impl HmacAlgorithm {
     }
 }
 
-/// HMAC of the concatenated `parts` (no copy of the body is made).
+/// HMAC of the concatenated `parts` under raw key bytes (signing, tests).
 pub fn mac(alg: HmacAlgorithm, key: &[u8], parts: &[&[u8]]) -> hmac::Tag {
-    let mut ctx = hmac::Context::with_key(&hmac::Key::new(alg.ring(), key));
+    mac_with(super::Secret::new(key).hmac_key(alg), parts)
+}
+
+/// HMAC of the concatenated `parts` (no copy of the body is made).
+pub fn mac_with(key: &hmac::Key, parts: &[&[u8]]) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
     for p in parts {
         ctx.update(p);
     }
@@ -92,7 +91,7 @@ pub fn any_mac_matches<'c>(
 ) -> Option<&'c [u8]> {
     let mut found = None;
     for key in keys {
-        let tag = mac(alg, key.bytes(), parts);
+        let tag = mac_with(key.hmac_key(alg), parts);
         for c in candidates {
             if ct_eq(tag.as_ref(), c) && found.is_none() {
                 found = Some(c.as_slice());

@@ -13,7 +13,7 @@
 //! Twilio's signature has no timestamp, so legitimate repeats (an IVR menu answered twice) have equal
 //! signatures: without the token nothing is remembered. docs/webhooks/twilio.md explains the limits.
 
-use super::encoding::{base64_exact, ct_eq, hex_exact, mac, sha256, to_base64};
+use super::encoding::{base64_exact, ct_eq, hex_exact, mac, mac_with, sha256, to_base64};
 use super::{Failure, Secret, SignatureScheme, SignedRequest, Verified, header};
 use crate::config::webhook::HmacAlgorithm;
 
@@ -149,7 +149,7 @@ impl SignatureScheme for Twilio {
             {
                 let parts = signed_parts(url, &params, dedup);
                 for key in keys {
-                    matched |= ct_eq(mac(alg, key.bytes(), &parts).as_ref(), &candidate);
+                    matched |= ct_eq(mac_with(key.hmac_key(alg), &parts).as_ref(), &candidate);
                 }
                 if matched {
                     break 'variants;

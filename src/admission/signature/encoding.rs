@@ -14,20 +14,31 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Exactly `2 * len` hex digits (either case) → `len` bytes.
+/// Exactly `2 * len` hex digits (either case) → `len` bytes. Every digit is decoded before the
+/// one validity check, so the loop has no early exit to branch on.
 pub fn hex_exact(s: &str, len: usize) -> Result<Vec<u8>, Failure> {
     if s.len() != 2 * len {
         return Err(Failure::Malformed);
     }
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Ok(b - b'0'),
-        b'a'..=b'f' => Ok(b - b'a' + 10),
-        b'A'..=b'F' => Ok(b - b'A' + 10),
-        _ => Err(Failure::Malformed),
+    // A digit's value, or 0xFF: its high bits mark the input as malformed.
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => 0xFF,
     };
-    let mut out = Vec::with_capacity(len);
-    for pair in s.as_bytes().chunks_exact(2) {
-        out.push(digit(pair[0])? << 4 | digit(pair[1])?);
+    let mut invalid = 0u8;
+    let out: Vec<u8> = s
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| {
+            let (high, low) = (nibble(pair[0]), nibble(pair[1]));
+            invalid |= high | low;
+            high << 4 | low
+        })
+        .collect();
+    if invalid & 0xF0 != 0 {
+        return Err(Failure::Malformed);
     }
     Ok(out)
 }

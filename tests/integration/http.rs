@@ -317,6 +317,25 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_b
         "{reply}"
     );
 
+    // Over h2 the same: a stream whose DATA stops coming gets 408.
+    let mut two = h2(proxy.tls, &proxy.ca_pem).await;
+    let stalled = futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            http_body::Frame::data(Bytes::from_static(b"0123456789")),
+        )]),
+        futures_util::stream::pending(),
+    );
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("https://localhost/upload")
+        .body(StreamBody::new(stalled).boxed())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), two.send_request(req))
+        .await
+        .expect("answered in bounded time")
+        .unwrap();
+    assert_eq!(res.status(), 408, "h2 stream with a stalled body");
+
     // The same timeout with the whole body sent is the backend's: 504, counted against it.
     let mut tls = raw_tls(&proxy).await;
     tls.write_all(
@@ -338,8 +357,8 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_b
         "only the slow backend counts as an upstream timeout:\n{metrics}"
     );
     assert!(
-        metrics.contains(r#"voxguard_http_requests_total{route="default",status="4xx"} 1"#),
-        "the stalled body counts as the client's 4xx:\n{metrics}"
+        metrics.contains(r#"voxguard_http_requests_total{route="default",status="4xx"} 2"#),
+        "the stalled bodies count as the client's 4xx:\n{metrics}"
     );
 }
 

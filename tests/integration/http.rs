@@ -267,6 +267,15 @@ async fn a_slow_request_head_is_cut_off_by_the_header_read_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
 
+/// A proxy whose upstream times out fast: 100 ms to connect, 300 ms to the response head.
+async fn proxy_with_short_timeouts(backend: std::net::SocketAddr) -> crate::support::TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::support::config_text(dir.path(), backend, "", "")
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"100ms\"")
+        .replace("response_timeout = \"2s\"", "response_timeout = \"300ms\"");
+    crate::support::spawn_proxy_with(dir, &text).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let proxy = spawn_proxy(closed_port(), "", "").await;
@@ -275,11 +284,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     assert_eq!(body, "Bad Gateway\n", "generic body, no detail");
 
     let backend = spawn_backend().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = crate::support::config_text(dir.path(), backend, "", "")
-        .replace("connect_timeout = \"1s\"", "connect_timeout = \"100ms\"")
-        .replace("response_timeout = \"2s\"", "response_timeout = \"300ms\"");
-    let proxy = crate::support::spawn_proxy_with(dir, &text).await;
+    let proxy = proxy_with_short_timeouts(backend).await;
     let (status, _, _) = https_get(proxy.tls, &proxy.ca_pem, "/slow").await;
     assert_eq!(status, 504);
     let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
@@ -292,11 +297,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_blamed() {
     let backend = spawn_backend().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = crate::support::config_text(dir.path(), backend, "", "")
-        .replace("connect_timeout = \"1s\"", "connect_timeout = \"100ms\"")
-        .replace("response_timeout = \"2s\"", "response_timeout = \"300ms\"");
-    let proxy = crate::support::spawn_proxy_with(dir, &text).await;
+    let proxy = proxy_with_short_timeouts(backend).await;
 
     // Declares 100 bytes, sends 10, then goes quiet: the backend is still reading the body.
     let mut tls = raw_tls(&proxy).await;

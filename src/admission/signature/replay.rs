@@ -80,14 +80,37 @@ struct Ids {
 }
 
 impl Ids {
+    /// Drops every accepted id whose window is over. Every accepted id has its entry in `order`,
+    /// which is in expiry order, so only the expired head of the queue is read, never the whole map;
+    /// a queue entry gone stale (its id released or claimed again) is popped and its id kept.
+    fn drop_expired(&mut self, now: Stamp) {
+        while let Some(&(key, until)) = self.order.front() {
+            if until > now {
+                return;
+            }
+            self.order.pop_front();
+            self.remove_if_current(key, until);
+        }
+    }
+
+    /// Removes `key` if its entry is still the acceptance a queue entry recorded; whether it was.
+    fn remove_if_current(&mut self, key: Key, until: Stamp) -> bool {
+        match self.map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(held)
+                if held.get().until() == Some(until) =>
+            {
+                held.remove();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Pops the oldest accepted id; whether it was still unexpired (an eviction, not a clean-up).
     /// `None` when nothing accepted is left.
     fn drop_oldest(&mut self, now: Stamp) -> Option<bool> {
         while let Some((key, until)) = self.order.pop_front() {
-            if let std::collections::hash_map::Entry::Occupied(held) = self.map.entry(key)
-                && held.get().until() == Some(until)
-            {
-                held.remove();
+            if self.remove_if_current(key, until) {
                 return Some(until > now);
             }
         }
@@ -202,12 +225,7 @@ impl ReplayCache {
     pub fn sweep(&self) -> usize {
         let now = self.stamp();
         let mut ids = self.lock();
-        while ids.order.front().is_some_and(|(_, until)| *until <= now) {
-            ids.drop_oldest(now);
-        }
-        // Entries skipped in the queue (released or re-accepted) are dropped here too.
-        ids.map
-            .retain(|_, e| e.until().is_none_or(|until| until > now));
+        ids.drop_expired(now);
         ids.map.len()
     }
 }
@@ -374,5 +392,24 @@ mod tests {
         assert!(c.claim(&id("k39")).is_err(), "the newest is kept");
         assert!(c.claim(&id("k0")).is_ok(), "the oldest went first");
         drop(in_flight);
+    }
+
+    #[test]
+    fn a_sweep_drops_only_what_expired() {
+        let (c, clock) = cache(100);
+        c.claim(&id("a")).unwrap().settle(StatusCode::OK);
+        // Past a's window: a is claimed again (its old queue entry goes stale) and b is accepted.
+        clock.store(601, Ordering::Relaxed);
+        let again = c.claim(&id("a")).unwrap();
+        c.claim(&id("b")).unwrap().settle(StatusCode::OK);
+        assert_eq!(c.sweep(), 2, "a in flight and b accepted are both kept");
+        assert_eq!(
+            c.claim(&id("b")).err(),
+            Some(Replayed),
+            "b is inside its window"
+        );
+        again.settle(StatusCode::OK);
+        clock.store(1202, Ordering::Relaxed);
+        assert_eq!(c.sweep(), 0, "both windows are over");
     }
 }

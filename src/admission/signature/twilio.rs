@@ -60,28 +60,103 @@ fn body_hash_param(url: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// One decoded form parameter, borrowed from the body where no decoding was needed.
-type Param<'a> = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>);
+/// A body's form parameters, decoded exactly as `form_urlencoded::parse` decodes them (`+` is a
+/// space, `%XX` a byte, invalid UTF-8 replaced per name and per value), into one string: one
+/// allocation for the whole form instead of one per escaped name or value.
+#[derive(Default)]
+struct Form {
+    text: String,
+    /// Each parameter's name and value, as ranges of `text`.
+    params: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl Form {
+    fn parse(body: &[u8]) -> Self {
+        let mut form = Form {
+            text: String::with_capacity(body.len()),
+            params: Vec::new(),
+        };
+        let mut scratch = Vec::new();
+        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            let name = form.push_decoded(name, &mut scratch);
+            let value = form.push_decoded(value, &mut scratch);
+            form.params.push((name, value));
+        }
+        form
+    }
+
+    fn push_decoded(&mut self, raw: &[u8], scratch: &mut Vec<u8>) -> std::ops::Range<usize> {
+        let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+        scratch.clear();
+        let mut i = 0;
+        while i < raw.len() {
+            let byte = match raw[i] {
+                b'+' => b' ',
+                b'%' => match (
+                    raw.get(i + 1).and_then(|&b| hex(b)),
+                    raw.get(i + 2).and_then(|&b| hex(b)),
+                ) {
+                    (Some(high), Some(low)) => {
+                        i += 2;
+                        high << 4 | low
+                    }
+                    _ => b'%',
+                },
+                other => other,
+            };
+            scratch.push(byte);
+            i += 1;
+        }
+        let start = self.text.len();
+        match std::str::from_utf8(scratch) {
+            Ok(decoded) => self.text.push_str(decoded),
+            Err(_) => self.text.push_str(&String::from_utf8_lossy(scratch)),
+        }
+        start..self.text.len()
+    }
+
+    fn pair(&self, i: usize) -> (&str, &str) {
+        let (name, value) = &self.params[i];
+        (&self.text[name.clone()], &self.text[value.clone()])
+    }
+
+    /// Sorts by name, then value, as Twilio does before signing.
+    fn sort(&mut self) {
+        let text = &self.text;
+        self.params.sort_unstable_by(|(an, av), (bn, bv)| {
+            (&text[an.clone()], &text[av.clone()]).cmp(&(&text[bn.clone()], &text[bv.clone()]))
+        });
+    }
+
+    /// Whether some (name, value) pair repeats the one before it (after sorting).
+    fn has_adjacent_duplicates(&self) -> bool {
+        (1..self.params.len()).any(|i| self.pair(i - 1) == self.pair(i))
+    }
+}
 
 /// What the signature covers besides the URL: the form parameters, sorted; `Err` if the body would
 /// be unsigned.
-fn signed_params<'a>(req: &SignedRequest<'a>) -> Result<Vec<Param<'a>>, Failure> {
+fn signed_params(req: &SignedRequest<'_>) -> Result<Form, Failure> {
     if let Some(hash) = body_hash_param(req.url) {
         let expected = hex_exact(&hash, 32)?;
         if !ct_eq(&expected, &sha256(req.body)) {
             return Err(Failure::Mismatch);
         }
-        return Ok(Vec::new());
+        return Ok(Form::default());
     }
     if req.body.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Form::default());
     }
     if !is_form(req) {
         return Err(Failure::Malformed);
     }
-    let mut params: Vec<Param<'a>> = form_urlencoded::parse(req.body).collect();
-    params.sort_unstable();
-    Ok(params)
+    let mut form = Form::parse(req.body);
+    form.sort();
+    Ok(form)
 }
 
 /// The URL as given and with its default port toggled.
@@ -113,16 +188,17 @@ fn url_variants(url: &str) -> Vec<String> {
 }
 
 /// What is MACed: the URL, then name + value of each parameter (in order; `dedup` skips a pair equal
-/// to the one before it). Slices, so a 64 KiB form is hashed without being copied.
-fn signed_parts<'p>(url: &'p str, params: &'p [Param<'_>], dedup: bool) -> Vec<&'p [u8]> {
-    let mut parts = Vec::with_capacity(1 + 2 * params.len());
+/// to the one before it). Slices, so a 64 KiB form is hashed without being copied again.
+fn signed_parts<'p>(url: &'p str, form: &'p Form, dedup: bool) -> Vec<&'p [u8]> {
+    let mut parts = Vec::with_capacity(1 + 2 * form.params.len());
     parts.push(url.as_bytes());
-    for (i, (k, v)) in params.iter().enumerate() {
-        if dedup && i > 0 && params[i - 1] == params[i] {
+    for i in 0..form.params.len() {
+        if dedup && i > 0 && form.pair(i - 1) == form.pair(i) {
             continue;
         }
-        parts.push(k.as_bytes());
-        parts.push(v.as_bytes());
+        let (name, value) = form.pair(i);
+        parts.push(name.as_bytes());
+        parts.push(value.as_bytes());
     }
     parts
 }
@@ -138,7 +214,7 @@ impl SignatureScheme for Twilio {
         let candidate = base64_exact(sig, alg.mac_len())?;
         let params = signed_params(req)?;
         // twilio-python drops repeated identical (name, value) pairs; the other SDKs keep them.
-        let has_duplicates = params.windows(2).any(|w| w[0] == w[1]);
+        let has_duplicates = params.has_adjacent_duplicates();
         // Variants are tried in order and the first match ends the search: which URL form Twilio
         // used is no secret. Every key is tried for each variant.
         let mut matched = false;
@@ -397,5 +473,25 @@ mod tests {
                 .replay_ids
                 .is_empty()
         );
+    }
+
+    /// What was signed must not change: the decoder gives what `form_urlencoded::parse` gives, for
+    /// any bytes (escapes, stray `%`, `+`, invalid UTF-8, empty pairs, `=` in values).
+    #[test]
+    fn the_form_decodes_as_form_urlencoded_does() {
+        use proptest::prelude::*;
+        let alphabet = prop::sample::select(
+            b"ab=&+%2BFfz9\x00\xc3\xa9\xff ;".to_vec(),
+        );
+        proptest!(ProptestConfig::with_cases(2000), |(body in prop::collection::vec(alphabet, 0..64))| {
+            let form = Form::parse(&body);
+            let ours: Vec<(&str, &str)> = (0..form.params.len()).map(|i| form.pair(i)).collect();
+            let reference: Vec<(String, String)> = form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let reference: Vec<(&str, &str)> =
+                reference.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            prop_assert_eq!(ours, reference);
+        });
     }
 }

@@ -480,9 +480,7 @@ mod tests {
     #[test]
     fn the_form_decodes_as_form_urlencoded_does() {
         use proptest::prelude::*;
-        let alphabet = prop::sample::select(
-            b"ab=&+%2BFfz9\x00\xc3\xa9\xff ;".to_vec(),
-        );
+        let alphabet = prop::sample::select(b"ab=&+%2BFfz9\x00\xc3\xa9\xff ;".to_vec());
         proptest!(ProptestConfig::with_cases(2000), |(body in prop::collection::vec(alphabet, 0..64))| {
             let form = Form::parse(&body);
             let ours: Vec<(&str, &str)> = (0..form.params.len()).map(|i| form.pair(i)).collect();

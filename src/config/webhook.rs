@@ -177,11 +177,11 @@ impl Secret {
 
     /// This secret as an HMAC key for `algorithm`.
     pub fn hmac_key(&self, algorithm: HmacAlgorithm) -> &ring::hmac::Key {
-        let (cell, ring_algorithm) = match algorithm {
-            HmacAlgorithm::Sha256 => (&self.0.hmac_sha256, ring::hmac::HMAC_SHA256),
-            HmacAlgorithm::Sha1 => (&self.0.hmac_sha1, ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY),
+        let cell = match algorithm {
+            HmacAlgorithm::Sha256 => &self.0.hmac_sha256,
+            HmacAlgorithm::Sha1 => &self.0.hmac_sha1,
         };
-        cell.get_or_init(|| ring::hmac::Key::new(ring_algorithm, &self.0.bytes))
+        cell.get_or_init(|| ring::hmac::Key::new(algorithm.ring(), &self.0.bytes))
     }
 }
 

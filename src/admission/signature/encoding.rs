@@ -69,6 +69,13 @@ pub fn to_base64(bytes: &[u8]) -> String {
 }
 
 impl HmacAlgorithm {
+    pub(crate) fn ring(self) -> hmac::Algorithm {
+        match self {
+            HmacAlgorithm::Sha256 => hmac::HMAC_SHA256,
+            HmacAlgorithm::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        }
+    }
+
     /// MAC length in bytes.
     pub fn mac_len(self) -> usize {
         match self {
@@ -80,7 +87,7 @@ impl HmacAlgorithm {
 
 /// HMAC of the concatenated `parts` under raw key bytes (signing, tests).
 pub fn mac(alg: HmacAlgorithm, key: &[u8], parts: &[&[u8]]) -> hmac::Tag {
-    mac_with(super::Secret::new(key).hmac_key(alg), parts)
+    mac_with(&hmac::Key::new(alg.ring(), key), parts)
 }
 
 /// HMAC of the concatenated `parts` (no copy of the body is made).

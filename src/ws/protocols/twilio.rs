@@ -48,9 +48,9 @@ impl TwilioCodec {
             (_, Some("outbound")) | (Direction::ToCaller, _) => Track::Outbound,
             _ => Track::Inbound,
         };
-        let audio = match B64.decode(payload) {
+        let audio = match decode_payload(payload) {
             Ok(bytes) => Audio::Ulaw(bytes),
-            Err(_) => return Some(Err(Malformed::Base64)),
+            Err(e) => return Some(Err(e)),
         };
         Some(Ok(Frame {
             kind: Kind::Media,
@@ -63,6 +63,11 @@ impl TwilioCodec {
 }
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A media payload's μ-law bytes.
+fn decode_payload(payload: &str) -> Result<Vec<u8>, Malformed> {
+    super::payload::decode(payload).map_err(|_| Malformed::Base64)
+}
 
 impl FrameCodec for TwilioCodec {
     fn name(&self) -> &'static str {
@@ -98,9 +103,7 @@ impl FrameCodec for TwilioCodec {
             if str_at(&json, "/media/track") == Some("outbound") {
                 track = Track::Outbound;
             }
-            Some(Audio::Ulaw(
-                B64.decode(payload).map_err(|_| Malformed::Base64)?,
-            ))
+            Some(Audio::Ulaw(decode_payload(payload)?))
         } else {
             None
         };

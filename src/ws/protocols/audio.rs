@@ -51,8 +51,8 @@ impl Audio {
 }
 
 /// G.711 μ-law expansion (table lookup).
-pub fn ulaw_to_linear(b: u8) -> i16 {
-    ULAW_TABLE[usize::from(b)]
+pub const fn ulaw_to_linear(b: u8) -> i16 {
+    ULAW_TABLE[b as usize]
 }
 
 const ULAW_TABLE: [i16; 256] = {

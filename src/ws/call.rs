@@ -410,18 +410,26 @@ impl CallProcessor {
         let covered = |m: &Option<(StreamKey, u64, u64)>| {
             m.is_some_and(|(k, a, b)| k == key && mask.covers(a, b))
         };
+        // A stream's frames wait in the order of their samples, so its first waiting frame starts
+        // earliest: when no tone range reaches it, none reaches a later one, and the scan (most
+        // messages of a call) is skipped.
+        let may_cover = |start: Option<u64>| start.is_some_and(|start| mask.reaches(start));
         if self.s.dtmf_tones.forward() {
             let queue = match key.0 {
                 Direction::ToBackend => &mut self.to_backend,
                 Direction::ToCaller => &mut self.to_caller,
             };
-            for item in queue.iter_mut().filter(|i| covered(&i.media)) {
-                if item.silenced_shape.is_some() {
-                    item.dirty = true;
+            if may_cover(first_start(queue.iter().map(|i| &i.media), key)) {
+                for item in queue.iter_mut().filter(|i| covered(&i.media)) {
+                    if item.silenced_shape.is_some() {
+                        item.dirty = true;
+                    }
                 }
             }
         }
-        if self.s.dtmf_tones.record() {
+        if self.s.dtmf_tones.record()
+            && may_cover(first_start(self.recording.iter().map(|i| &i.media), key))
+        {
             for item in self.recording.iter_mut().filter(|i| covered(&i.media)) {
                 if let Some(audio) = item.event.audio.as_mut() {
                     audio.silence();
@@ -480,6 +488,17 @@ impl CallProcessor {
             out.push(Output::Record(item.event));
         }
     }
+}
+
+/// The first sample of `key`'s earliest waiting frame.
+fn first_start<'a>(
+    media: impl Iterator<Item = &'a Option<(StreamKey, u64, u64)>>,
+    key: StreamKey,
+) -> Option<u64> {
+    media
+        .filter_map(|m| m.filter(|(k, _, _)| *k == key))
+        .map(|(_, start, _)| start)
+        .next()
 }
 
 /// Replaces the digit of a `dtmf` event (Twilio `dtmf.digit`, Vonage-style `digit`).

@@ -69,6 +69,12 @@ impl ToneMask {
         began
     }
 
+    /// Whether any sample at or after `from` may be silenced: the caller skips scanning its held
+    /// frames when none can be. Closed ranges end in the order they close, so the last ends last.
+    pub fn reaches(&self, from: u64) -> bool {
+        self.open_from.is_some() || self.closed.last().is_some_and(|&(_, end)| end > from)
+    }
+
     /// Whether any sample of `[start, end)` is to be silenced.
     pub fn covers(&self, start: u64, end: u64) -> bool {
         self.open_from.is_some_and(|from| end > from)

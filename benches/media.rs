@@ -4,7 +4,8 @@
 //! forwarded; the tone detector, the recording copy and the delay queues all run. A third case sends
 //! the same Twilio messages at background level (-60 dBFS), as in a call's pauses, where the tone
 //! detector can tell from a block's energy alone that no digit is there. `media_payload_decode`
-//! compares the payload decoder with the `base64` crate's on one 20 ms payload.
+//! compares the payload decoder with the `base64` crate's on one 20 ms payload;
+//! `media_twilio_decode` is one `media` message's decoding alone (scan and payload).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +114,12 @@ fn payload(c: &mut Criterion) {
         .map(|&s| linear_to_ulaw(s))
         .collect();
     let text = b64.encode(&ulaw);
+    let message = &twilio_messages(1)[7];
+    c.bench_function("media_twilio_decode", |b| {
+        use voxguard::ws::protocols::FrameCodec;
+        let codec = voxguard::ws::protocols::twilio::TwilioCodec;
+        b.iter(|| codec.decode(std::hint::black_box(message), Direction::ToBackend))
+    });
     let mut group = c.benchmark_group("media_payload_decode");
     group.bench_function("voxguard", |b| {
         b.iter(|| voxguard::ws::protocols::payload::decode(std::hint::black_box(&text)).unwrap())

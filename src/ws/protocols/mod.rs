@@ -3,6 +3,7 @@
 //! changed is forwarded as the original message, byte for byte.
 
 pub mod audio;
+pub mod media_scan;
 pub mod payload;
 pub mod pcm;
 pub mod twilio;

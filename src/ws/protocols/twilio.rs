@@ -12,53 +12,28 @@ use super::{Audio, Direction, Frame, FrameCodec, Kind, Malformed, Track, str_at}
 
 pub struct TwilioCodec;
 
-/// The fields of a `media` message the proxy needs, borrowed from the text (unknown fields skipped):
-/// most messages of a call are media, and building a JSON tree for each would dominate their cost.
-#[derive(serde::Deserialize)]
-struct MediaHead<'a> {
-    #[serde(borrow)]
-    event: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    media: Option<MediaBody<'a>>,
-}
-
-/// `&str` fields borrow or fail: an escaped string makes the fast path give way to the general one.
-#[derive(serde::Deserialize)]
-struct MediaBody<'a> {
-    payload: Option<&'a str>,
-    track: Option<&'a str>,
-}
-
 impl TwilioCodec {
-    /// A `media` message whose payload appears unescaped in the text; `None` for anything else, which
-    /// then takes the general path.
+    /// A `media` message that `media_scan` reads; `None` for anything else (and for a payload that is
+    /// not base64), which then takes the general path and gets its verdict there.
     fn fast_media(
         &self,
         text: &tokio_tungstenite::tungstenite::Utf8Bytes,
         direction: Direction,
-    ) -> Option<Result<Frame, Malformed>> {
-        let head: MediaHead<'_> = serde_json::from_str(text.as_str()).ok()?;
-        if head.event != "media" {
-            return None;
-        }
-        let body = head.media?;
-        let payload = body.payload?;
-        let start = payload.as_ptr() as usize - text.as_str().as_ptr() as usize;
-        let track = match (direction, body.track) {
+    ) -> Option<Frame> {
+        let t = text.as_str();
+        let fields = super::media_scan::media_fields(t)?;
+        let track = match (direction, fields.track.map(|r| &t[r])) {
             (_, Some("outbound")) | (Direction::ToCaller, _) => Track::Outbound,
             _ => Track::Inbound,
         };
-        let audio = match decode_payload(payload) {
-            Ok(bytes) => Audio::Ulaw(bytes),
-            Err(e) => return Some(Err(e)),
-        };
-        Some(Ok(Frame {
+        let audio = super::payload::decode(&t[fields.payload.clone()]).ok()?;
+        Some(Frame {
             kind: Kind::Media,
             json: None,
-            audio: Some(audio),
+            audio: Some(Audio::Ulaw(audio)),
             track,
-            payload_at: Some((text.clone(), start..start + payload.len())),
-        }))
+            payload_at: Some((text.clone(), fields.payload)),
+        })
     }
 }
 
@@ -79,10 +54,36 @@ impl FrameCodec for TwilioCodec {
             Message::Text(t) => t,
             _ => return Err(Malformed::UnexpectedBinary),
         };
-        if let Some(fast) = self.fast_media(text, direction) {
-            return fast;
+        match self.fast_media(text, direction) {
+            Some(fast) => Ok(fast),
+            None => self.general(text.as_str(), direction),
         }
-        let json: Value = serde_json::from_str(text.as_str()).map_err(|_| Malformed::Json)?;
+    }
+
+    fn encode(&self, frame: &Frame) -> Message {
+        if let (Some((text, at)), Some(Audio::Ulaw(bytes)), None) =
+            (&frame.payload_at, &frame.audio, &frame.json)
+        {
+            let t = text.as_str();
+            return Message::text(format!(
+                "{}{}{}",
+                &t[..at.start],
+                B64.encode(bytes),
+                &t[at.end..]
+            ));
+        }
+        let mut json = frame.json.clone().unwrap_or(Value::Null);
+        if let (Some(Audio::Ulaw(bytes)), Some(media)) = (&frame.audio, json.get_mut("media")) {
+            media["payload"] = Value::String(B64.encode(bytes));
+        }
+        Message::text(json.to_string())
+    }
+}
+
+impl TwilioCodec {
+    /// Any message, through serde: every event, and the media messages `fast_media` gives way on.
+    fn general(&self, text: &str, direction: Direction) -> Result<Frame, Malformed> {
+        let json: Value = serde_json::from_str(text).map_err(|_| Malformed::Json)?;
         let kind = match json.get("event").and_then(Value::as_str) {
             Some("connected") => Kind::Connected,
             Some("start") => Kind::Start,
@@ -118,25 +119,6 @@ impl FrameCodec for TwilioCodec {
             payload_at: None,
         })
     }
-
-    fn encode(&self, frame: &Frame) -> Message {
-        if let (Some((text, at)), Some(Audio::Ulaw(bytes)), None) =
-            (&frame.payload_at, &frame.audio, &frame.json)
-        {
-            let t = text.as_str();
-            return Message::text(format!(
-                "{}{}{}",
-                &t[..at.start],
-                B64.encode(bytes),
-                &t[at.end..]
-            ));
-        }
-        let mut json = frame.json.clone().unwrap_or(Value::Null);
-        if let (Some(Audio::Ulaw(bytes)), Some(media)) = (&frame.audio, json.get_mut("media")) {
-            media["payload"] = Value::String(B64.encode(bytes));
-        }
-        Message::text(json.to_string())
-    }
 }
 
 #[cfg(test)]
@@ -159,6 +141,225 @@ pub(crate) mod tests {
 
     fn decode(text: &str, d: Direction) -> Result<Frame, Malformed> {
         TwilioCodec.decode(&Message::text(text), d)
+    }
+
+    mod fast_path {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn pick(options: &[&'static str]) -> impl Strategy<Value = String> + use<> {
+            proptest::sample::select(options.to_vec()).prop_map(String::from)
+        }
+
+        /// Whitespace between tokens: mostly none, as Twilio sends.
+        fn gap() -> impl Strategy<Value = String> {
+            pick(&["", "", "", " ", "\n\t", "\r\n "])
+        }
+
+        /// Values the scanner skips or gives way on: strings with and without escapes or raw control
+        /// characters, numbers, literals (and a misspelt one), arrays, nested objects.
+        fn other_value() -> impl Strategy<Value = String> {
+            pick(&[
+                r#""MZ18ad3ab5a668481ce02b83e7395059f0""#,
+                r#""20""#,
+                r#""a\"b""#,
+                "\"tab\there\"",
+                r#""\u00e9""#,
+                "\"é\"",
+                "3",
+                "-1.5e3",
+                "true",
+                "false",
+                "null",
+                "tru",
+                "[]",
+                r#"[1,{"a":"b"}]"#,
+                "{}",
+                r#"{"a":{"b":null,"c":"d"}}"#,
+                r#""unterminated"#,
+            ])
+        }
+
+        fn payload() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => proptest::collection::vec(any::<u8>(), 0..200)
+                    .prop_map(|b| format!("\"{}\"", B64.encode(b))),
+                1 => pick(&[
+                    r#""AQ\/w==""#,
+                    r#""AQID\\""#,
+                    r#""AQ\"ID""#,
+                    r#""!!!""#,
+                    r#""AQ=""#,
+                    "\"AQ\tD\"",
+                    "12",
+                    "null",
+                ]),
+            ]
+        }
+
+        /// `{"k":v,...}` with gaps around every token.
+        fn object(members: Vec<(String, String)>, gaps: Vec<String>) -> String {
+            let mut gaps = gaps.into_iter().cycle();
+            let mut out = format!("{}{{", gaps.next().unwrap_or_default());
+            for (i, (key, value)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let (a, b, c) = (gaps.next(), gaps.next(), gaps.next());
+                out += &format!(
+                    "{}\"{key}\"{}:{}{value}",
+                    a.unwrap(),
+                    b.unwrap(),
+                    c.unwrap()
+                );
+            }
+            out + &gaps.next().unwrap_or_default() + "}"
+        }
+
+        /// A value the scanner skips; sometimes one it gives way on.
+        fn extra_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => pick(&[r#""20""#, r#""MZ18ad3ab5a668481ce02b83e7395059f0""#, "true", "null", "{}", r#"{"a":{"b":null,"c":"d"}}"#, "\"é\""]),
+                1 => other_value(),
+            ]
+        }
+
+        /// `media`: a payload, perhaps a track, other fields, and now and then a repeat.
+        fn media_object() -> impl Strategy<Value = String> {
+            let extra = prop_oneof![
+                4 => extra_value().prop_map(|v| ("chunk".to_string(), v)),
+                1 => payload().prop_map(|v| ("payload".to_string(), v)),
+                1 => pick(&[r#""inbound""#, "1"]).prop_map(|v| ("track".to_string(), v)),
+            ];
+            (
+                proptest::option::weighted(0.95, payload()),
+                proptest::option::weighted(
+                    0.6,
+                    pick(&[r#""inbound""#, r#""outbound""#, r#""both""#, "1"]),
+                ),
+                proptest::collection::vec(extra, 0..3),
+                proptest::collection::vec(gap(), 1..8),
+            )
+                .prop_flat_map(|(payload, track, extras, gaps)| {
+                    let mut members = extras;
+                    members.extend(payload.map(|v| ("payload".to_string(), v)));
+                    members.extend(track.map(|v| ("track".to_string(), v)));
+                    (Just(members).prop_shuffle(), Just(gaps))
+                })
+                .prop_map(|(m, g)| object(m, g))
+        }
+
+        /// Messages near Twilio's media messages: fields in any order, repeated or missing, other
+        /// events, values of every kind; then perhaps truncated or with one byte changed.
+        fn message() -> impl Strategy<Value = String> {
+            let extra = prop_oneof![
+                4 => extra_value().prop_map(|v| ("streamSid".to_string(), v)),
+                1 => pick(&[r#""media""#, r#""mark""#]).prop_map(|v| ("event".to_string(), v)),
+                1 => media_object().prop_map(|v| ("media".to_string(), v)),
+            ];
+            let members = (
+                proptest::option::weighted(
+                    0.95,
+                    prop_oneof![6 => pick(&[r#""media""#]), 1 => pick(&[r#""mark""#, r#""med\u0069a""#, "1"])],
+                ),
+                proptest::option::weighted(0.95, prop_oneof![8 => media_object(), 1 => other_value()]),
+                proptest::collection::vec(extra, 0..3),
+            )
+                .prop_flat_map(|(event, media, extras)| {
+                    let mut members = extras;
+                    members.extend(event.map(|v| ("event".to_string(), v)));
+                    members.extend(media.map(|v| ("media".to_string(), v)));
+                    Just(members).prop_shuffle()
+                });
+            let damage = prop_oneof![
+                12 => Just(None),
+                1 => (any::<usize>(), Just(None)).prop_map(Some),
+                1 => (any::<usize>(), proptest::sample::select(b"\"\\{},: a1\t\0=".to_vec()).prop_map(Some))
+                    .prop_map(Some),
+            ];
+            (
+                members,
+                proptest::collection::vec(gap(), 1..8),
+                damage,
+                // What follows the object: whitespace, or something that makes the text not JSON.
+                pick(&["", "", "", " ", "\r\n", " x", "}", ",{}"]),
+            )
+                .prop_map(|(m, g, damage, tail)| {
+                    let mut text = object(m, g) + &tail;
+                    match damage {
+                        Some((at, None)) => {
+                            let at = at % (text.len() + 1);
+                            if text.is_char_boundary(at) {
+                                text.truncate(at);
+                            }
+                        }
+                        Some((at, Some(byte))) if !text.is_empty() => {
+                            let at = at % text.len();
+                            if text.is_char_boundary(at) && text.is_char_boundary(at + 1) {
+                                text.replace_range(at..at + 1, &char::from(byte).to_string());
+                            }
+                        }
+                        _ => {}
+                    }
+                    text
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever the scanner accepts, serde reads the same: same audio and track, and the
+            /// same message once re-encoded with its audio silenced.
+            #[test]
+            fn the_scanner_reads_only_what_serde_reads_the_same(text in message()) {
+                let utf8 = tokio_tungstenite::tungstenite::Utf8Bytes::from(text.clone());
+                for direction in [Direction::ToBackend, Direction::ToCaller] {
+                    let Some(mut fast) = TwilioCodec.fast_media(&utf8, direction) else {
+                        continue;
+                    };
+                    let general = TwilioCodec.general(&text, direction);
+                    prop_assert!(general.is_ok(), "serde refuses {text:?}: {general:?}");
+                    let mut general = general.unwrap();
+                    prop_assert_eq!(general.kind, Kind::Media);
+                    prop_assert_eq!(&fast.audio, &general.audio);
+                    prop_assert_eq!(fast.track, general.track);
+                    fast.audio.as_mut().unwrap().silence();
+                    general.audio.as_mut().unwrap().silence();
+                    let encoded = |f: &Frame| -> Value {
+                        serde_json::from_str(TwilioCodec.encode(f).to_text().unwrap()).unwrap()
+                    };
+                    prop_assert_eq!(encoded(&fast), encoded(&general));
+                }
+            }
+        }
+
+        #[test]
+        fn the_generated_messages_reach_both_paths() {
+            use proptest::strategy::ValueTree;
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            let (mut fast, mut general_only) = (0, 0);
+            for _ in 0..2000 {
+                let text = message().new_tree(&mut runner).unwrap().current();
+                let utf8 = tokio_tungstenite::tungstenite::Utf8Bytes::from(text.clone());
+                if TwilioCodec
+                    .fast_media(&utf8, Direction::ToBackend)
+                    .is_some()
+                {
+                    fast += 1;
+                } else if TwilioCodec
+                    .general(&text, Direction::ToBackend)
+                    .is_ok_and(|f| f.kind == Kind::Media)
+                {
+                    general_only += 1;
+                }
+            }
+            assert!(fast > 100, "the scanner accepts many ({fast})");
+            assert!(
+                general_only > 50,
+                "and gives way on many media messages ({general_only})"
+            );
+        }
     }
 
     #[test]

@@ -144,7 +144,9 @@ pub struct DtmfDetector {
     cols: [f32; 4],
     block_len: usize,
     threshold: f32,
+    /// One block's samples, `filled` of them so far. Sized once, so that filling it is plain stores.
     buf: Vec<f32>,
+    filled: usize,
     /// Samples consumed before `buf`.
     position: u64,
     candidate: Option<char>,
@@ -166,7 +168,8 @@ impl DtmfDetector {
             block_len,
             // Goertzel power grows with the square of the block length.
             threshold: THRESHOLD_AT_102 * scale * scale,
-            buf: Vec::with_capacity(block_len),
+            buf: vec![0.0; block_len],
+            filled: 0,
             position: 0,
             candidate: None,
             hits: 0,
@@ -181,7 +184,7 @@ impl DtmfDetector {
 
     /// Samples fed so far.
     pub fn fed(&self) -> u64 {
-        self.position + self.buf.len() as u64
+        self.position + self.filled as u64
     }
 
     /// Feeds samples; calls `on_block` for every block they complete.
@@ -191,8 +194,9 @@ impl DtmfDetector {
         mut on_block: impl FnMut(BlockVerdict),
     ) {
         for s in samples {
-            self.buf.push(f32::from(s));
-            if self.buf.len() == self.block_len {
+            self.buf[self.filled] = f32::from(s);
+            self.filled += 1;
+            if self.filled == self.block_len {
                 on_block(self.finish_block());
             }
         }
@@ -216,11 +220,15 @@ impl DtmfDetector {
         on_block: &mut impl FnMut(BlockVerdict),
     ) {
         while !rest.is_empty() {
-            let take = (self.block_len - self.buf.len()).min(rest.len());
+            let take = (self.block_len - self.filled).min(rest.len());
             let (now, later) = rest.split_at(take);
-            self.buf.extend(now.iter().map(|&s| to_f32(s)));
+            let into = &mut self.buf[self.filled..self.filled + take];
+            for (sample, &s) in into.iter_mut().zip(now) {
+                *sample = to_f32(s);
+            }
+            self.filled += take;
             rest = later;
-            if self.buf.len() == self.block_len {
+            if self.filled == self.block_len {
                 on_block(self.finish_block());
             }
         }
@@ -231,7 +239,7 @@ impl DtmfDetector {
         let hit = self.classify();
         let verdict = self.advance(start, hit);
         self.position += self.block_len as u64;
-        self.buf.clear();
+        self.filled = 0;
         verdict
     }
 

@@ -31,18 +31,7 @@ pub fn media_fields(text: &str) -> Option<MediaFields> {
         i: 0,
     };
     s.ws();
-    let (mut event, mut media) = (None, None);
-    let mut more = s.open()?;
-    while more {
-        let key = s.key()?;
-        match &s.b[key] {
-            b"event" if event.is_none() => event = Some(s.string()?),
-            b"media" if media.is_none() => media = Some(s.media()?),
-            b"event" | b"media" => return None,
-            _ => s.value(1)?,
-        }
-        more = s.next()?;
-    }
+    let (event, media) = s.two_fields(1, (b"event", b"media"), Scanner::string, Scanner::media)?;
     s.ws();
     if s.i != s.b.len() || &s.b[event?] != b"media" {
         return None;
@@ -135,24 +124,42 @@ impl Scanner<'_> {
         })
     }
 
-    /// The `media` object: its payload (required) and track, each at most once.
+    /// The `media` object: its payload (required) and track.
     fn media(&mut self) -> Option<MediaFields> {
-        let (mut payload, mut track) = (None, None);
-        let mut more = self.open()?;
-        while more {
-            let key = self.key()?;
-            match &self.b[key] {
-                b"payload" if payload.is_none() => payload = Some(self.payload()?),
-                b"track" if track.is_none() => track = Some(self.string()?),
-                b"payload" | b"track" => return None,
-                _ => self.value(2)?,
-            }
-            more = self.next()?;
-        }
+        let (payload, track) =
+            self.two_fields(2, (b"payload", b"track"), Scanner::payload, Scanner::string)?;
         Some(MediaFields {
             payload: payload?,
             track,
         })
+    }
+
+    /// An object whose two `names` fields are read by `first` and `second`, each at most once (a
+    /// repeat gives way to serde, which keeps the last), and whose other members are skipped.
+    fn two_fields<A, B>(
+        &mut self,
+        depth: u8,
+        names: (&[u8], &[u8]),
+        mut first: impl FnMut(&mut Self) -> Option<A>,
+        mut second: impl FnMut(&mut Self) -> Option<B>,
+    ) -> Option<(Option<A>, Option<B>)> {
+        let (mut a, mut b) = (None, None);
+        let mut more = self.open()?;
+        while more {
+            let text = self.b;
+            let key = &text[self.key()?];
+            if key == names.0 {
+                a.is_none().then_some(())?;
+                a = Some(first(self)?);
+            } else if key == names.1 {
+                b.is_none().then_some(())?;
+                b = Some(second(self)?);
+            } else {
+                self.value(depth)?;
+            }
+            more = self.next()?;
+        }
+        Some((a, b))
     }
 
     /// The payload string up to the next quote. A backslash or control character inside is left for

@@ -45,14 +45,14 @@ pub fn media_fields(text: &str) -> Option<MediaFields> {
 fn plain_run(text: &[u8]) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES << 7;
+    // The high bit of each zero byte of `v`; bytes above the lowest zero may be flagged falsely.
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v;
     let mut n = 0;
     while let Some(chunk) = text.get(n..n + 8) {
         let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         let control = x.wrapping_sub(ONES * 0x20) & !x;
-        let quote =
-            (x ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES) & !(x ^ (ONES * u64::from(b'"')));
-        let backslash =
-            (x ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES) & !(x ^ (ONES * u64::from(b'\\')));
+        let quote = zero_bytes(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero_bytes(x ^ (ONES * u64::from(b'\\')));
         // The lowest flagged byte is exact (a borrow only ever flags bytes above a true match).
         let stops = (control | quote | backslash) & HIGH;
         if stops != 0 {

@@ -39,11 +39,6 @@ impl TwilioCodec {
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// A media payload's μ-law bytes.
-fn decode_payload(payload: &str) -> Result<Vec<u8>, Malformed> {
-    super::payload::decode(payload).map_err(|_| Malformed::Base64)
-}
-
 impl FrameCodec for TwilioCodec {
     fn name(&self) -> &'static str {
         "twilio"
@@ -104,7 +99,9 @@ impl TwilioCodec {
             if str_at(&json, "/media/track") == Some("outbound") {
                 track = Track::Outbound;
             }
-            Some(Audio::Ulaw(decode_payload(payload)?))
+            Some(Audio::Ulaw(
+                super::payload::decode(payload).map_err(|_| Malformed::Base64)?,
+            ))
         } else {
             None
         };

@@ -8,12 +8,16 @@
 #   SMOKE=1 benches/compare.sh         # about 2 minutes, debug build: checks that every peer serves every
 #                                      # load with no error and no lost message (.ci/run runs this);
 #                                      # its figures mean nothing
+#   ROUNDS=3 QUICK=1 benches/compare.sh # the loads three times over, peers interleaved within each round;
+#                                      # the table shows each figure's median over the rounds and the
+#                                      # spread of the per-round ratios (a noisy machine drifts over
+#                                      # minutes: interleaving puts every peer through the same drift)
 #   INSTRUCTIONS=1 benches/compare.sh  # about 6 minutes: each proxy under callgrind, user-space instructions
 #                                      # per request or relayed message (deterministic to ~2 %: A/B runs
 #                                      # on a noisy machine, where CPU time swings by half between runs)
 #
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
-# PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), PEERS ("direct nginx haproxy voxguard
+# PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), ROUNDS (1), PEERS ("direct nginx haproxy voxguard
 # voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir),
 # VOXGUARD_BIN (a voxguard binary to measure instead of the one built here: A/B runs of two builds).
 # PROFILE_DIR (INSTRUCTIONS mode: keep each load's callgrind profile there, named peer-NN-short|long.pid,
@@ -265,6 +269,7 @@ load() { # $1 peer, then harness arguments; appends one JSON line to $OUT
   local line
   line=$(taskset -c "$LOAD_CPU" "$LOAD" "$@" --label "$peer" ${CA:+--ca "$CA"} "${pids[@]}") || {
     echo "load failed for $peer: $*" >&2; return 0; }
+  line="${line%\}},\"round\":$ROUND}"
   echo "$line" >>"$OUT"
   echo "  $line" >&2
 }
@@ -333,29 +338,33 @@ fresh() { # $1 peer; sets HTTP, WS, CA
   fi
 }
 
-for peer in $PEERS; do
-  echo "== $peer" >&2
-  # The webhook configuration differs from the plain one only on HTTP, the media one only on WebSocket.
-  if [ "$peer" != voxguard-media ] && [[ " $LOADS " == *" http "* ]]; then
-    fresh "$peer"; load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
-    fresh "$peer"; load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
-      --post-bytes 2048 --sign-github "$SECRET"
-    if [ "$peer" != direct ]; then
-      fresh "$peer"; load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
+# With ROUNDS > 1 the whole sequence repeats; every result line carries its round.
+for ROUND in $(seq "${ROUNDS:-1}"); do
+  [ "${ROUNDS:-1}" -eq 1 ] || echo "=== round $ROUND of $ROUNDS" >&2
+  for peer in $PEERS; do
+    echo "== $peer" >&2
+    # The webhook configuration differs from the plain one only on HTTP, the media one only on WebSocket.
+    if [ "$peer" != voxguard-media ] && [[ " $LOADS " == *" http "* ]]; then
+      fresh "$peer"; load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
+      fresh "$peer"; load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
+        --post-bytes 2048 --sign-github "$SECRET"
+      if [ "$peer" != direct ]; then
+        fresh "$peer"; load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
+      fi
     fi
-  fi
-  if [ "$peer" != voxguard-webhook ] && [[ " $LOADS " == *" ws "* ]]; then
-    fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
-    if [ "$peer" != direct ]; then
-      fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
-        --duration 2s --warmup "$WS_WARMUP" --ramp "$RAMP"
+    if [ "$peer" != voxguard-webhook ] && [[ " $LOADS " == *" ws "* ]]; then
+      fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"
+      if [ "$peer" != direct ]; then
+        fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
+          --duration 2s --warmup "$WS_WARMUP" --ramp "$RAMP"
+      fi
+      for calls in $PACED_STEPS; do
+        fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 \
+          --duration "$PACED_DURATION" --warmup "$WS_WARMUP" --ramp "$RAMP"
+      done
     fi
-    for calls in $PACED_STEPS; do
-      fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 \
-        --duration "$PACED_DURATION" --warmup "$WS_WARMUP" --ramp "$RAMP"
-    done
-  fi
-  [ ${#PEER_PIDS[@]} -eq 0 ] || stop_peer
+    [ ${#PEER_PIDS[@]} -eq 0 ] || stop_peer
+  done
 done
 
 # Start-up to ready with the shipped proxy.toml (embedded defaults, dev certificate, local data dir):

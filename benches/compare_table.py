@@ -4,8 +4,13 @@ each voxguard configuration as a ratio to nginx and to HAProxy.
 
 Usage: compare_table.py [--check] results.jsonl
 --check (compare.sh's SMOKE mode) exits 1 unless every peer ran every load it should, with no error
-and no lost message."""
+and no lost message.
+
+With several rounds (compare.sh ROUNDS=N), each figure is the median of its rounds, and the CPU ratios
+are also shown round by round (min / median / max), each round's voxguard figure over the same
+round's peer."""
 import json
+import statistics
 import sys
 
 CHECK = "--check" in sys.argv[1:]
@@ -22,11 +27,23 @@ PACED_CPU_CALLS = 500
 rows = [json.loads(l) for l in open(PATH) if l.strip()]
 
 
-def get(peer, mode, calls=None):
-    for r in rows:
-        if r["label"] == peer and r["mode"] == mode and (calls is None or r.get("calls") == calls):
-            return r
-    return None
+def median_row(found):
+    """One result whose every number is the median of `found`'s (the first one's other fields)."""
+    row = dict(found[0])
+    for key, value in row.items():
+        values = [r.get(key) for r in found]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            row[key] = statistics.median(values)
+    return row
+
+
+def get(peer, mode, calls=None, round_no=None):
+    found = [r for r in rows
+             if r["label"] == peer and r["mode"] == mode and (calls is None or r.get("calls") == calls)
+             and (round_no is None or r.get("round") == round_no)]
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else median_row(found)
 
 
 def per_peer(fn):
@@ -58,11 +75,12 @@ def relayed(mode):
 def max_paced(p):
     best = None
     limit = (PACED_P99_MS + HOLD_MS.get(p, 0)) * 1000
-    for r in rows:
-        if r["label"] == p and r["mode"] == "ws_paced":
-            if r["errors"] == 0 and r["lost"] == 0 and r["p99_us"] <= limit:
-                best = max(best or 0, r["calls"])
-    return best if best is not None else (0 if any(r["label"] == p and r["mode"] == "ws_paced" for r in rows) else None)
+    steps = sorted({r["calls"] for r in rows if r["label"] == p and r["mode"] == "ws_paced"})
+    for calls in steps:
+        r = get(p, "ws_paced", calls)  # with rounds: the median p99 of the step
+        if r["errors"] == 0 and r["lost"] == 0 and r["p99_us"] <= limit:
+            best = max(best or 0, calls)
+    return best if best is not None else (0 if steps else None)
 
 
 # (title, values by peer, format, higher is better)
@@ -165,6 +183,36 @@ if ours and peers:
         if all(c == "—" for c in cells):
             continue
         print(f"| {title.strip()} | " + " | ".join(cells) + " |")
+
+rounds = sorted({r["round"] for r in rows if "round" in r})
+if len(rounds) > 1 and ours and peers:
+    # Each round's ratio, from that round's own figures: a machine whose speed drifts between rounds
+    # moves both sides of a ratio together.
+    SPREAD = [
+        ("HTTP POST 2 KB form, GitHub-signed: proxy CPU per request", "http_signed_post", None, False),
+        ("WebSocket flat out: proxy CPU per relayed message", "ws_flat", None, True),
+        (f"WebSocket paced, {PACED_CPU_CALLS} calls: proxy CPU per message", "ws_paced", PACED_CPU_CALLS, True),
+    ]
+    print()
+    print(f"CPU ratios round by round (min / median / max over {len(rounds)} rounds):")
+    print()
+    cols = [f"{o} ÷ {p}" for o in ours for p in peers]
+    print("| path | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for title, mode, calls, per_message in SPREAD:
+        def cpu(peer, n):
+            r = get(peer, mode, calls, n)
+            if r is None or not r.get("ops") or "proxy_cpu_s" not in r:
+                return None
+            return r["proxy_cpu_s"] / (r["ops"] * (2 if per_message else 1))
+        cells = []
+        for o in ours:
+            for p in peers:
+                ratios = [cpu(o, n) / cpu(p, n) for n in rounds if cpu(o, n) and cpu(p, n)]
+                cells.append("—" if not ratios else
+                             f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}")
+        if any(c != "—" for c in cells):
+            print(f"| {title} | " + " | ".join(cells) + " |")
 
 if CHECK:
     expected = {

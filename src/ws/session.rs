@@ -106,14 +106,15 @@ pub async fn run<K: Send>(
     let mut media = settings
         .media
         .as_ref()
-        .map(|m| MediaSession::start(m, settings.route.clone(), media_metrics.clone()));
+        .map(|m| MediaSession::start(m, settings.route.clone(), media_metrics.clone()))
+        .map(Box::new);
     let end = pump(
         client,
         upstream,
         &settings,
         &counters,
         &grace_over,
-        media.as_mut(),
+        media.as_deref_mut(),
     )
     .await;
     if media.is_none()
@@ -747,5 +748,33 @@ mod tests {
             .filter(|_| ledger.should_relay(From::Upstream, &ping(b"p")))
             .count();
         assert_eq!(relayed, MAX_OUTSTANDING_PINGS);
+    }
+
+    /// An idle session's memory is mostly this future (≤ 20 KB per idle WebSocket session is a target,
+    /// docs/PERFORMANCE.md): a plain relay must not carry a media session's state inline.
+    #[test]
+    fn a_session_future_stays_small() {
+        let metrics = crate::metrics::Metrics::new();
+        let settings = SessionSettings {
+            route: "plain".into(),
+            idle_timeout: Duration::from_secs(1),
+            max_message_bytes: 1024,
+            write_timeout: Duration::from_secs(1),
+            media: None,
+            max_duration: None,
+            audit: None,
+        };
+        let session = run(
+            hyper::upgrade::on(http::Request::new(())),
+            hyper::upgrade::on(http::Request::new(())),
+            settings,
+            metrics.ws.clone(),
+            metrics.media.clone(),
+            CancellationToken::new(),
+            (),
+        );
+        let size = std::mem::size_of_val(&session);
+        // 4,528 bytes in a debug build; a `MediaSession` inline (600) takes it over the bound.
+        assert!(size <= 4_608, "the session future grew to {size} bytes");
     }
 }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -183,22 +184,39 @@ async fn drive<C: Graceful>(
     drain_started: &tokio_util::sync::CancellationToken,
 ) -> Result<(), hyper::Error> {
     tokio::pin!(conn);
+    let drain = drain_started.cancelled();
+    tokio::pin!(drain);
+    let mut drain_watched = false;
     let mut tick = tokio::time::interval((keepalive / 4).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => return result,
-            _ = drain_started.cancelled(), if !shutting_down => {
-                conn.as_mut().shutdown();
-                shutting_down = true;
+    std::future::poll_fn(|cx| {
+        loop {
+            // The connection first: nearly every wake-up is its socket.
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(result);
             }
-            _ = tick.tick(), if !shutting_down => {
-                if activity.idle_for().is_some_and(|idle| idle >= keepalive) {
-                    conn.as_mut().shutdown();
-                    shutting_down = true;
-                }
+            if shutting_down {
+                return Poll::Pending;
             }
+            // The drain's future is polled once, so that cancelling wakes this task; after that a
+            // wake-up reads the token, which costs less than polling the future again.
+            let draining = if drain_watched {
+                drain_started.is_cancelled()
+            } else {
+                drain_watched = true;
+                drain.as_mut().poll(cx).is_ready()
+            };
+            let mut idle = false;
+            while !idle && tick.poll_tick(cx).is_ready() {
+                idle = activity.idle_for().is_some_and(|idle| idle >= keepalive);
+            }
+            if !(draining || idle) {
+                return Poll::Pending;
+            }
+            conn.as_mut().shutdown();
+            shutting_down = true;
         }
-    }
+    })
+    .await
 }

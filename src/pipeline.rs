@@ -313,7 +313,7 @@ impl Pipeline {
                     let ctx = ForwardCtx {
                         peer,
                         original_host: host_value.as_ref(),
-                        request_id: &request_id,
+                        request_id: request_id.as_str(),
                     };
                     let state = &rt.route_state[index];
                     let upstream = &state.upstream;
@@ -324,7 +324,7 @@ impl Pipeline {
                         }
                         Some(verifier) => {
                             match self
-                                .verify_webhook(verifier, route, req, client, &request_id)
+                                .verify_webhook(verifier, route, req, client, request_id.as_str())
                                 .await
                             {
                                 Err(rejection) => self.refuse(rejection),

@@ -239,7 +239,7 @@ pub struct AccessRecord {
     pub method: http::Method,
     pub status: u16,
     pub client: std::net::IpAddr,
-    pub request_id: String,
+    pub request_id: crate::proxy::headers::RequestId,
     pub started: Instant,
 }
 

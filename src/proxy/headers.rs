@@ -205,13 +205,29 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> String {
+    pub fn next(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Not `format!`: it costs more than everything else in building the id.
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.prefix.to_be_bytes());
-        bytes[8..].copy_from_slice(&n.to_be_bytes());
-        crate::admission::signature::encoding::to_hex(&bytes)
+        // Not `format!`, and not a `String`: the id lives on the stack until the header copies it.
+        let mut id = [0u8; 32];
+        let bytes = (u128::from(self.prefix) << 64 | u128::from(n)).to_be_bytes();
+        crate::admission::signature::encoding::hex_into(&bytes, &mut id);
+        RequestId(id)
+    }
+}
+
+/// A request id: 32 lowercase hex digits (a random per-process prefix, then a counter).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -375,6 +391,16 @@ mod tests {
     #[test]
     fn request_ids_are_unique() {
         let ids = RequestIds::new();
-        assert_ne!(ids.next(), ids.next());
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.as_str().len(), 32);
+            assert!(
+                id.as_str()
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
     }
 }

@@ -55,13 +55,19 @@ pub fn base64_exact(s: &str, len: usize) -> Result<Vec<u8>, Failure> {
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long), for callers that keep the digits
+/// off the heap.
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 15)];
     }
-    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 pub fn to_base64(bytes: &[u8]) -> String {

@@ -359,12 +359,9 @@ impl Pipeline {
             request_id,
             started,
         };
-        let (parts, body) = response.into_parts();
-        let body = Tracked::new(body, record, Some(in_flight));
-        Ok(Response::from_parts(
-            parts,
-            http_body_util::BodyExt::boxed(body),
-        ))
+        Ok(response.map(|body| {
+            http_body_util::BodyExt::boxed(Tracked::new(body, record, Some(in_flight)))
+        }))
     }
 
     /// Admission after routing: the route's allow/deny list, then its rate limits. Records refusals.

@@ -25,8 +25,11 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// No body. Zero-sized, so boxing it allocates nothing.
 pub fn empty() -> ProxyBody {
-    full(Bytes::new())
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Reads a whole request body (signed routes verify the exact bytes): over `cap` → 413, not complete

@@ -50,45 +50,41 @@ where
         && headers::is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
-    let (mut parts, body) = req.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::set_forwarded(
-        &mut parts.headers,
-        ctx.peer,
-        ctx.original_host,
-        ctx.request_id,
-    );
+    let headers = req.headers_mut();
+    headers::remove_hop_by_hop(headers);
+    headers::set_forwarded(headers, ctx.peer, ctx.original_host, ctx.request_id);
     if websocket {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         // No compression: every message must stay inspectable.
-        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     let host = match (route.preserve_host, ctx.original_host) {
         (true, Some(host)) => host.clone(),
         _ => upstream.host_header.clone(),
     };
-    parts.headers.insert(header::HOST, host);
-    parts.uri = Upstream::uri_for(parts.uri.path_and_query());
-    parts.version = Version::HTTP_11;
+    headers.insert(header::HOST, host);
+    *req.uri_mut() = Upstream::uri_for(req.uri().path_and_query());
+    *req.version_mut() = Version::HTTP_11;
 
-    let fate = Arc::new(BodyFate::default());
-    let body = Limited::new(body, route.max_body_bytes, fate.clone()).boxed();
-    let sent = tokio::time::timeout(
-        upstream.response_timeout,
-        upstream.pool.send(Request::from_parts(parts, body)),
-    )
-    .await;
+    // A request without a body (most GETs, every WebSocket handshake) needs no limit, and its
+    // upstream request no allocation for one.
+    let fate = (!req.body().is_end_stream()).then(|| Arc::new(BodyFate::default()));
+    let req = req.map(|body| match &fate {
+        None => empty(),
+        Some(fate) => Limited::new(body, route.max_body_bytes, fate.clone()).boxed(),
+    });
+    let sent = tokio::time::timeout(upstream.response_timeout, upstream.pool.send(req)).await;
     let mut res = match sent {
         // The client stopped sending its body: the upstream is still waiting for it.
-        Err(_) if fate.waiting_on_client() => return Err(Rejection::BodyTimeout),
+        Err(_) if fate.as_ref().is_some_and(|f| f.waiting_on_client()) => {
+            return Err(Rejection::BodyTimeout);
+        }
         Err(_) => return Err(Rejection::UpstreamTimeout),
-        Ok(Err(_)) if fate.too_large() => return Err(Rejection::BodyTooLarge),
-        Ok(Err(_)) if fate.broken() => return Err(Rejection::BadBody),
+        Ok(Err(_)) if fate.as_ref().is_some_and(|f| f.too_large()) => {
+            return Err(Rejection::BodyTooLarge);
+        }
+        Ok(Err(_)) if fate.as_ref().is_some_and(|f| f.broken()) => return Err(Rejection::BadBody),
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, upstream = %upstream.name, error = %e, "upstream request failed");
             return Err(match e {
@@ -110,13 +106,9 @@ where
             websocket: Some((client_upgrade, upstream_upgrade)),
         });
     }
-    let (mut parts, body) = res.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::remove_hop_by_hop(res.headers_mut());
     Ok(Forwarded {
-        response: Response::from_parts(
-            parts,
-            ReadTimeout::new(body, upstream.read_timeout).boxed(),
-        ),
+        response: res.map(|body| ReadTimeout::new(body, upstream.read_timeout).boxed()),
         websocket: None,
     })
 }

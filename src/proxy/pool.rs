@@ -177,15 +177,16 @@ impl Pool {
     ) -> Response<PooledBody> {
         // A 101 hands the socket to the upgrade: the connection never comes back.
         let owner = (res.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(sender);
-        let (parts, body) = res.into_parts();
-        let mut body = PooledBody {
-            inner: body,
-            owner: owner.map(|s| (Arc::downgrade(self), s)),
-        };
-        if body.inner.is_end_stream() {
-            body.give_back();
-        }
-        Response::from_parts(parts, body)
+        res.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                owner: owner.map(|s| (Arc::downgrade(self), s)),
+            };
+            if body.inner.is_end_stream() {
+                body.give_back();
+            }
+            body
+        })
     }
 
     async fn connect(self: &Arc<Self>) -> Result<SendRequest<ProxyBody>, SendError> {

@@ -157,7 +157,7 @@ impl App {
         );
         bans.set_exempt(config.bans.exempt.clone());
         let pipeline = Pipeline::new(
-            Runtime::build(config, None, &sink, &metrics.http)?,
+            Runtime::build(config, None, &sink, &metrics)?,
             bans,
             metrics.clone(),
             drain.clone(),
@@ -255,7 +255,7 @@ impl App {
             config,
             Some(&self.pipeline.runtime.load()),
             &sink,
-            &self.pipeline.metrics.http,
+            &self.pipeline.metrics,
         )?;
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());

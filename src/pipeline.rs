@@ -70,7 +70,14 @@ struct RouteState {
     upstream: Arc<Upstream>,
     http: Arc<RouteHttpMetrics>,
     /// The route's verifier when it is signed (the same one `Runtime::webhooks` keeps by name).
-    webhook: Option<Arc<WebhookVerifier>>,
+    webhook: Option<SignedRoute>,
+}
+
+/// A signed route's verifier and its `verified` counter, resolved once: looking a counter up by
+/// its labels hashes them under a lock on every request.
+struct SignedRoute {
+    verifier: Arc<WebhookVerifier>,
+    verified: prometheus::IntCounter,
 }
 
 impl Runtime {
@@ -80,8 +87,9 @@ impl Runtime {
         config: &Config,
         previous: Option<&Runtime>,
         recorder: &Arc<dyn RecordingSink>,
-        http_metrics: &crate::metrics::HttpMetrics,
+        metrics: &Metrics,
     ) -> Result<Self, UpstreamError> {
+        let http_metrics = &metrics.http;
         let mut upstreams = std::collections::HashMap::new();
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Upstream::build(u)?);
@@ -139,7 +147,15 @@ impl Runtime {
             .map(|r| RouteState {
                 upstream: upstreams[&r.upstream].clone(),
                 http: Arc::new(RouteHttpMetrics::new(http_metrics, &r.name)),
-                webhook: webhooks.get(&r.name).cloned(),
+                webhook: webhooks
+                    .get(&r.name)
+                    .map(|verifier: &Arc<WebhookVerifier>| SignedRoute {
+                        verifier: verifier.clone(),
+                        verified: metrics
+                            .webhook
+                            .verified
+                            .with_label_values(&[&r.name, verifier.scheme.name()]),
+                    }),
             })
             .collect();
         let media = config
@@ -322,13 +338,17 @@ impl Pipeline {
                             self.proxy(&rt, (route, upstream), req, ctx, &conn, session_slot)
                                 .await
                         }
-                        Some(verifier) => {
+                        Some(signed) => {
+                            let (parts, body) = req.into_parts();
+                            let id = request_id.as_str();
                             match self
-                                .verify_webhook(verifier, route, req, client, request_id.as_str())
+                                .verify_webhook(signed, route, (&parts, body), client, id)
                                 .await
                             {
                                 Err(rejection) => self.refuse(rejection),
-                                Ok((req, claim)) => {
+                                Ok((body, claim)) => {
+                                    let body = http_body_util::Full::new(body);
+                                    let req = Request::from_parts(parts, body);
                                     let res = self
                                         .proxy(
                                             &rt,
@@ -431,18 +451,19 @@ impl Pipeline {
         Ok(slots)
     }
 
-    /// Buffers the body of a signed route and verifies it; on success returns the request with the
-    /// exact bytes to forward and the delivery's replay claim. Failures are counted by reason, logged
-    /// without the signature, and (except replays) fed into the ban rules.
+    /// Buffers the body of a signed route and verifies it; on success returns the exact bytes to
+    /// forward and the delivery's replay claim. Failures are counted by reason, logged without the
+    /// signature, and (except replays) fed into the ban rules. The head is borrowed, not moved in
+    /// and out: it is a few hundred bytes, copied at every move.
     async fn verify_webhook(
         &self,
-        verifier: &WebhookVerifier,
+        signed: &SignedRoute,
         route: &RouteConfig,
-        req: Request<Incoming>,
+        (parts, body): (&http::request::Parts, Incoming),
         client: std::net::IpAddr,
         request_id: &str,
-    ) -> Result<(Request<http_body_util::Full<bytes::Bytes>>, Option<Claim>), Rejection> {
-        let (parts, body) = req.into_parts();
+    ) -> Result<(bytes::Bytes, Option<Claim>), Rejection> {
+        let verifier = &signed.verifier;
         let declared = crate::proxy::http::content_length(&parts.headers);
         let body =
             crate::proxy::body::buffer(body, declared, route.max_body_bytes, verifier.body_timeout)
@@ -460,9 +481,8 @@ impl Pipeline {
         let m = &self.metrics.webhook;
         match verifier.verify(&incoming) {
             Ok(claim) => {
-                m.verified.with_label_values(&[&route.name, scheme]).inc();
-                let req = Request::from_parts(parts, http_body_util::Full::new(body));
-                Ok((req, claim))
+                signed.verified.inc();
+                Ok((body, claim))
             }
             Err(failure) => {
                 m.failures

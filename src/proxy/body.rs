@@ -49,13 +49,39 @@ where
     if declared_len.is_some_and(|len| len > cap) {
         return Err(Rejection::BodyTooLarge);
     }
-    let limited = http_body_util::Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(Rejection::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::BodyTooLarge),
-        Ok(Err(_)) => Err(Rejection::BadBody),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        // A body that comes in one frame (most webhooks) is kept as that frame's bytes: no copy, no
+        // list of frames. A second frame starts one buffer, sized from `Content-Length` if declared.
+        let mut first: Option<Bytes> = None;
+        let mut joined = bytes::BytesMut::new();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Rejection::BadBody)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: not part of the signed bytes
+            };
+            total += data.len() as u64;
+            if total > cap {
+                return Err(Rejection::BodyTooLarge);
+            }
+            match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        let expected = declared_len.unwrap_or(total).clamp(total, cap);
+                        joined.reserve(usize::try_from(expected).unwrap_or(usize::MAX));
+                        joined.extend_from_slice(&earlier);
+                    }
+                    joined.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| joined.freeze()))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(Rejection::BodyTimeout))
 }
 
 /// Raised by [`Limited`] when the body passes its cap.
@@ -345,6 +371,34 @@ mod tests {
         let body = chunks(vec![data(3), data(4)]);
         let got = buffer(body, None, 7, Duration::from_secs(5)).await.unwrap();
         assert_eq!(got, Bytes::from_static(b"xxxxxxx"));
+        let parts = || {
+            [b"ab".as_slice(), b"", b"cde", b"f"]
+                .into_iter()
+                .map(|p| Ok(Frame::data(Bytes::copy_from_slice(p))))
+                .collect::<Vec<Chunk>>()
+        };
+        for declared in [None, Some(6), Some(3)] {
+            let got = buffer(chunks(parts()), declared, 6, Duration::from_secs(5)).await;
+            assert_eq!(got.unwrap(), Bytes::from_static(b"abcdef"), "{declared:?}");
+        }
+        let trailers = chunks(vec![
+            data(2),
+            Ok(Frame::trailers(http::HeaderMap::new())),
+            data(1),
+        ]);
+        let got = buffer(trailers, None, 7, Duration::from_secs(5)).await;
+        assert_eq!(got.unwrap(), Bytes::from_static(b"xxx"));
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_frame_is_returned_without_a_copy() {
+        let sent = Bytes::from(vec![b'x'; 2048]);
+        let body = chunks(vec![Ok(Frame::data(sent.clone()))]);
+        let got = buffer(body, Some(2048), 4096, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(got.as_ptr(), sent.as_ptr(), "the frame's own bytes");
     }
 
     #[tokio::test]

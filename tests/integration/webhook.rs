@@ -105,6 +105,12 @@ fn tamper_body(signed: &Signed, from: &str, to: &str) -> Signed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_sdk_signed_form_is_forwarded_byte_identical_and_tampering_is_refused() {
     let (proxy, recorder) = proxy_with("").await;
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    let before = r#"voxguard_webhook_verified_total{route="twilio",scheme="twilio"} 0"#;
+    assert!(
+        metrics.contains(before),
+        "a signed route's series exists before its first delivery (rate() and alerts see a 0)\n{metrics}"
+    );
     let signed = sign(json!({
         "scheme": "twilio",
         "secret": TWILIO_TOKEN,

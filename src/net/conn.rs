@@ -141,6 +141,11 @@ where
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
+            // One buffer per response instead of a vectored write: rustls makes one TLS record of
+            // either, but a vectored write costs it a list of slices and a second chunk to walk.
+            // The price, a copy of the body into hyper's buffer, is small next to encrypting it
+            // (callgrind: GET −2.0 %, POST −1.0 % per request).
+            .writev(false)
             .max_header_size(settings.max_header_bytes)
             .max_headers(settings.max_headers)
             .serve_connection(io, service)

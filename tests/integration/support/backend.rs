@@ -142,6 +142,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             }
             Ok(text(StatusCode::OK, format!("received {total}")))
         }
+        "/download" => Ok(Response::new(Full::new(download_body()))),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             Ok(text(StatusCode::OK, "slow done".into()))
@@ -154,6 +155,15 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             Ok(text(StatusCode::OK, out))
         }
     }
+}
+
+/// What `/download` answers: 8 MiB whose bytes depend on their offset, so a byte lost, repeated or
+/// reordered on the way shows.
+pub fn download_body() -> Bytes {
+    (0..8 * 1024 * 1024u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 fn upgrade(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {

@@ -76,33 +76,31 @@ async fn an_8_mib_response_arrives_byte_exact_over_h1_and_h2() {
     let proxy = spawn_proxy(spawn_backend().await, "", "").await;
     let expected = crate::support::backend::download_body();
     let mut one = h1(proxy.tls, &proxy.ca_pem).await;
-    let req = Request::builder()
-        .uri("/download")
-        .header("host", "localhost")
-        .body(client::empty())
-        .unwrap();
-    let res = one.send_request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        body == expected,
-        "h1: {} bytes, not the 8 MiB sent",
-        body.len()
-    );
-
     let mut two = h2(proxy.tls, &proxy.ca_pem).await;
-    let req = Request::builder()
-        .uri("https://localhost/download")
-        .body(client::empty())
-        .unwrap();
-    let res = two.send_request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        body == expected,
-        "h2: {} bytes, not the 8 MiB sent",
-        body.len()
-    );
+    let over_h1 = Request::get("/download").header("host", "localhost");
+    let over_h2 = Request::get("https://localhost/download");
+    let answers = [
+        (
+            "h1",
+            one.send_request(over_h1.body(client::empty()).unwrap())
+                .await,
+        ),
+        (
+            "h2",
+            two.send_request(over_h2.body(client::empty()).unwrap())
+                .await,
+        ),
+    ];
+    for (protocol, answer) in answers {
+        let res = answer.unwrap();
+        assert_eq!(res.status(), 200, "{protocol}");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let len = body.len();
+        assert!(
+            body == expected,
+            "{protocol}: {len} bytes, not the 8 MiB sent"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

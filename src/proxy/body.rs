@@ -65,17 +65,16 @@ where
             if total > cap {
                 return Err(Rejection::BodyTooLarge);
             }
-            match first.take() {
-                None if joined.is_empty() => first = Some(data),
-                earlier => {
-                    if let Some(earlier) = earlier {
-                        let expected = declared_len.unwrap_or(total).clamp(total, cap);
-                        joined.reserve(usize::try_from(expected).unwrap_or(usize::MAX));
-                        joined.extend_from_slice(&earlier);
-                    }
-                    joined.extend_from_slice(&data);
-                }
+            if first.is_none() && joined.is_empty() {
+                first = Some(data);
+                continue;
             }
+            if let Some(earlier) = first.take() {
+                let expected = declared_len.unwrap_or(total).clamp(total, cap);
+                joined.reserve(usize::try_from(expected).unwrap_or(usize::MAX));
+                joined.extend_from_slice(&earlier);
+            }
+            joined.extend_from_slice(&data);
         }
         Ok(first.unwrap_or_else(|| joined.freeze()))
     };

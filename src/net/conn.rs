@@ -2,64 +2,24 @@
 //! watchdog, and the drain's `graceful_shutdown()`.
 //!
 //! The protocol is picked from ALPN rather than sniffed, so hyper's header-read timer runs from the
-//! first byte of HTTP/1.1 (auto-detection would leave the preface untimed).
+//! first byte of HTTP/1.1 (auto-detection would leave the preface untimed). That timer, the
+//! keep-alive timeout and the wake-ups for both are the connection's [`Watchdog`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::watchdog::{HeadTimer, Watch, Watchdog};
 use crate::proxy::body::ProxyBody;
 
-/// Requests in flight on one connection and since when it has had none.
-pub struct Activity {
-    epoch: Instant,
-    in_flight: AtomicUsize,
-    idle_since_ms: AtomicU64,
-}
-
-/// Held while a request (including its response body) is in flight.
-pub struct InFlight(Arc<Activity>);
-
-impl Activity {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            epoch: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-        })
-    }
-
-    pub fn enter(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// How long the connection has had nothing in flight, or `None` if something is.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
-        Some(self.epoch.elapsed().saturating_sub(since))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let now = self.0.epoch.elapsed().as_millis() as u64;
-            self.0.idle_since_ms.store(now, Ordering::Relaxed);
-        }
-    }
-}
+pub use super::watchdog::{Activity, InFlight};
 
 /// Per-connection HTTP settings, from `[server]`.
 #[derive(Clone, Copy)]
@@ -136,10 +96,11 @@ where
             .max_header_list_size(settings.max_header_bytes as u32)
             .max_concurrent_streams(256)
             .serve_connection(io, service);
-        drive(conn, settings.keepalive_timeout, &activity, &drain_started).await
+        let watchdog = Watchdog::new(activity, settings.keepalive_timeout, None);
+        drive(conn, watchdog, &drain_started).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
+            .timer(HeadTimer(activity.clone()))
             .header_read_timeout(settings.header_read_timeout)
             // One buffer per response instead of a vectored write: rustls makes one TLS record of
             // either, but a vectored write costs it a list of slices and a second chunk to walk.
@@ -150,7 +111,12 @@ where
             .max_headers(settings.max_headers)
             .serve_connection(io, service)
             .with_upgrades();
-        drive(conn, settings.keepalive_timeout, &activity, &drain_started).await
+        let watchdog = Watchdog::new(
+            activity,
+            settings.keepalive_timeout,
+            Some(settings.header_read_timeout),
+        );
+        drive(conn, watchdog, &drain_started).await
     };
     let e = result.err()?;
     tracing::debug!(error = %e, "connection ended with an error");
@@ -184,16 +150,13 @@ fn client_fault(e: &hyper::Error, h2: bool) -> Option<&'static str> {
 
 async fn drive<C: Graceful>(
     conn: C,
-    keepalive: Duration,
-    activity: &Activity,
+    mut watchdog: Watchdog,
     drain_started: &tokio_util::sync::CancellationToken,
 ) -> Result<(), hyper::Error> {
     tokio::pin!(conn);
     let drain = drain_started.cancelled();
     tokio::pin!(drain);
     let mut drain_watched = false;
-    let mut tick = tokio::time::interval((keepalive / 4).max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutting_down = false;
     std::future::poll_fn(|cx| {
         loop {
@@ -212,10 +175,7 @@ async fn drive<C: Graceful>(
                 drain_watched = true;
                 drain.as_mut().poll(cx).is_ready()
             };
-            let mut idle = false;
-            while !idle && tick.poll_tick(cx).is_ready() {
-                idle = activity.idle_for().is_some_and(|idle| idle >= keepalive);
-            }
+            let idle = watchdog.poll(cx) == Watch::Idle;
             if !(draining || idle) {
                 return Poll::Pending;
             }

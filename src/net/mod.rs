@@ -6,3 +6,4 @@ pub mod h2_flood;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod tls;
+pub mod watchdog;

@@ -301,6 +301,69 @@ async fn a_slow_request_head_is_cut_off_by_the_header_read_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
 
+/// Reads until the proxy closes the connection (or 10 s pass); returns what arrived.
+async fn read_until_closed(tls: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the proxy must close the connection");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_after_a_keepalive_request_is_cut_off_too() {
+    let proxy = spawn_proxy(
+        spawn_backend().await,
+        "header_read_timeout = \"500ms\"\nkeepalive_timeout = \"60s\"",
+        "",
+    )
+    .await;
+    let mut tls = raw_tls(&proxy).await;
+    tls.write_all(b"GET /headers HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The response's body may still be arriving; the next head then stalls half-way.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: local")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let rest = read_until_closed(&mut tls).await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        !text.contains("HTTP/1.1 ") || text.contains("HTTP/1.1 408"),
+        "a second response other than 408: {text}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_keepalive_connection_is_closed() {
+    let proxy = spawn_proxy(spawn_backend().await, "keepalive_timeout = \"300ms\"", "").await;
+    let mut tls = raw_tls(&proxy).await;
+    tls.write_all(b"GET /headers HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_until_closed(&mut tls).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed once idle, not at once"
+    );
+}
+
 /// A proxy whose upstream times out fast: 100 ms to connect, 300 ms to the response head.
 async fn proxy_with_short_timeouts(backend: std::net::SocketAddr) -> crate::support::TestProxy {
     let dir = tempfile::tempdir().unwrap();

@@ -330,6 +330,7 @@ impl Pipeline {
                         peer,
                         original_host: host_value.as_ref(),
                         request_id: request_id.as_str(),
+                        activity: &conn.activity,
                     };
                     let state = &rt.route_state[index];
                     let upstream = &state.upstream;

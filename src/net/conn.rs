@@ -90,13 +90,18 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    debug_assert_eq!(
+        activity.runs_requests_inline(),
+        !h2,
+        "Activity::new(h2) must match"
+    );
     let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(settings.max_header_bytes as u32)
             .max_concurrent_streams(256)
             .serve_connection(io, service);
-        let watchdog = Watchdog::new(activity, settings.keepalive_timeout, None);
+        let watchdog = Watchdog::new(activity, settings.keepalive_timeout);
         drive(conn, watchdog, &drain_started).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
@@ -111,11 +116,7 @@ where
             .max_headers(settings.max_headers)
             .serve_connection(io, service)
             .with_upgrades();
-        let watchdog = Watchdog::new(
-            activity,
-            settings.keepalive_timeout,
-            Some(settings.header_read_timeout),
-        );
+        let watchdog = Watchdog::new(activity, settings.keepalive_timeout);
         drive(conn, watchdog, &drain_started).await
     };
     let e = result.err()?;

@@ -186,7 +186,7 @@ async fn handle_tls(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let flooded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let io = TokioIo::new(super::h2_flood::FloodGuard::new(tls, h2, flooded.clone()));
-    let activity = Activity::new();
+    let activity = Activity::new(h2);
     let drain_started = pipeline.drain.started.clone();
     if over_limit {
         // Answer 503 + Retry-After instead of a bare reset, so clients back off correctly.
@@ -239,7 +239,7 @@ pub async fn run_redirect(
             false,
             svc,
             settings,
-            Activity::new(),
+            Activity::new(false),
             drain.started.clone(),
         ));
     }

@@ -1,15 +1,20 @@
 //! A connection's one timer: it closes the connection once it has been idle for the keep-alive
-//! timeout, and wakes it when a request head's deadline passes (hyper then answers 408).
+//! timeout, and wakes it when a deadline of the request it is serving passes: hyper's header-read
+//! timeout (hyper then answers 408) and, on HTTP/1.1, the upstream's response timeout (504).
 //!
-//! hyper's HTTP/1.1 server starts a header-read timer for every request head. A tokio timer per head
-//! is registered with the timer wheel and cancelled again for each request (~1,000 instructions and
-//! two locks of the wheel). Here hyper's timer is a bare deadline ([`HeadTimer`]) that it checks
-//! whenever it polls the connection, and the watchdog is what wakes the connection when that
-//! deadline passes. The watchdog is re-armed only when it fires, never earlier than it has to be:
-//! a head read that starts after it was armed ends no earlier than the header-read timeout after
-//! arming, so the watchdog is never armed later than that. A busy connection thus costs one timer
-//! operation per header-read timeout, not one per request, and an idle one is woken exactly when
-//! its head deadline or its keep-alive timeout is due.
+//! Both deadlines start once per request. A tokio timer per deadline is registered with the timer
+//! wheel and cancelled again for every request (~600 instructions and two locks of the wheel each).
+//! Here they are bare [`Deadline`]s, checked whenever their future is polled, that publish their
+//! instant in the connection's [`Activity`]; the watchdog is what wakes the connection when one
+//! passes. It is re-armed only when it fires or when a deadline earlier than the one it is armed
+//! for is published, and a request's deadlines almost always come after the previous request's,
+//! so a busy connection costs about one timer operation per header-read timeout, not two per
+//! request, and an idle one is woken exactly when its head deadline or keep-alive timeout is due.
+//!
+//! This works because on HTTP/1.1 hyper polls the request's future, and reads the request head,
+//! inside the connection's own task: a wake-up of that task reaches them. An h2 stream runs in a
+//! task of its own, so h2 requests keep a tokio timer for their response timeout
+//! ([`Activity::response_deadline`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,27 +23,58 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Requests in flight on one connection, since when it has had none, and the deadline of the
-/// request head being read, if one is.
+/// Requests in flight on one connection, since when it has had none, and the deadlines the
+/// watchdog wakes the connection for.
 pub struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
-    /// Milliseconds since `epoch`, rounded up; 0 when no head is being read.
-    head_deadline_ms: AtomicU64,
+    /// Whether the connection's requests run in its own task (HTTP/1.1), so that the watchdog's
+    /// wake-ups reach them.
+    watched: bool,
+    /// Per [`Slot`]: milliseconds since `epoch`, rounded up; 0 when none.
+    deadlines_ms: [AtomicU64; 2],
+}
+
+/// Which deadline a [`Deadline`] publishes.
+#[derive(Clone, Copy)]
+enum Slot {
+    Head = 0,
+    Response = 1,
 }
 
 /// Held while a request (including its response body) is in flight.
 pub struct InFlight(Arc<Activity>);
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    /// `h2`: the connection's requests run in tasks of their own.
+    pub fn new(h2: bool) -> Arc<Self> {
         Arc::new(Self {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
-            head_deadline_ms: AtomicU64::new(0),
+            watched: !h2,
+            deadlines_ms: [AtomicU64::new(0), AtomicU64::new(0)],
         })
+    }
+
+    /// Whether it was made for an HTTP/1.1 connection, whose requests run in its own task.
+    pub fn runs_requests_inline(&self) -> bool {
+        self.watched
+    }
+
+    /// The upstream's response timeout for a request on this connection: a [`Deadline`] the
+    /// watchdog wakes the request for on HTTP/1.1, a tokio timer on h2.
+    pub fn response_deadline(self: &Arc<Self>, timeout: Duration) -> ResponseDeadline {
+        if self.watched {
+            ResponseDeadline::Watched(Deadline::publish(
+                self,
+                Slot::Response,
+                Instant::now() + timeout,
+            ))
+        } else {
+            ResponseDeadline::Timer(Box::pin(tokio::time::sleep(timeout)))
+        }
     }
 
     pub fn enter(self: &Arc<Self>) -> InFlight {
@@ -48,8 +84,9 @@ impl Activity {
 
     fn millis(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
-        // Rounded up, and never 0 (which means "none").
-        (since.as_nanos().div_ceil(1_000_000) as u64).max(1)
+        // Rounded up, and never 0 (which means "none"); no 128-bit division.
+        let millis = since.as_secs() * 1000 + u64::from(since.subsec_nanos().div_ceil(1_000_000));
+        millis.max(1)
     }
 
     fn instant(&self, millis: u64) -> Instant {
@@ -64,10 +101,15 @@ impl Activity {
         Some(self.instant(self.idle_since_ms.load(Ordering::Relaxed)) + keepalive)
     }
 
-    fn head_deadline(&self) -> Option<Instant> {
-        match self.head_deadline_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(self.instant(ms)),
+    /// The earliest published deadline, in milliseconds (0: none).
+    fn earliest_deadline_ms(&self) -> u64 {
+        let [head, response] = &self.deadlines_ms;
+        match (
+            head.load(Ordering::Relaxed),
+            response.load(Ordering::Relaxed),
+        ) {
+            (0, ms) | (ms, 0) => ms,
+            (a, b) => a.min(b),
         }
     }
 }
@@ -81,17 +123,42 @@ impl Drop for InFlight {
     }
 }
 
-/// hyper's header-read timer for one HTTP/1.1 connection: its sleeps are deadlines that wake
-/// nothing themselves; they tell the connection's [`Watchdog`] when to wake. The HTTP/1.1 server's
-/// only use of its timer is the header-read timeout.
+/// hyper's header-read timer for one HTTP/1.1 connection: its sleeps are [`Deadline`]s. The
+/// HTTP/1.1 server's only use of its timer is the header-read timeout.
 #[derive(Clone)]
 pub struct HeadTimer(pub Arc<Activity>);
 
-/// A request head's deadline: due once the clock passes it.
-struct Deadline {
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, at: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Deadline::publish(&self.0, Slot::Head, at))
+    }
+}
+
+/// A deadline that is due once the clock passes it. It wakes nothing itself: it publishes its
+/// instant in the connection's [`Activity`] until it is dropped, and the watchdog wakes the
+/// connection then.
+pub struct Deadline {
     at: Instant,
     millis: u64,
+    slot: Slot,
     activity: Arc<Activity>,
+}
+
+impl Deadline {
+    fn publish(activity: &Arc<Activity>, slot: Slot, at: Instant) -> Self {
+        let millis = activity.millis(at);
+        activity.deadlines_ms[slot as usize].store(millis, Ordering::Relaxed);
+        Self {
+            at,
+            millis,
+            slot,
+            activity: activity.clone(),
+        }
+    }
 }
 
 impl Future for Deadline {
@@ -111,7 +178,7 @@ impl hyper::rt::Sleep for Deadline {}
 impl Drop for Deadline {
     fn drop(&mut self) {
         // Only if a newer deadline has not replaced it already.
-        let _ = self.activity.head_deadline_ms.compare_exchange(
+        let _ = self.activity.deadlines_ms[self.slot as usize].compare_exchange(
             self.millis,
             0,
             Ordering::Relaxed,
@@ -120,19 +187,20 @@ impl Drop for Deadline {
     }
 }
 
-impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
-    }
+/// The upstream's response timeout for one request; see [`Activity::response_deadline`].
+pub enum ResponseDeadline {
+    Watched(Deadline),
+    Timer(Pin<Box<tokio::time::Sleep>>),
+}
 
-    fn sleep_until(&self, at: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let millis = self.0.millis(at);
-        self.0.head_deadline_ms.store(millis, Ordering::Relaxed);
-        Box::pin(Deadline {
-            at,
-            millis,
-            activity: self.0.clone(),
-        })
+impl Future for ResponseDeadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            ResponseDeadline::Watched(deadline) => Pin::new(deadline).poll(cx),
+            ResponseDeadline::Timer(sleep) => sleep.as_mut().poll(cx),
+        }
     }
 }
 
@@ -148,36 +216,32 @@ pub enum Watch {
 /// The connection's timer; see the module's comment.
 pub struct Watchdog {
     sleep: Pin<Box<tokio::time::Sleep>>,
-    /// Whether `sleep` has been polled since its last reset, so that it wakes this task when it
-    /// fires (until then tokio counts it neither registered nor elapsed).
-    armed: bool,
+    /// The millisecond `sleep` is armed for, once it has been polled since its last reset (so that
+    /// it wakes this task when it fires); `None` before that.
+    armed_ms: Option<u64>,
     keepalive: Duration,
-    /// The longest the watchdog may sleep: the header-read timeout on HTTP/1.1 (so that it is never
-    /// armed past a head deadline that did not exist yet), the keep-alive timeout on h2.
-    longest: Duration,
     activity: Arc<Activity>,
 }
 
 impl Watchdog {
-    pub fn new(
-        activity: Arc<Activity>,
-        keepalive: Duration,
-        header_read_timeout: Option<Duration>,
-    ) -> Self {
-        let longest = header_read_timeout.map_or(keepalive, |h| h.min(keepalive));
+    pub fn new(activity: Arc<Activity>, keepalive: Duration) -> Self {
         Self {
-            sleep: Box::pin(tokio::time::sleep(longest)),
-            armed: false,
+            sleep: Box::pin(tokio::time::sleep(keepalive)),
+            armed_ms: None,
             keepalive,
-            longest,
             activity,
         }
     }
 
-    /// Checks the connection if the timer fired (a load, otherwise), and arms it for whatever is
-    /// due next, so that `cx` is woken then.
+    /// Checks the connection if the timer fired or a deadline earlier than the armed one was
+    /// published (two loads, otherwise), and arms it for whatever is due next, so that `cx` is
+    /// woken then.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Watch {
-        if self.armed && !self.sleep.is_elapsed() {
+        let earliest = self.activity.earliest_deadline_ms();
+        if let Some(armed) = self.armed_ms
+            && !self.sleep.is_elapsed()
+            && (earliest == 0 || earliest >= armed)
+        {
             return Watch::Armed;
         }
         loop {
@@ -186,28 +250,32 @@ impl Watchdog {
             if idle_at.is_some_and(|at| at <= now) {
                 return Watch::Idle;
             }
-            let next = next_wake(now, idle_at, self.activity.head_deadline(), self.longest);
+            let deadline = match self.activity.earliest_deadline_ms() {
+                0 => None,
+                ms => Some(self.activity.instant(ms)),
+            };
+            let next = next_wake(now, idle_at, deadline, self.keepalive);
             self.sleep.as_mut().reset(next.into());
             if self.sleep.as_mut().poll(cx).is_pending() {
-                self.armed = true;
+                self.armed_ms = Some(self.activity.millis(next));
                 return Watch::Armed;
             }
         }
     }
 }
 
-/// When the watchdog fires next: at the idle deadline or the head deadline, whichever comes first,
-/// and no later than `longest` from now. A head deadline that has passed was seen by hyper in the
-/// poll just before this one (it answers 408 and the connection ends); the watchdog then fires again
-/// a millisecond later in any case.
+/// When the watchdog fires next: at the idle deadline or the earliest published deadline, whichever
+/// comes first, and no later than `longest` from now. A deadline that has passed was seen by its
+/// future in the poll just before this one (the request then ends); the watchdog then fires again a
+/// millisecond later in any case.
 fn next_wake(
     now: Instant,
     idle_at: Option<Instant>,
-    head_at: Option<Instant>,
+    deadline: Option<Instant>,
     longest: Duration,
 ) -> Instant {
-    let head_at = head_at.map(|at| at.max(now + Duration::from_millis(1)));
-    [idle_at, head_at]
+    let deadline = deadline.map(|at| at.max(now + Duration::from_millis(1)));
+    [idle_at, deadline]
         .into_iter()
         .flatten()
         .fold(now + longest, Instant::min)
@@ -218,29 +286,50 @@ mod tests {
     use super::*;
     use hyper::rt::Timer;
 
-    #[test]
-    fn a_head_deadline_is_published_until_its_sleep_is_dropped() {
-        let activity = Activity::new();
+    fn published(activity: &Activity) -> Option<Instant> {
+        match activity.earliest_deadline_ms() {
+            0 => None,
+            ms => Some(activity.instant(ms)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_is_published_until_it_is_dropped() {
+        let activity = Activity::new(false);
         let timer = HeadTimer(activity.clone());
-        assert_eq!(activity.head_deadline(), None);
+        assert_eq!(published(&activity), None);
         let at = Instant::now() + Duration::from_secs(10);
         let first = timer.sleep_until(at);
-        let published = activity.head_deadline().unwrap();
-        assert!(published >= at && published < at + Duration::from_millis(2));
+        let head = published(&activity).unwrap();
+        assert!(head >= at && head < at + Duration::from_millis(2));
         // hyper's default `reset` makes the new sleep before it drops the old one.
         let second = timer.sleep_until(at + Duration::from_secs(1));
         drop(first);
         assert!(
-            activity.head_deadline().unwrap() > at,
+            published(&activity).unwrap() > at,
             "the newer deadline stays"
         );
+        // The earliest of a head and a response deadline is what the watchdog sees.
+        let response = activity.response_deadline(Duration::from_secs(5));
+        assert!(matches!(response, ResponseDeadline::Watched(_)));
+        assert!(published(&activity).unwrap() < at);
+        drop(response);
         drop(second);
-        assert_eq!(activity.head_deadline(), None);
+        assert_eq!(published(&activity), None);
+        let h2 = Activity::new(true);
+        assert!(
+            matches!(
+                h2.response_deadline(Duration::from_secs(5)),
+                ResponseDeadline::Timer(_)
+            ),
+            "h2 streams run in their own tasks: a tokio timer"
+        );
+        assert_eq!(published(&h2), None);
     }
 
     #[test]
     fn a_deadline_is_due_once_the_clock_passes_it() {
-        let activity = Activity::new();
+        let activity = Activity::new(false);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut past = HeadTimer(activity.clone()).sleep_until(Instant::now());
@@ -250,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn the_watchdog_fires_at_the_first_deadline_and_never_later_than_the_longest_wait() {
+    fn the_watchdog_fires_at_the_first_deadline_and_never_later_than_the_keepalive() {
         let now = Instant::now();
         let s = Duration::from_secs;
         let longest = s(10);
@@ -286,10 +375,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_watchdog_reports_an_idle_connection_and_never_a_busy_one() {
-        let activity = Activity::new();
+        let activity = Activity::new(false);
         let keepalive = Duration::from_millis(50);
-        let mut watchdog =
-            Watchdog::new(activity.clone(), keepalive, Some(Duration::from_secs(10)));
+        let mut watchdog = Watchdog::new(activity.clone(), keepalive);
         assert_eq!(poll(&mut watchdog).await, Watch::Armed);
         assert!(
             watchdog.sleep.deadline().into_std()
@@ -306,5 +394,28 @@ mod tests {
         drop(busy);
         tokio::time::sleep(keepalive + Duration::from_millis(10)).await;
         assert_eq!(poll(&mut watchdog).await, Watch::Idle);
+    }
+
+    #[tokio::test]
+    async fn an_earlier_deadline_rearms_the_watchdog_and_a_later_one_does_not() {
+        let activity = Activity::new(false);
+        let mut watchdog = Watchdog::new(activity.clone(), Duration::from_secs(60));
+        let _busy = activity.enter();
+        assert_eq!(poll(&mut watchdog).await, Watch::Armed);
+        let armed = |w: &Watchdog| w.sleep.deadline().into_std();
+        let first = armed(&watchdog);
+        assert!(first >= Instant::now() + Duration::from_secs(59));
+        let head = HeadTimer(activity.clone()).sleep(Duration::from_secs(10));
+        poll(&mut watchdog).await;
+        let at_head = armed(&watchdog);
+        assert!(at_head < first && at_head >= Instant::now() + Duration::from_secs(9));
+        let response = activity.response_deadline(Duration::from_secs(30));
+        poll(&mut watchdog).await;
+        assert_eq!(
+            armed(&watchdog),
+            at_head,
+            "a later deadline waits for the next firing"
+        );
+        drop((head, response));
     }
 }

@@ -10,6 +10,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 
 use crate::config::RouteConfig;
+use crate::net::watchdog::{Activity, ResponseDeadline};
 use crate::proxy::body::{BodyFate, BoxError, Limited, ProxyBody, ReadTimeout, empty};
 use crate::proxy::headers;
 use crate::proxy::pool::SendError;
@@ -22,6 +23,8 @@ pub struct ForwardCtx<'a> {
     pub peer: IpAddr,
     pub original_host: Option<&'a HeaderValue>,
     pub request_id: &'a str,
+    /// The client connection: where the upstream's response timeout is watched.
+    pub activity: &'a Arc<Activity>,
 }
 
 /// A forwarded response, plus the two upgrade halves when a WebSocket session must start.
@@ -74,7 +77,12 @@ where
         None => empty(),
         Some(fate) => Limited::new(body, route.max_body_bytes, fate.clone()).boxed(),
     });
-    let sent = tokio::time::timeout(upstream.response_timeout, upstream.pool.send(req)).await;
+    let deadline = ctx.activity.response_deadline(upstream.response_timeout);
+    let sent = Within {
+        work: upstream.pool.send(req),
+        deadline,
+    }
+    .await;
     let mut res = match sent {
         // The client stopped sending its body: the upstream is still waiting for it.
         Err(_) if fate.as_ref().is_some_and(|f| f.waiting_on_client()) => {
@@ -111,6 +119,32 @@ where
         response: res.map(|body| ReadTimeout::new(body, upstream.read_timeout).boxed()),
         websocket: None,
     })
+}
+
+pin_project_lite::pin_project! {
+    /// `work`'s output, or `Err(())` once `deadline` has passed first: `tokio::time::timeout`, with
+    /// the deadline the connection watches instead of a timer registered with tokio per request.
+    struct Within<F> {
+        #[pin]
+        work: F,
+        #[pin]
+        deadline: ResponseDeadline,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(out) = this.work.poll(cx) {
+            return std::task::Poll::Ready(Ok(out));
+        }
+        this.deadline.poll(cx).map(Err)
+    }
 }
 
 /// The declared `Content-Length`, if it parses.

@@ -384,9 +384,20 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let proxy = proxy_with_short_timeouts(backend).await;
     let (status, _, _) = https_get(proxy.tls, &proxy.ca_pem, "/slow").await;
     assert_eq!(status, 504);
+    // Over h2 too, where each stream runs in a task of its own (not the connection's).
+    let mut two = h2(proxy.tls, &proxy.ca_pem).await;
+    let req = Request::builder()
+        .uri("https://localhost/slow")
+        .body(client::empty())
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), two.send_request(req)).await;
+    assert_eq!(
+        answered.expect("an answer, not a hang").unwrap().status(),
+        504
+    );
     let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
     assert!(
-        metrics.contains(r#"voxguard_upstream_errors_total{reason="timeout",upstream="voice"} 1"#),
+        metrics.contains(r#"voxguard_upstream_errors_total{reason="timeout",upstream="voice"} 2"#),
         "{metrics}"
     );
 }

@@ -166,6 +166,8 @@ async fn drive<C: Graceful>(
                 return Poll::Ready(result);
             }
             if shutting_down {
+                // Still woken for the deadlines of the requests finishing (a 504 is due on time).
+                watchdog.poll(cx);
                 return Poll::Pending;
             }
             // The drain's future is polled once, so that cancelling wakes this task; after that a

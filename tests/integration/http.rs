@@ -403,6 +403,22 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_the_drain_starts_still_gets_its_504() {
+    let proxy = proxy_with_short_timeouts(spawn_backend().await).await;
+    let (tls, ca) = (proxy.tls, proxy.ca_pem.clone());
+    let in_flight = tokio::spawn(async move { https_get(tls, &ca, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _dir = proxy.dir;
+    let drain = tokio::spawn(proxy.app.shutdown());
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the upstream's response timeout still applies while draining")
+        .unwrap();
+    assert_eq!(status, 504);
+    assert!(drain.await.unwrap(), "the drain finishes clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_blamed() {
     let backend = spawn_backend().await;
     let proxy = proxy_with_short_timeouts(backend).await;

@@ -294,6 +294,16 @@ mod tests {
         vec![s.as_bytes().to_vec()]
     }
 
+    /// Accepts `k{i}` for each `i` in `ids`, one second apart (at second `i`).
+    fn accept_in_turn(c: &Arc<ReplayCache>, clock: &Clock, ids: std::ops::Range<u64>) {
+        for i in ids {
+            clock.store(i, Ordering::Relaxed);
+            c.claim(&id(&format!("k{i}")))
+                .unwrap()
+                .settle(StatusCode::OK);
+        }
+    }
+
     #[test]
     fn ids_are_salted_per_cache_and_hashed_by_their_digest() {
         let (a, _) = cache(100);
@@ -377,18 +387,10 @@ mod tests {
     #[test]
     fn stays_bounded_and_evicts_the_oldest_first() {
         let (c, clock) = cache(16);
-        for i in 0..16 {
-            clock.store(i, Ordering::Relaxed);
-            c.claim(&id(&format!("k{i}")))
-                .unwrap()
-                .settle(StatusCode::OK);
-        }
+        accept_in_turn(&c, &clock, 0..16);
         let in_flight = c.claim(&id("pending")).unwrap();
         for i in 16..40 {
-            clock.store(i, Ordering::Relaxed);
-            c.claim(&id(&format!("k{i}")))
-                .unwrap()
-                .settle(StatusCode::OK);
+            accept_in_turn(&c, &clock, i..i + 1);
             assert!(c.len() <= 16);
         }
         assert_eq!(
@@ -410,12 +412,7 @@ mod tests {
     #[test]
     fn a_full_cache_makes_room_for_a_sixteenth_of_it_at_once() {
         let (c, clock) = cache(64);
-        for i in 0..64 {
-            clock.store(i, Ordering::Relaxed);
-            c.claim(&id(&format!("k{i}")))
-                .unwrap()
-                .settle(StatusCode::OK);
-        }
+        accept_in_turn(&c, &clock, 0..64);
         assert_eq!(c.len(), 64);
         let pending = c.claim(&id("k64")).unwrap();
         assert_eq!(c.len(), 61, "the four oldest went in one pass");
@@ -424,11 +421,7 @@ mod tests {
             assert!(c.claim(&id(&format!("k{i}"))).is_err(), "k{i} is kept");
         }
         // The next three claims fit without another pass.
-        for i in 65..68 {
-            c.claim(&id(&format!("k{i}")))
-                .unwrap()
-                .settle(StatusCode::OK);
-        }
+        accept_in_turn(&c, &clock, 65..68);
         assert_eq!((c.len(), c.evictions()), (64, 4));
         assert!(
             c.claim(&id("k0")).is_ok(),

@@ -136,6 +136,15 @@ impl hyper::rt::Timer for HeadTimer {
     fn sleep_until(&self, at: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(Deadline::publish(&self.0, Slot::Head, at))
     }
+
+    /// Moves the deadline in place. hyper's default makes a new sleep and then drops the old one,
+    /// whose drop would clear the new deadline if both fell in the same millisecond.
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, at: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<Deadline>() {
+            Some(deadline) => deadline.get_mut().move_to(at),
+            None => *sleep = self.sleep_until(at),
+        }
+    }
 }
 
 /// A deadline that is due once the clock passes it. It wakes nothing itself: it publishes its
@@ -158,6 +167,14 @@ impl Deadline {
             slot,
             activity: activity.clone(),
         }
+    }
+}
+
+impl Deadline {
+    fn move_to(&mut self, at: Instant) {
+        self.at = at;
+        self.millis = self.activity.millis(at);
+        self.activity.deadlines_ms[self.slot as usize].store(self.millis, Ordering::Relaxed);
     }
 }
 
@@ -325,6 +342,23 @@ mod tests {
             "h2 streams run in their own tasks: a tokio timer"
         );
         assert_eq!(published(&h2), None);
+    }
+
+    #[test]
+    fn a_reset_moves_the_deadline_in_place() {
+        let activity = Activity::new(false);
+        let timer = HeadTimer(activity.clone());
+        let at = Instant::now() + Duration::from_secs(10);
+        let mut head = timer.sleep_until(at);
+        // The same millisecond: hyper's default (a new sleep, then the old one dropped) would
+        // leave nothing published.
+        timer.reset(&mut head, at);
+        assert!(published(&activity).is_some_and(|p| p >= at));
+        timer.reset(&mut head, at + Duration::from_secs(5));
+        let moved = published(&activity).unwrap();
+        assert!(moved >= at + Duration::from_secs(5) && moved < at + Duration::from_millis(5_002));
+        drop(head);
+        assert_eq!(published(&activity), None);
     }
 
     #[test]

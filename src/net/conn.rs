@@ -95,17 +95,17 @@ where
         !h2,
         "Activity::new(h2) must match"
     );
+    let watchdog = Watchdog::new(activity.clone(), settings.keepalive_timeout);
     let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(settings.max_header_bytes as u32)
             .max_concurrent_streams(256)
             .serve_connection(io, service);
-        let watchdog = Watchdog::new(activity, settings.keepalive_timeout);
         drive(conn, watchdog, &drain_started).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
-            .timer(HeadTimer(activity.clone()))
+            .timer(HeadTimer(activity))
             .header_read_timeout(settings.header_read_timeout)
             // One buffer per response instead of a vectored write: rustls makes one TLS record of
             // either, but a vectored write costs it a list of slices and a second chunk to walk.
@@ -116,7 +116,6 @@ where
             .max_headers(settings.max_headers)
             .serve_connection(io, service)
             .with_upgrades();
-        let watchdog = Watchdog::new(activity, settings.keepalive_timeout);
         drive(conn, watchdog, &drain_started).await
     };
     let e = result.err()?;

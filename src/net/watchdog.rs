@@ -31,7 +31,7 @@ pub struct Activity {
     idle_since_ms: AtomicU64,
     /// Whether the connection's requests run in its own task (HTTP/1.1), so that the watchdog's
     /// wake-ups reach them.
-    watched: bool,
+    requests_inline: bool,
     /// Per [`Slot`]: milliseconds since `epoch`, rounded up; 0 when none.
     deadlines_ms: [AtomicU64; 2],
 }
@@ -53,27 +53,27 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
-            watched: !h2,
+            requests_inline: !h2,
             deadlines_ms: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
     /// Whether it was made for an HTTP/1.1 connection, whose requests run in its own task.
     pub fn runs_requests_inline(&self) -> bool {
-        self.watched
+        self.requests_inline
     }
 
     /// The upstream's response timeout for a request on this connection: a [`Deadline`] the
     /// watchdog wakes the request for on HTTP/1.1, a tokio timer on h2.
     pub fn response_deadline(self: &Arc<Self>, timeout: Duration) -> ResponseDeadline {
-        if self.watched {
-            ResponseDeadline::Watched(Deadline::publish(
-                self,
-                Slot::Response,
-                Instant::now() + timeout,
-            ))
+        if self.requests_inline {
+            ResponseDeadline::Watched {
+                deadline: Deadline::publish(self, Slot::Response, Instant::now() + timeout),
+            }
         } else {
-            ResponseDeadline::Timer(Box::pin(tokio::time::sleep(timeout)))
+            ResponseDeadline::Timer {
+                sleep: tokio::time::sleep(timeout),
+            }
         }
     }
 
@@ -110,6 +110,14 @@ impl Activity {
         ) {
             (0, ms) | (ms, 0) => ms,
             (a, b) => a.min(b),
+        }
+    }
+
+    /// The earliest published deadline.
+    fn earliest_deadline(&self) -> Option<Instant> {
+        match self.earliest_deadline_ms() {
+            0 => None,
+            ms => Some(self.instant(ms)),
         }
     }
 }
@@ -168,9 +176,7 @@ impl Deadline {
             activity: activity.clone(),
         }
     }
-}
 
-impl Deadline {
     fn move_to(&mut self, at: Instant) {
         self.at = at;
         self.millis = self.activity.millis(at);
@@ -204,19 +210,23 @@ impl Drop for Deadline {
     }
 }
 
-/// The upstream's response timeout for one request; see [`Activity::response_deadline`].
-pub enum ResponseDeadline {
-    Watched(Deadline),
-    Timer(Pin<Box<tokio::time::Sleep>>),
+pin_project_lite::pin_project! {
+    /// The upstream's response timeout for one request; see [`Activity::response_deadline`]. The
+    /// h2 timer is held in place, not boxed: no allocation per request.
+    #[project = ResponseDeadlineProj]
+    pub enum ResponseDeadline {
+        Watched { deadline: Deadline },
+        Timer { #[pin] sleep: tokio::time::Sleep },
+    }
 }
 
 impl Future for ResponseDeadline {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.get_mut() {
-            ResponseDeadline::Watched(deadline) => Pin::new(deadline).poll(cx),
-            ResponseDeadline::Timer(sleep) => sleep.as_mut().poll(cx),
+        match self.project() {
+            ResponseDeadlineProj::Watched { deadline } => Pin::new(deadline).poll(cx),
+            ResponseDeadlineProj::Timer { sleep } => sleep.poll(cx),
         }
     }
 }
@@ -267,11 +277,12 @@ impl Watchdog {
             if idle_at.is_some_and(|at| at <= now) {
                 return Watch::Idle;
             }
-            let deadline = match self.activity.earliest_deadline_ms() {
-                0 => None,
-                ms => Some(self.activity.instant(ms)),
-            };
-            let next = next_wake(now, idle_at, deadline, self.keepalive);
+            let next = next_wake(
+                now,
+                idle_at,
+                self.activity.earliest_deadline(),
+                self.keepalive,
+            );
             self.sleep.as_mut().reset(next.into());
             if self.sleep.as_mut().poll(cx).is_pending() {
                 self.armed_ms = Some(self.activity.millis(next));
@@ -304,10 +315,7 @@ mod tests {
     use hyper::rt::Timer;
 
     fn published(activity: &Activity) -> Option<Instant> {
-        match activity.earliest_deadline_ms() {
-            0 => None,
-            ms => Some(activity.instant(ms)),
-        }
+        activity.earliest_deadline()
     }
 
     #[tokio::test]
@@ -328,7 +336,7 @@ mod tests {
         );
         // The earliest of a head and a response deadline is what the watchdog sees.
         let response = activity.response_deadline(Duration::from_secs(5));
-        assert!(matches!(response, ResponseDeadline::Watched(_)));
+        assert!(matches!(response, ResponseDeadline::Watched { .. }));
         assert!(published(&activity).unwrap() < at);
         drop(response);
         drop(second);
@@ -337,7 +345,7 @@ mod tests {
         assert!(
             matches!(
                 h2.response_deadline(Duration::from_secs(5)),
-                ResponseDeadline::Timer(_)
+                ResponseDeadline::Timer { .. }
             ),
             "h2 streams run in their own tasks: a tokio timer"
         );

@@ -133,6 +133,8 @@ struct Open {
     plain: Vec<u8>,
     bytes: i64,
     last_at_ms: u32,
+    /// A sealed chunk waits for its fsync (`fsync = "chunk"`, or the last chunk).
+    unsynced: bool,
 }
 
 impl Open {
@@ -154,8 +156,28 @@ impl Open {
         sink.metrics.chunks.inc();
         sink.metrics.bytes.inc_by(written);
         if sink.config.fsync == Fsync::Chunk || last {
-            tokio::task::block_in_place(|| self.out.flush())?;
+            self.unsynced = true;
         }
+        Ok(())
+    }
+
+    /// Completes the fsync that sealing asked for, on the blocking pool: a disk that takes
+    /// seconds to sync stalls this recording, never the calls sharing the runtime's thread (a
+    /// one-CPU runtime has no other).
+    async fn sync(&mut self) -> std::io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let mut out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
+        let (out, synced) = tokio::task::spawn_blocking(move || {
+            let synced = out.flush();
+            (out, synced)
+        })
+        .await
+        .map_err(|_| std::io::Error::other("the fsync task panicked"))?;
+        self.out = out;
+        synced?;
+        self.unsynced = false;
         Ok(())
     }
 
@@ -245,6 +267,7 @@ async fn write_call(
                 for e in batch.drain(..) {
                     state = apply(state, e, &sink, &call, &failed);
                 }
+                state = synced(state, &sink, &call, &failed).await;
                 // Let a few frames queue up before waking again: one wake-up per batch, not per
                 // frame. The queue holds seconds of audio; the call never waits on this. A big
                 // batch means the call is sending faster than real time: keep draining.
@@ -261,11 +284,16 @@ async fn write_call(
                     state = fail(&sink, &call, Some(open), &why.to_string(), &failed);
                     tracing::debug!(recording = %id, "recording stopped after a write error");
                 }
+                state = synced(state, &sink, &call, &failed).await;
             }
         }
     }
     if let State::Recording(mut open) = state {
-        match open.seal(true, &sink) {
+        let sealed = match open.seal(true, &sink) {
+            Ok(()) => open.sync().await,
+            Err(why) => Err(why),
+        };
+        match sealed {
             Ok(()) => {
                 let _ = sink.keystore.finish(
                     &open.id,
@@ -348,6 +376,22 @@ fn apply(
     }
 }
 
+/// `state` once the fsync its last seals asked for is done; a failed fsync fails the recording.
+async fn synced(
+    state: State,
+    sink: &FileSink,
+    call: &CallStart,
+    failed: &CancellationToken,
+) -> State {
+    let State::Recording(mut open) = state else {
+        return state;
+    };
+    match open.sync().await {
+        Ok(()) => State::Recording(open),
+        Err(why) => fail(sink, call, Some(&open), &why.to_string(), failed),
+    }
+}
+
 /// Creates the file and its keystore entry.
 fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box<Open>, String> {
     let rng = SystemRandom::new();
@@ -417,6 +461,7 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         counter: 0,
         plain: Vec::with_capacity(BUFFER_BYTES),
         last_at_ms: 0,
+        unsynced: false,
     }))
 }
 

@@ -486,18 +486,29 @@ impl std::io::Write for FullDisk {
     }
 }
 
-/// A file sink on a disk with room for the header only, and a media session recording into it.
-fn full_disk_session(
-    on_error: &str,
-) -> (
+type SinkSession = (
     voxguard::ws::intercept::MediaSession,
     std::sync::Arc<voxguard::recording::writer::FileSink>,
     voxguard::metrics::Metrics,
     tempfile::TempDir,
-) {
+);
+
+/// A file sink on a disk with room for the header only, and a media session recording into it.
+fn full_disk_session(on_error: &str) -> SinkSession {
+    session_writing_to(
+        std::sync::Arc::new(|_| {
+            Ok(Box::new(FullDisk { room: 100 }) as Box<dyn std::io::Write + Send>)
+        }),
+        &format!("on_error = \"{on_error}\""),
+    )
+}
+
+/// A file sink whose files `open` makes, with `[recording]` settings `extra` and a 10 ms flush
+/// interval, and a media session recording into it.
+fn session_writing_to(open: voxguard::recording::writer::Opener, extra: &str) -> SinkSession {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\non_error = \"{on_error}\"\nflush_interval = \"10ms\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
+        "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\n{extra}\nflush_interval = \"10ms\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
         dir.path().join("data").display().to_string(),
         dir.path().join("rec").display().to_string()
     );
@@ -510,9 +521,7 @@ fn full_disk_session(
         metrics.recording.clone(),
     )
     .unwrap();
-    std::sync::Arc::get_mut(&mut sink).unwrap().open = std::sync::Arc::new(|_| {
-        Ok(Box::new(FullDisk { room: 100 }) as Box<dyn std::io::Write + Send>)
-    });
+    std::sync::Arc::get_mut(&mut sink).unwrap().open = open;
     let as_sink: std::sync::Arc<dyn voxguard::ws::record::RecordingSink> =
         std::sync::Arc::new(sink.clone());
     let route = voxguard::ws::intercept::MediaRoute::from_config(
@@ -568,6 +577,109 @@ async fn a_full_disk_never_breaks_the_call() {
     tokio::time::timeout(Duration::from_secs(5), closing.recorder_failed.cancelled())
         .await
         .expect("on_error = close asks the session to end the call");
+}
+
+/// A file whose first fsync says when it starts, then waits (up to 5 s) for the test to let it
+/// finish: a slow disk. `released` says whether the test did, which it can only do if the sync left the
+/// runtime's thread free.
+struct HeldSync {
+    started: std::sync::mpsc::Sender<()>,
+    release: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+    released: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held_once: bool,
+}
+
+impl std::io::Write for HeldSync {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.held_once {
+            return Ok(()); // only the first sync is held
+        }
+        self.held_once = true;
+        let _ = self.started.send(());
+        let waited = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5));
+        if !matches!(waited, Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
+            self.released
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// On tokio's single-threaded scheduler, what a one-CPU proxy runs, the calls and the recording
+/// writers share one thread: an fsync held by a slow disk must leave it free.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
+    use std::sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering, mpsc};
+    use voxguard::ws::protocols::Direction;
+    let (started_tx, started) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let released = Arc::new(AtomicBool::new(false));
+    let file = HeldSync {
+        started: started_tx,
+        release: release_rx,
+        released: released.clone(),
+        held_once: false,
+    };
+    let file = Mutex::new(Some(file));
+    let (mut session, sink, metrics, _dir) = session_writing_to(
+        Arc::new(move |_| {
+            let file = file.lock().unwrap().take().expect("one recording");
+            Ok(Box::new(file) as Box<dyn std::io::Write + Send>)
+        }),
+        "fsync = \"chunk\"",
+    );
+    let mut forwarded = session
+        .handle(Direction::ToBackend, start_msg(json!({})))
+        .unwrap()
+        .len();
+    let mut seq = 2;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while started.try_recv().is_err() {
+            forwarded += session
+                .handle(Direction::ToBackend, media(seq))
+                .unwrap()
+                .len();
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a chunk is sealed and its fsync starts");
+    // The fsync is held. This thread still runs the call and its timers:
+    for _ in 0..50 {
+        forwarded += session
+            .handle(Direction::ToBackend, media(seq))
+            .unwrap()
+            .len();
+        seq += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.send(()).unwrap();
+    drop(release); // later syncs go straight through
+    forwarded += session.finish().len();
+    assert_eq!(forwarded, seq - 1, "every message reaches the backend");
+    drop(session); // the call ends
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while sink.keystore.list().unwrap()[0].state != "complete" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the recording completes once the disk catches up");
+    assert!(
+        released.load(Ordering::SeqCst),
+        "the test released the fsync while it was held"
+    );
+    assert_eq!(metrics.recording.failed.get(), 0);
 }
 
 #[test]

@@ -230,7 +230,8 @@ impl App {
             admin_api.clone(),
             background.clone(),
         ));
-        tracing::info!(listen = %addrs.tls, admin = %addrs.admin, routes = config.routes.len(), "voxguard started");
+        let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(listen = %addrs.tls, admin = %addrs.admin, routes = config.routes.len(), worker_threads, "voxguard started");
         Ok(App {
             addrs,
             metrics,

@@ -113,6 +113,7 @@ pub struct ServerFile {
     pub http_redirect_listen: Option<String>,
     pub max_connections: Option<u64>,
     pub max_connections_per_ip: Option<u32>,
+    pub worker_threads: Option<u64>,
     pub proxy_protocol: Option<bool>,
     pub header_read_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,

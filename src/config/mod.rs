@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// `None` = no per-address cap (the default: Twilio and load balancers concentrate many
     /// legitimate connections on few addresses).
     pub max_connections_per_ip: Option<u32>,
+    /// Threads that run connections; `None` = one per CPU this process may use (affinity and
+    /// cgroup quota included). One thread runs a single-threaded scheduler: a sidecar limited to one
+    /// core pays for no work-stealing machinery it cannot use.
+    pub worker_threads: Option<usize>,
     /// Every connection on `listen` starts with a PROXY protocol v1/v2 header (L4 load balancers).
     pub proxy_protocol: bool,
     #[serde(serialize_with = "ser_duration")]
@@ -95,6 +99,18 @@ pub struct ServerConfig {
     #[serde(serialize_with = "ser_nets")]
     pub deny: Vec<ipnet::IpNet>,
     pub tls: TlsConfig,
+}
+
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKER_THREADS: u64 = 1024;
+
+impl ServerConfig {
+    /// The worker threads to start: `worker_threads`, or one per CPU this process may use.
+    pub fn threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -562,6 +578,13 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         ),
         http_redirect_listen,
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
+        worker_threads: s.worker_threads.map(|v| {
+            if v > MAX_WORKER_THREADS {
+                e.push("server.worker_threads", "must be at most 1024");
+            }
+            e.positive("server.worker_threads", Some(v), 1)
+                .min(MAX_WORKER_THREADS) as usize
+        }),
         max_connections_per_ip: s
             .max_connections_per_ip
             .map(|v| e.positive("server.max_connections_per_ip", Some(u64::from(v)), 1) as u32),
@@ -1048,6 +1071,27 @@ mod tests {
             assert!(
                 errs.iter().any(|e| e.starts_with("log.level: ")
                     && e.contains("span and field filters are not supported")),
+                "{bad}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_must_be_1_to_1024() {
+        let auto = Config::parse("", "t", &no_env).unwrap();
+        assert_eq!(auto.server.worker_threads, None);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(auto.server.threads(), cpus);
+        let one = Config::parse("[server]\nworker_threads = 1\n", "t", &no_env).unwrap();
+        assert_eq!(
+            (one.server.worker_threads, one.server.threads()),
+            (Some(1), 1)
+        );
+        for (bad, why) in [(0, "greater than zero"), (1025, "at most 1024")] {
+            let errs = errors(&format!("[server]\nworker_threads = {bad}\n"));
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with("server.worker_threads: ") && e.contains(why)),
                 "{bad}: {errs:?}"
             );
         }

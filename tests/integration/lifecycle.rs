@@ -7,7 +7,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::support::backend::spawn_backend;
-use crate::support::client::{https_get, https_post};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::client::{https_get, https_post, ws_connect};
 use crate::support::{admin_get, bin, config_text};
 
 pub(crate) struct Running {
@@ -37,9 +40,11 @@ pub(crate) async fn start(config: &std::path::Path, data: &std::path::Path) -> R
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut started = Vec::new();
     let (tls, admin) = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains("voxguard started") {
+                started.push(line.clone());
                 return (
                     field(&line, "listen").unwrap(),
                     field(&line, "admin").unwrap(),
@@ -50,7 +55,7 @@ pub(crate) async fn start(config: &std::path::Path, data: &std::path::Path) -> R
     })
     .await
     .unwrap();
-    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(started));
     let sink = logs.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -88,11 +93,34 @@ fn signal(child: &Child, sig: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_refuses_new_connections_and_exits_0() {
+    drains_on_sigterm("worker_threads = 2", 2).await;
+}
+
+/// One worker thread runs tokio's single-threaded scheduler (what a one-CPU sidecar gets by
+/// default): the same request, drain and exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_and_drains_on_the_single_threaded_scheduler() {
+    drains_on_sigterm("worker_threads = 1", 1).await;
+}
+
+async fn drains_on_sigterm(server_extra: &str, workers: usize) {
     let backend = spawn_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, config_text(dir.path(), backend, "", "")).unwrap();
+    std::fs::write(&path, config_text(dir.path(), backend, server_extra, "")).unwrap();
     let mut proxy = start(&path, &dir.path().join("data")).await;
+    let started = proxy.logs.lock().unwrap()[0].clone();
+    assert!(
+        started.contains(&format!("\"worker_threads\":{workers}")),
+        "{started}"
+    );
+    let (status, _, body) = https_get(proxy.tls, &proxy.ca, "/hello").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("GET /hello "), "{body}");
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/ws", &[]).await.unwrap();
+    ws.send(Message::text("echo me")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo me"));
+    drop(ws);
 
     let (tls, ca) = (proxy.tls, proxy.ca.clone());
     let in_flight = tokio::spawn(async move { https_get(tls, &ca, "/slow").await });

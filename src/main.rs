@@ -58,8 +58,8 @@ fn main() -> ExitCode {
 
 /// The proxy's runtime. With one thread, tokio's single-threaded scheduler: the multi-threaded
 /// one keeps work-stealing queues, a second thread for `block_on` and scheduler statistics that
-/// a lone worker pays for on every wake-up and never uses (11 % of the instructions per relayed
-/// media message; docs/PERFORMANCE.md). Nothing may call `block_in_place`, which the
+/// a lone worker pays for on every wake-up and never uses (4–7 % of the instructions per message
+/// of a paced call; docs/PERFORMANCE.md). Nothing may call `block_in_place`, which the
 /// single-threaded scheduler refuses: recordings fsync on the blocking pool, which both have.
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let mut builder = if threads == 1 {

@@ -56,20 +56,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The proxy's runtime. With one thread, tokio's single-threaded scheduler: the multi-threaded
-/// one keeps work-stealing queues, a second thread for `block_on` and scheduler statistics that
-/// a lone worker pays for on every wake-up and never uses (4–7 % of the instructions per message
-/// of a paced call; docs/PERFORMANCE.md). Nothing may call `block_in_place`, which the
-/// single-threaded scheduler refuses: recordings fsync on the blocking pool, which both have.
+/// The proxy's runtime: tokio's multi-threaded scheduler with `threads` workers, even for one.
+/// The single-threaded scheduler was measured for one-CPU deployments and not adopted: fewer
+/// instructions per wake-up, but more wake-ups per message and no CPU time saved
+/// (docs/PERFORMANCE.md, ninth session).
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    builder.enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// A maintenance command's exit: its code, or 64 with the error.

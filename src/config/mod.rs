@@ -77,8 +77,8 @@ pub struct ServerConfig {
     /// legitimate connections on few addresses).
     pub max_connections_per_ip: Option<u32>,
     /// Threads that run connections; `None` = one per CPU this process may use (affinity and
-    /// cgroup quota included). One thread runs a single-threaded scheduler: a sidecar limited to one
-    /// core pays for no work-stealing machinery it cannot use.
+    /// cgroup quota included). Set it where the CPU limit is not visible to the process, or to
+    /// leave cores to the backend beside it.
     pub worker_threads: Option<usize>,
     /// Every connection on `listen` starts with a PROXY protocol v1/v2 header (L4 load balancers).
     pub proxy_protocol: bool,

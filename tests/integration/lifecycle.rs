@@ -96,10 +96,9 @@ async fn sigterm_finishes_in_flight_work_refuses_new_connections_and_exits_0() {
     drains_on_sigterm("worker_threads = 2", 2).await;
 }
 
-/// One worker thread runs tokio's single-threaded scheduler (what a one-CPU sidecar gets by
-/// default): the same request, drain and exit.
+/// One worker thread (what a sidecar limited to one CPU gets): the same request, drain and exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_thread_serves_and_drains_on_the_single_threaded_scheduler() {
+async fn one_worker_thread_serves_and_drains() {
     drains_on_sigterm("worker_threads = 1", 1).await;
 }
 

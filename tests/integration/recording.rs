@@ -613,8 +613,9 @@ impl std::io::Write for HeldSync {
     }
 }
 
-/// On tokio's single-threaded scheduler, what a one-CPU proxy runs, the calls and the recording
-/// writers share one thread: an fsync held by a slow disk must leave it free.
+/// One thread for the calls and the recording writers, as a proxy with one worker thread has: an
+/// fsync held by a slow disk must leave it free. (A current_thread runtime also refuses
+/// `block_in_place`, the way this was done before.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
     use std::sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering, mpsc};

@@ -57,9 +57,9 @@ fn main() -> ExitCode {
 }
 
 /// The proxy's runtime: tokio's multi-threaded scheduler with `threads` workers, even for one.
-/// The single-threaded scheduler was measured for one-CPU deployments and not adopted: fewer
-/// instructions per wake-up, but more wake-ups per message and no CPU time saved
-/// (docs/PERFORMANCE.md, ninth session).
+/// The single-threaded scheduler was measured for one-CPU deployments and not adopted: it cut
+/// HTTP CPU by ~9 % but cost paced calls 8–15 % (more wake-ups per message; docs/PERFORMANCE.md,
+/// ninth session), and paced calls are what voxguard is for.
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

@@ -642,14 +642,19 @@ async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
         .handle(Direction::ToBackend, start_msg(json!({})))
         .unwrap()
         .len();
+    // The next media frame in; how many messages came out for the backend.
+    let send_next = |session: &mut voxguard::ws::intercept::MediaSession, seq: &mut usize| {
+        let out = session
+            .handle(Direction::ToBackend, media(*seq))
+            .unwrap()
+            .len();
+        *seq += 1;
+        out
+    };
     let mut seq = 2;
     tokio::time::timeout(Duration::from_secs(10), async {
         while started.try_recv().is_err() {
-            forwarded += session
-                .handle(Direction::ToBackend, media(seq))
-                .unwrap()
-                .len();
-            seq += 1;
+            forwarded += send_next(&mut session, &mut seq);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -657,11 +662,7 @@ async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
     .expect("a chunk is sealed and its fsync starts");
     // The fsync is held. This thread still runs the call and its timers:
     for _ in 0..50 {
-        forwarded += session
-            .handle(Direction::ToBackend, media(seq))
-            .unwrap()
-            .len();
-        seq += 1;
+        forwarded += send_next(&mut session, &mut seq);
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     release.send(()).unwrap();

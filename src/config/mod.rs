@@ -580,7 +580,10 @@ fn validate(f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
         worker_threads: s.worker_threads.map(|v| {
             if v > MAX_WORKER_THREADS {
-                e.push("server.worker_threads", "must be at most 1024");
+                e.push(
+                    "server.worker_threads",
+                    format!("must be at most {MAX_WORKER_THREADS}"),
+                );
             }
             e.positive("server.worker_threads", Some(v), 1)
                 .min(MAX_WORKER_THREADS) as usize

@@ -72,7 +72,13 @@ async fn sweep_recordings(sink: Arc<FileSink>, stop: CancellationToken) {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
-                let n = crate::recording::sweep_expired(&sink.keystore, now);
+                // SQLite and file deletes block: on the blocking pool, never a calls' thread.
+                let keystore = sink.keystore.clone();
+                let n = tokio::task::spawn_blocking(move || {
+                    crate::recording::sweep_expired(&keystore, now)
+                })
+                .await
+                .unwrap_or(0);
                 sink.metrics.retention_deleted.inc_by(n as u64);
                 if n > 0 && let Some(audit) = sink.audit.get() {
                     audit.record(AuditEvent::new("recordings_expired", "ok", serde_json::json!({"count": n})));

@@ -18,6 +18,7 @@ use crate::audit::log::Event;
 use crate::config::{AdminToken, Offence, Role};
 use crate::pipeline::Pipeline;
 use crate::proxy::body::{ProxyBody, full};
+use crate::recording::keystore::{Entry, Keystore};
 use crate::recording::writer::FileSink;
 
 /// What the admin API acts on.
@@ -98,7 +99,7 @@ fn authenticate(tokens: &[AdminToken], header: Option<&str>) -> Option<AdminToke
 
 /// Handles one `/admin/` request from `client`.
 pub async fn handle(
-    ctx: &AdminContext,
+    ctx: &Arc<AdminContext>,
     req: http::Request<hyper::body::Incoming>,
     client: IpAddr,
 ) -> Response<ProxyBody> {
@@ -159,9 +160,24 @@ pub async fn handle(
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
         }
     };
-    let res = dispatch(ctx, name, param, &query, body).await;
+    // SQLite (which waits up to its busy timeout for another writer), file deletes, decryption and
+    // audit-file reads all block: on the blocking pool, so the calls sharing this thread go on.
+    let for_dispatch = ctx.clone();
+    let res =
+        tokio::task::spawn_blocking(move || dispatch(&for_dispatch, name, param, &query, body))
+            .await
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the admin call failed"));
     record(Some(&token), res.status());
     res
+}
+
+/// A recording's keystore entry: 404 if there is none, 500 if the keystore cannot say.
+fn entry_of(ks: &Keystore, id: &str) -> Result<Entry, (StatusCode, String)> {
+    match ks.get(id) {
+        Ok(Some(entry)) => Ok(entry),
+        Ok(None) => Err((StatusCode::NOT_FOUND, "no such recording".into())),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -170,7 +186,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-async fn dispatch(
+fn dispatch(
     ctx: &AdminContext,
     name: &str,
     param: Option<String>,
@@ -193,8 +209,9 @@ async fn dispatch(
         },
         "recordings.export" => {
             let id = param.unwrap_or_default();
-            let Ok(Some(entry)) = ks.get(&id) else {
-                return error(StatusCode::NOT_FOUND, "no such recording");
+            let entry = match entry_of(ks, &id) {
+                Ok(entry) => entry,
+                Err((status, why)) => return error(status, &why),
             };
             match crate::recording::read::decrypt(&entry.path, ks, &ctx.recordings.ring.load()) {
                 Ok(d) => {
@@ -220,18 +237,27 @@ async fn dispatch(
         }
         "recordings.delete" => {
             let id = param.unwrap_or_default();
-            let Ok(Some(entry)) = ks.get(&id) else {
-                return error(StatusCode::NOT_FOUND, "no such recording");
+            let entry = match entry_of(ks, &id) {
+                Ok(entry) => entry,
+                Err((status, why)) => return error(status, &why),
             };
-            let _ = ks.delete(&id);
-            let _ = std::fs::remove_file(&entry.path);
+            // The key goes first: while it stays, the recording is not shredded, and saying
+            // otherwise would be worse than failing.
+            let deleted = ks.delete(&id);
+            if deleted.is_ok() {
+                let _ = std::fs::remove_file(&entry.path);
+            }
             if let Some(a) = audit {
+                let outcome = if deleted.is_ok() { "ok" } else { "error" };
                 a.record(
-                    Event::new("recording_deleted", "ok", json!({"recording": id}))
+                    Event::new("recording_deleted", outcome, json!({"recording": id}))
                         .route(&entry.route),
                 );
             }
-            json_response(StatusCode::OK, &json!({"deleted": id}))
+            match deleted {
+                Ok(_) => json_response(StatusCode::OK, &json!({"deleted": id})),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
         }
         "subjects.erase" => {
             let subject = serde_json::from_slice::<Value>(&body)
@@ -241,19 +267,33 @@ async fn dispatch(
                 return error(StatusCode::BAD_REQUEST, "body must be {\"subject\": \"…\"}");
             };
             let hash = crate::keys::keyed_hash(&ctx.recordings.subject_key, &subject);
-            let entries = ks.by_subject(&hash).unwrap_or_default();
+            let entries = match ks.by_subject(&hash) {
+                Ok(entries) => entries,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            };
+            let (mut erased, mut failed) = (0, 0);
             for e in &entries {
-                let _ = ks.delete(&e.id);
-                let _ = std::fs::remove_file(&e.path);
+                if ks.delete(&e.id).is_ok() {
+                    let _ = std::fs::remove_file(&e.path);
+                    erased += 1;
+                } else {
+                    failed += 1;
+                }
             }
             if let Some(a) = audit {
                 a.record(Event::new(
                     "subject_erased",
-                    "ok",
-                    json!({"recordings": entries.len()}),
+                    if failed == 0 { "ok" } else { "error" },
+                    json!({"recordings": erased, "failed": failed}),
                 ));
             }
-            json_response(StatusCode::OK, &json!({"erased": entries.len()}))
+            // A partial erasure is an error the caller must retry (what was erased stays erased).
+            let status = if failed == 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            json_response(status, &json!({"erased": erased, "failed": failed}))
         }
         "bans.list" => {
             let bans: Vec<Value> = ctx

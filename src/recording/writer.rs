@@ -243,6 +243,12 @@ fn write_both(out: &mut dyn Write, head: &[u8], body: &[u8]) -> std::io::Result<
 enum State {
     /// Waiting for the event that says whether to record.
     Undecided(Vec<RecordedEvent>),
+    /// To be recorded: the file and keystore entry are created (on the blocking pool) once the
+    /// batch that decided it is taken; its events wait here until then.
+    Opening {
+        held: Vec<RecordedEvent>,
+        subject: Option<String>,
+    },
     Recording(Box<Open>),
     /// Not recorded (no consent, or failed): events are discarded.
     Off,
@@ -267,6 +273,7 @@ async fn write_call(
                 for e in batch.drain(..) {
                     state = apply(state, e, &sink, &call, &failed);
                 }
+                state = opened(state, &sink, &call, &failed).await;
                 state = synced(state, &sink, &call, &failed).await;
                 // Let a few frames queue up before waking again: one wake-up per batch, not per
                 // frame. The queue holds seconds of audio; the call never waits on this. A big
@@ -295,12 +302,12 @@ async fn write_call(
         };
         match sealed {
             Ok(()) => {
-                let _ = sink.keystore.finish(
-                    &open.id,
-                    "complete",
-                    open.bytes,
-                    i64::from(open.last_at_ms),
-                );
+                let (keystore, id) = (sink.keystore.clone(), open.id.clone());
+                let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
+                let _ = tokio::task::spawn_blocking(move || {
+                    keystore.finish(&id, "complete", bytes, duration_ms)
+                })
+                .await;
                 sink.metrics.finished.inc();
                 let fields = serde_json::json!({"recording": open.id, "bytes": open.bytes, "duration_ms": open.last_at_ms});
                 audit(&sink, "recording_finished", "ok", &call.route, fields);
@@ -349,17 +356,15 @@ fn apply(
                 );
                 State::Off
             } else {
-                let subject = info.and_then(|i| i.subject);
-                match start(sink, call, subject.as_deref()) {
-                    Ok(mut open) => {
-                        for h in &held {
-                            open.push(h);
-                        }
-                        State::Recording(open)
-                    }
-                    Err(why) => fail(sink, call, None, &why, failed),
+                State::Opening {
+                    held,
+                    subject: info.and_then(|i| i.subject),
                 }
             }
+        }
+        State::Opening { mut held, subject } => {
+            held.push(e);
+            State::Opening { held, subject }
         }
         State::Recording(mut open) => {
             open.push(&e);
@@ -373,6 +378,32 @@ fn apply(
             }
         }
         State::Off => State::Off,
+    }
+}
+
+/// `state` with its file and keystore entry created, if it was waiting for them. SQLite commits
+/// (an fsync of its log) and waits up to its busy timeout while another writer, such as `voxguard
+/// keys rewrap`, holds the lock: both happen on the blocking pool, so the calls sharing this
+/// runtime thread go on meanwhile. Their events wait in the call's queue.
+async fn opened(
+    state: State,
+    sink: &Arc<FileSink>,
+    call: &CallStart,
+    failed: &CancellationToken,
+) -> State {
+    let State::Opening { held, subject } = state else {
+        return state;
+    };
+    let (for_start, call_start) = (sink.clone(), call.clone());
+    let started =
+        tokio::task::spawn_blocking(move || start(&for_start, &call_start, subject.as_deref()))
+            .await
+            .unwrap_or_else(|_| Err("creating the recording panicked".to_string()));
+    match started {
+        Ok(open) => held.into_iter().fold(State::Recording(open), |state, e| {
+            apply(state, e, sink, call, failed)
+        }),
+        Err(why) => fail(sink, call, None, &why, failed),
     }
 }
 
@@ -494,9 +525,10 @@ fn fail(
         serde_json::json!({"recording": open.map(|o| o.id.clone())}),
     );
     if let Some(open) = open {
-        let _ = sink
-            .keystore
-            .finish(&open.id, "failed", open.bytes, i64::from(open.last_at_ms));
+        // Not waited for: the recording is over either way, and the call must not wait on SQLite.
+        let (keystore, id) = (sink.keystore.clone(), open.id.clone());
+        let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
+        tokio::task::spawn_blocking(move || keystore.finish(&id, "failed", bytes, duration_ms));
     }
     tracing::warn!(route = %call.route, recording = open.map(|o| o.id.as_str()), error = %why, "recording failed");
     if sink.config.on_error == OnError::Close {
@@ -525,8 +557,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_open_recording_holds_at_most_one_chunk_of_memory() {
+    #[tokio::test]
+    async fn an_open_recording_holds_at_most_one_chunk_of_memory() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
@@ -555,6 +587,7 @@ mod tests {
         // through the writer's own state machine, which seals a chunk whenever one is full.
         for i in 0..1000u64 {
             state = apply(state, media_event(i), &sink, &call, &failed);
+            state = opened(state, &sink, &call, &failed).await;
             let State::Recording(open) = &state else {
                 panic!("the call is recorded");
             };

@@ -15,7 +15,7 @@ use voxguard::admission::signature::encoding::{sha256, to_hex};
 
 use crate::support::client::{h1_over, ws_connect};
 use crate::support::ws_backend::spawn_ws_backend;
-use crate::support::{config_text, spawn_proxy_with};
+use crate::support::{TestProxy, config_text, spawn_proxy_with};
 
 fn tokens() -> String {
     [
@@ -63,49 +63,68 @@ fn json_of(b: &Bytes) -> Value {
     serde_json::from_slice(b).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_gate_every_endpoint_and_every_call_is_audited() {
-    let backend = spawn_ws_backend().await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = "[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\nsubject_param = \"subject_id\"\n[audit]\ncheckpoint_interval = \"100ms\"\n[[alerts]]\nname = \"admin-tokens\"\non = \"admin_auth\"\nthreshold = 2\nwindow = \"15m\"\n";
-    // The [[admin.token]] tables go right after [admin].
-    let text = format!("{}\n{extra}", config_text(dir.path(), backend.addr, "", "")).replacen(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", tokens()),
-        1,
-    );
-    let proxy = spawn_proxy_with(dir, &text).await;
-    let admin = proxy.admin;
-
-    // A recorded call to export and erase.
+/// A media call on `/media` for `subject`: start, ten frames, stop, close.
+async fn recorded_call(proxy: &TestProxy, sid: &str, subject: &str) {
     let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
         .await
         .unwrap();
-    ws.send(Message::text(json!({"event": "start", "streamSid": "MZ1", "start": {"streamSid": "MZ1", "customParameters": {"subject_id": "carol"}}}).to_string())).await.unwrap();
+    ws.send(Message::text(json!({"event": "start", "streamSid": sid, "start": {"streamSid": sid, "customParameters": {"subject_id": subject}}}).to_string())).await.unwrap();
     for i in 0..10 {
         let payload = voxguard::admission::signature::encoding::to_base64(&[0x10u8; 160]);
-        ws.send(Message::text(json!({"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "timestamp": (i * 20).to_string(), "payload": payload}}).to_string())).await.unwrap();
+        ws.send(Message::text(json!({"event": "media", "streamSid": sid, "media": {"track": "inbound", "timestamp": (i * 20).to_string(), "payload": payload}}).to_string())).await.unwrap();
     }
-    ws.send(Message::text(r#"{"event":"stop","streamSid":"MZ1"}"#))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        json!({"event": "stop", "streamSid": sid}).to_string(),
+    ))
+    .await
+    .unwrap();
     let _ = ws.close(None).await;
-    let mut id = String::new();
+}
+
+/// The ids of the recordings listed `complete`, once there are `n` (within 5 s).
+async fn complete_recordings(admin: SocketAddr, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
     for _ in 0..100 {
         let (status, _, body) =
             call(admin, "GET", "/admin/recordings", Some("audit-token"), "").await;
         assert_eq!(status, 200);
-        if let Some(r) = json_of(&body)["recordings"]
+        ids = json_of(&body)["recordings"]
             .as_array()
-            .and_then(|a| a.first())
+            .unwrap()
+            .iter()
             .filter(|r| r["state"] == "complete")
-        {
-            id = r["id"].as_str().unwrap().to_string();
-            break;
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        if ids.len() >= n {
+            return ids;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!id.is_empty(), "the call was recorded");
+    panic!("{n} recordings complete: only {ids:?}");
+}
+
+/// The proxy with the admin tokens and a recorded media route on `/media` (subject in `subject_id`).
+async fn media_proxy(backend: SocketAddr) -> TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\n[route.media]\nprotocol = \"twilio\"\nsubject_param = \"subject_id\"\n[audit]\ncheckpoint_interval = \"100ms\"\n[[alerts]]\nname = \"admin-tokens\"\non = \"admin_auth\"\nthreshold = 2\nwindow = \"15m\"\n";
+    // The [[admin.token]] tables go right after [admin].
+    let text = format!("{}\n{extra}", config_text(dir.path(), backend, "", "")).replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", tokens()),
+        1,
+    );
+    spawn_proxy_with(dir, &text).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_gate_every_endpoint_and_every_call_is_audited() {
+    let backend = spawn_ws_backend().await;
+    let proxy = media_proxy(backend.addr).await;
+    let admin = proxy.admin;
+
+    // A recorded call to export and erase.
+    recorded_call(&proxy, "MZ1", "carol").await;
+    let id = complete_recordings(admin, 1).await.remove(0);
 
     // 401 / 403 / 200.
     let (status, headers, _) = call(admin, "GET", "/admin/recordings", None, "").await;
@@ -322,4 +341,72 @@ async fn the_running_server_answers_as_the_openapi_document_says() {
             assert!(codes.contains(&401), "{method} {path} documents 401");
         }
     }
+}
+
+/// One thread runs the calls, the recording writers and the admin API, as a proxy with
+/// `worker_threads = 1` does. A second SQLite connection holds the keystore's write lock, as another
+/// writer (`voxguard keys rewrap`, a commit on a slow disk) can for seconds. An erasure and a new
+/// call's recording must wait for it off that thread: the call is relayed meanwhile, and both
+/// finish once the lock is released.
+#[tokio::test(flavor = "current_thread")]
+async fn a_locked_keystore_never_stalls_the_thread_the_calls_run_on() {
+    let backend = spawn_ws_backend().await;
+    let proxy = media_proxy(backend.addr).await;
+    recorded_call(&proxy, "MZ1", "carol").await;
+    let carols = complete_recordings(proxy.admin, 1).await;
+
+    let keystore = proxy.dir.path().join("data/recordings/keystore.sqlite");
+    let lock = rusqlite::Connection::open(&keystore).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let admin = proxy.admin;
+    let erase = tokio::spawn(async move {
+        call(
+            admin,
+            "POST",
+            "/admin/subjects/erase",
+            Some("admin-token"),
+            r#"{"subject":"carol"}"#,
+        )
+        .await
+    });
+    recorded_call(&proxy, "MZ2", "dave").await;
+    let relayed = || {
+        let received = backend.received.lock().unwrap();
+        received
+            .iter()
+            .filter(|m| {
+                m.to_text()
+                    .is_ok_and(|t| t.contains("MZ2") && t.contains("\"media\""))
+            })
+            .count()
+    };
+    tokio::time::timeout(Duration::from_secs(3), async {
+        while relayed() < 10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second call's frames reach the backend while the keystore is locked");
+    assert!(
+        !erase.is_finished(),
+        "the erasure waits for the keystore's lock (it must not give up, or say it erased)"
+    );
+
+    lock.execute_batch("COMMIT").unwrap();
+    let (status, _, body) = erase.await.unwrap();
+    assert_eq!(
+        (status, json_of(&body)),
+        (200, json!({"erased": 1, "failed": 0}))
+    );
+    let daves = complete_recordings(proxy.admin, 1).await;
+    assert_ne!(
+        daves, carols,
+        "the second call was recorded; the first is gone"
+    );
+    let metrics = crate::support::admin_get(proxy.admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("voxguard_recordings_failed_total 0"),
+        "no recording failed: {metrics}"
+    );
 }

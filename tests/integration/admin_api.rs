@@ -410,3 +410,68 @@ async fn a_locked_keystore_never_stalls_the_thread_the_calls_run_on() {
         "no recording failed: {metrics}"
     );
 }
+
+/// A delete the keystore refuses (locked past SQLite's 5 s busy timeout) leaves the recording's key,
+/// so the recording is not shredded: the API must say so, keep the file, and succeed on retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_the_keystore_refuses_is_an_error_and_keeps_the_recording() {
+    let backend = spawn_ws_backend().await;
+    let proxy = media_proxy(backend.addr).await;
+    recorded_call(&proxy, "MZ1", "carol").await;
+    let carols = complete_recordings(proxy.admin, 1).await.remove(0);
+    recorded_call(&proxy, "MZ2", "dave").await;
+    let daves = complete_recordings(proxy.admin, 2)
+        .await
+        .into_iter()
+        .find(|id| *id != carols)
+        .unwrap();
+    let ids = [carols, daves.clone()];
+    let files = |ids: &[String]| -> Vec<bool> {
+        ids.iter()
+            .map(|id| {
+                proxy
+                    .dir
+                    .path()
+                    .join(format!("data/recordings/{id}.vxr"))
+                    .exists()
+            })
+            .collect()
+    };
+    assert_eq!(files(&ids), [true, true]);
+
+    let keystore = proxy.dir.path().join("data/recordings/keystore.sqlite");
+    let lock = rusqlite::Connection::open(&keystore).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let admin = proxy.admin;
+    let erase_path = "/admin/subjects/erase";
+    let carol = r#"{"subject":"carol"}"#;
+    let delete_path = format!("/admin/recordings/{daves}");
+    let (erase, delete) = tokio::join!(
+        call(admin, "POST", erase_path, Some("admin-token"), carol),
+        call(admin, "DELETE", &delete_path, Some("admin-token"), "")
+    );
+    assert_eq!(
+        (erase.0, json_of(&erase.2)),
+        (500, json!({"erased": 0, "failed": 1}))
+    );
+    assert_eq!(delete.0, 500, "{:?}", delete.2);
+    assert_eq!(
+        files(&ids),
+        [true, true],
+        "no file is deleted while its key stays"
+    );
+    assert_eq!(
+        complete_recordings(admin, 2).await.len(),
+        2,
+        "both are still listed"
+    );
+
+    lock.execute_batch("COMMIT").unwrap();
+    let erase = call(admin, "POST", erase_path, Some("admin-token"), carol).await;
+    let delete = call(admin, "DELETE", &delete_path, Some("admin-token"), "").await;
+    assert_eq!(erase.0, 200);
+    assert_eq!(delete.0, 200);
+    let (_, _, body) = call(admin, "GET", "/admin/recordings", Some("audit-token"), "").await;
+    assert_eq!(json_of(&body)["recordings"], json!([]));
+    assert_eq!(files(&ids), [false, false]);
+}

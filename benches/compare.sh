@@ -358,9 +358,13 @@ for ROUND in $(seq "${ROUNDS:-1}"); do
         fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$IDLE_CALLS" --idle \
           --duration 2s --warmup "$WS_WARMUP" --ramp "$RAMP"
       fi
+      # The media route holds each frame until 2 more have come (dtmf_lookahead_ms, 40 ms) each way:
+      # the harness also times each round trip from the send of the frame that ended its hold.
+      hold=()
+      [ "$peer" != voxguard-media ] || hold=(--hold-frames 4)
       for calls in $PACED_STEPS; do
         fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 \
-          --duration "$PACED_DURATION" --warmup "$WS_WARMUP" --ramp "$RAMP"
+          --duration "$PACED_DURATION" --warmup "$WS_WARMUP" --ramp "$RAMP" "${hold[@]}"
       done
     fi
     [ ${#PEER_PIDS[@]} -eq 0 ] || stop_peer

@@ -39,6 +39,12 @@ pub struct WsArgs {
     /// After the run, how long to wait for echoes still on their way before counting them lost.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     drain: Duration,
+    /// The proxy holds each frame until this many later frames of the call have arrived (a
+    /// lookahead: voxguard's DTMF masking holds 2 frames each way, so 4 for a round trip). Adds
+    /// `after_hold_*`: each round trip counted from when the frame that completed its hold was
+    /// sent, which leaves out the load generator's own lateness in sending those frames.
+    #[arg(long, default_value_t = 0)]
+    hold_frames: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -54,6 +60,7 @@ struct Shared {
     window: usize,
     idle: bool,
     drain: Duration,
+    hold_frames: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +70,33 @@ struct CallResult {
     counted: u64,
     errors: u64,
     hist: Option<hdrhistogram::Histogram<u64>>,
+    /// Paced: how late each send was against its tick (the generator's own delay).
+    late: Option<hdrhistogram::Histogram<u64>>,
+    /// With `--hold-frames`: round trips from the send of the frame that completed the hold.
+    after_hold: Option<hdrhistogram::Histogram<u64>>,
+    /// With `--hold-frames`: echoes that came back before the frames completing their hold were
+    /// sent (released by the proxy's wall-clock limit).
+    released_early: u64,
+}
+
+impl CallResult {
+    fn add(&mut self, r: CallResult) -> anyhow::Result<()> {
+        self.sent += r.sent;
+        self.received += r.received;
+        self.counted += r.counted;
+        self.errors += r.errors;
+        self.released_early += r.released_early;
+        for (into, from) in [
+            (&mut self.hist, r.hist),
+            (&mut self.late, r.late),
+            (&mut self.after_hold, r.after_hold),
+        ] {
+            if let (Some(into), Some(from)) = (into.as_mut(), from) {
+                into.add(from)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub async fn run(args: WsArgs) -> anyhow::Result<()> {
@@ -86,6 +120,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         window: args.window,
         idle: args.idle,
         drain: args.drain,
+        hold_frames: args.hold_frames,
     });
     let opened = Instant::now();
     let calls: Vec<_> = (0..args.calls)
@@ -103,18 +138,12 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     tokio::time::sleep(args.common.duration / 2).await;
     let loaded = ProcSample::read(&pids);
     let usage = window.finish(&pids).await;
-    let mut total = CallResult::default();
-    let mut hist = report::histogram();
+    let mut total = CallResult::with_histograms();
     for c in calls {
-        let r = c.await?;
-        total.sent += r.sent;
-        total.received += r.received;
-        total.counted += r.counted;
-        total.errors += r.errors;
-        if let Some(h) = r.hist {
-            hist.add(h)?;
-        }
+        total.add(c.await?)?;
     }
+    let [hist, late, after_hold] =
+        [&total.hist, &total.late, &total.after_hold].map(|h| h.as_ref().expect("set"));
     let mode = match (args.idle, args.rate) {
         (true, _) => "ws_idle",
         (false, 0) => "ws_flat",
@@ -125,7 +154,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         mode,
         &args.common,
         (total.counted, total.errors),
-        &hist,
+        hist,
         usage,
         json!({
             "calls": args.calls,
@@ -136,15 +165,34 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             "rss_per_call_kib": if pids.is_empty() { serde_json::Value::Null } else { rss_per_call.into() },
         }),
     );
+    let mut v = v;
+    if args.rate > 0 && !args.idle {
+        v["send_late_p50_us"] = late.value_at_quantile(0.50).into();
+        v["send_late_p99_us"] = late.value_at_quantile(0.99).into();
+    }
+    if args.hold_frames > 0 {
+        v["hold_frames"] = args.hold_frames.into();
+        v["after_hold_p50_us"] = after_hold.value_at_quantile(0.50).into();
+        v["after_hold_p99_us"] = after_hold.value_at_quantile(0.99).into();
+        v["released_early"] = total.released_early.into();
+    }
     println!("{v}");
     Ok(())
 }
 
+impl CallResult {
+    fn with_histograms() -> Self {
+        Self {
+            hist: Some(report::histogram()),
+            late: Some(report::histogram()),
+            after_hold: Some(report::histogram()),
+            ..Self::default()
+        }
+    }
+}
+
 async fn call(shared: &Shared, index: usize) -> CallResult {
-    let mut result = CallResult {
-        hist: Some(report::histogram()),
-        ..CallResult::default()
-    };
+    let mut result = CallResult::with_histograms();
     if let Err(e) = drive(shared, index, &mut result).await {
         result.errors += 1;
         if result.errors == 1 && index < 3 {
@@ -191,9 +239,14 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
             sink.flush().await?;
         }
         tokio::select! {
-            _ = ticker.tick(), if sending && paced => {
+            due = ticker.tick(), if sending && paced => {
                 seq += 1;
-                sent_at[seq as usize % RING] = Instant::now();
+                let now = Instant::now();
+                sent_at[seq as usize % RING] = now;
+                if shared.span.contains(now) {
+                    let late = now.saturating_duration_since(due.into_std());
+                    let _ = r.late.as_mut().expect("set").record(late.as_micros() as u64);
+                }
                 sink.send(Message::text(media_event(shared, &sid, seq))).await?;
                 r.sent += 1;
                 in_flight += 1;
@@ -216,6 +269,16 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                         r.counted += 1;
                         let rtt = now - sent_at[n as usize % RING];
                         let _ = r.hist.as_mut().expect("set").record(rtt.as_micros() as u64);
+                        if shared.hold_frames > 0 {
+                            let completing = n + shared.hold_frames;
+                            if completing <= seq {
+                                let since = now - sent_at[completing as usize % RING];
+                                let h = r.after_hold.as_mut().expect("set");
+                                let _ = h.record(since.as_micros() as u64);
+                            } else {
+                                r.released_early += 1;
+                            }
+                        }
                     }
                     if drain_until.is_some() && in_flight == 0 {
                         break;

@@ -193,6 +193,8 @@ async fn ws_mode_round_trips_every_message_through_the_media_pipeline() {
         "500ms",
         "--ramp",
         "200ms",
+        "--hold-frames",
+        "4",
         "--ca",
         &ca_file(&p),
         "--pid",
@@ -208,6 +210,11 @@ async fn ws_mode_round_trips_every_message_through_the_media_pipeline() {
     assert!((100..=220).contains(&ops), "paced, not flat out: {r}");
     // The media route holds forwarded audio 40 ms each way, and the harness sees it.
     assert!(r["p50_us"].as_u64().unwrap() >= 80_000, "{r}");
+    // Counted from the send of the fourth frame after each one (the one that completes its hold),
+    // the round trip leaves the 80 ms out; the generator reports its own lateness apart.
+    let after_hold = r["after_hold_p50_us"].as_u64().unwrap();
+    assert!(after_hold + 60_000 < r["p50_us"].as_u64().unwrap(), "{r}");
+    assert!(r["send_late_p99_us"].is_u64(), "{r}");
 
     let flat = run(args(&[
         "ws",

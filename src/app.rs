@@ -236,8 +236,13 @@ impl App {
             admin_api.clone(),
             background.clone(),
         ));
-        let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
-        tracing::info!(listen = %addrs.tls, admin = %addrs.admin, routes = config.routes.len(), worker_threads, "voxguard started");
+        let runtime = tokio::runtime::Handle::current();
+        let worker_threads = runtime.metrics().num_workers();
+        let scheduler = match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
+            _ => "multi-threaded",
+        };
+        tracing::info!(listen = %addrs.tls, admin = %addrs.admin, routes = config.routes.len(), worker_threads, scheduler, "voxguard started");
         Ok(App {
             addrs,
             metrics,

@@ -56,16 +56,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The proxy's runtime: tokio's multi-threaded scheduler with `threads` workers, even for one.
-/// The single-threaded scheduler was measured for one-CPU deployments and not adopted: it cut
-/// HTTP CPU by ~9 % but cost paced calls 8–15 % (more wake-ups per message; docs/PERFORMANCE.md,
-/// ninth session), and paced calls are what voxguard is for.
+/// The proxy's runtime. With one thread, tokio's single-threaded scheduler: a lone worker of the
+/// multi-threaded one pays for work-stealing queues and scheduler statistics on every wake-up and
+/// never uses them. Measured on one CPU (docs/PERFORMANCE.md, ninth and tenth sessions): ~9 % less
+/// CPU per HTTP request, ~6 % less per paced media message, paced plain relays level. Nothing may
+/// call `block_in_place`, which it refuses; blocking work (fsync, SQLite, admin file work) goes to
+/// the blocking pool, which both schedulers have.
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 /// A maintenance command's exit: its code, or 64 with the error.

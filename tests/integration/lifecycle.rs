@@ -113,6 +113,16 @@ async fn drains_on_sigterm(server_extra: &str, workers: usize) {
         started.contains(&format!("\"worker_threads\":{workers}")),
         "{started}"
     );
+    // One thread runs tokio's single-threaded scheduler; more run the work-stealing one.
+    let scheduler = if workers == 1 {
+        "single-threaded"
+    } else {
+        "multi-threaded"
+    };
+    assert!(
+        started.contains(&format!("\"scheduler\":\"{scheduler}\"")),
+        "{started}"
+    );
     let (status, _, body) = https_get(proxy.tls, &proxy.ca, "/hello").await;
     assert_eq!(status, 200);
     assert!(body.starts_with("GET /hello "), "{body}");

@@ -1,5 +1,6 @@
-//! The audit writer: events go through a bounded queue to one task that appends them to JSON Lines
-//! files in the audit directory. A full queue is counted and reported in the log itself (an
+//! The audit writer: events go through a bounded queue to one thread of its own that appends them
+//! to JSON Lines files in the audit directory. Its writes and fsyncs block on the disk, so they
+//! never run on the threads the calls run on (with one CPU there is only one). A full queue is counted and reported in the log itself (an
 //! `audit_dropped` entry), never silently lost. Files rotate by size and by day; the chain continues
 //! across files and across restarts (the existing files are replayed at start to find where it
 //! stands). A drain writes a `stop` entry and a closing checkpoint, then syncs.
@@ -85,12 +86,16 @@ impl AuditLog {
         let chain = Chain::new(&mac_key, &signing_seed, at);
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(
-            settings,
-            chain,
-            rx,
-            (dropped.clone(), dropped_counter.clone()),
-        ));
+        let counters = (dropped.clone(), dropped_counter.clone());
+        // A runtime of its own, for the checkpoint timer; it ends when every sender is gone.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("audit writer: {e}"))?;
+        std::thread::Builder::new()
+            .name("voxguard-audit".into())
+            .spawn(move || runtime.block_on(writer(settings, chain, rx, counters)))
+            .map_err(|e| format!("audit writer: {e}"))?;
         Ok(Self {
             tx,
             dropped,
@@ -266,6 +271,11 @@ async fn writer(
                     }
                 }
                 Some(Msg::Close(done)) => {
+                    let lost = dropped.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        let line = chain.entry(&now_rfc3339(), "audit_dropped", "voxguard", None, "error", &serde_json::json!({"count": lost}));
+                        write(&mut chain, line, &mut file);
+                    }
                     let line = chain.entry(&now_rfc3339(), "stop", "voxguard", None, "ok", &serde_json::json!({}));
                     write(&mut chain, line, &mut file);
                     let line = chain.checkpoint(&now_rfc3339(), true);
@@ -296,39 +306,73 @@ async fn writer(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_full_queue_is_counted_and_reported_in_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            dir: dir.path().join("audit"),
+    fn settings(dir: &Path, queue: usize) -> Settings {
+        Settings {
+            dir: dir.join("audit"),
             checkpoint_every: 100,
             checkpoint_interval: Duration::from_secs(60),
             max_file_bytes: 1 << 20,
-            queue: 1,
-        };
-        let counter = prometheus::IntCounter::new("d", "d").unwrap();
-        let log = AuditLog::start(settings, [1; 32], [2; 32], counter.clone()).unwrap();
-        // The writer has not run yet (one thread): one event fits, nine do not.
-        for i in 0..10 {
-            log.record(Event::new("test", "ok", serde_json::json!({"i": i})));
+            queue,
         }
-        assert_eq!(counter.get(), 9);
-        log.record(Event::new("after", "ok", serde_json::json!({})));
-        tokio::task::yield_now().await;
-        log.close().await;
-        let text: String = files(&dir.path().join("audit"))
+    }
+
+    fn text_of(dir: &Path) -> String {
+        files(&dir.join("audit"))
             .iter()
             .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_counted_and_reported_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = prometheus::IntCounter::new("d", "d").unwrap();
+        let log =
+            AuditLog::start(settings(dir.path(), 1), [1; 32], [2; 32], counter.clone()).unwrap();
+        // A burst into a queue of one: the writer (a file write per event) keeps few of them.
+        const BURST: u64 = 10_000;
+        for i in 0..BURST {
+            log.record(Event::new("test", "ok", serde_json::json!({"i": i})));
+        }
+        assert!(counter.get() > 0, "a queue of one drops most of a burst");
+        log.close().await;
+        let text = text_of(dir.path());
+        // Every event is either written or counted in an `audit_dropped` entry: none silently lost.
+        let entries: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert!(
-            text.contains("\"event\":\"audit_dropped\"") && text.contains("\"count\":"),
-            "{text}"
-        );
+        let written = entries.iter().filter(|e| e["event"] == "test").count() as u64;
+        let reported: u64 = entries
+            .iter()
+            .filter(|e| e["event"] == "audit_dropped")
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!((reported, written + reported), (counter.get(), BURST));
         let pk =
             super::super::chain::Chain::new(&[1; 32], &[2; 32], Position::default()).public_key();
         assert!(matches!(
             super::super::chain::verify(text.lines(), Some(&[1; 32]), &pk),
             super::super::chain::Verdict::Ok { .. }
         ));
+    }
+
+    /// The writer blocks on the disk; it must do so on its own thread. This test holds the
+    /// runtime's only thread without yielding, and the event must reach the file meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_writer_needs_none_of_the_runtime_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = prometheus::IntCounter::new("d", "d").unwrap();
+        let log = AuditLog::start(settings(dir.path(), 16), [1; 32], [2; 32], counter).unwrap();
+        log.record(Event::new("while_blocked", "ok", serde_json::json!({})));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !text_of(dir.path()).contains("\"event\":\"while_blocked\"") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing was written while the runtime's thread was busy"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        log.close().await;
     }
 }

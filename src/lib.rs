@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;

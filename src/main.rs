@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use voxguard::cli::{Cli, Command, EXIT_CONFIG, EXIT_FORCED, process_env};
 use voxguard::config::{Config, LogFormat};
 use voxguard::shutdown::{Signal, Signals};
@@ -41,7 +42,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG as u8);
                 }
             };
-            init_tracing(&loaded);
+            // Dropped last: the runtime's own shutdown may still log.
+            let _flush_logs = init_tracing(&loaded);
             voxguard::install_crypto_provider();
             let rt = runtime(loaded.server.threads());
             match rt.block_on(run(config, loaded)) {
@@ -84,17 +86,26 @@ fn exit(result: Result<i32, String>) -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Logs go to stderr through the log thread's queue (`logging.rs`): a slow reader of stderr drops
+/// lines (counted) instead of stalling requests. The guard flushes the queue at exit.
+fn init_tracing(config: &Config) -> Option<voxguard::logging::FlushOnDrop> {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = match voxguard::logging::queued_stderr() {
+        Ok((w, g)) => (BoxMakeWriter::new(w), Some(g)),
+        // No thread to spare: write inline, as before.
+        Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour only on a terminal: log files, journald and container logs get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn run(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {

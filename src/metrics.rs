@@ -38,6 +38,7 @@ pub const RECORDING_CHUNKS: &str = "voxguard_recording_chunks_sealed_total";
 pub const RECORDINGS_NOT_CONSENTED: &str = "voxguard_recordings_not_consented_total";
 pub const RECORDINGS_RETENTION_DELETED: &str = "voxguard_recordings_retention_deleted_total";
 pub const AUDIT_DROPPED: &str = "voxguard_audit_dropped_total";
+pub const LOG_LINES_DROPPED: &str = "voxguard_log_lines_dropped_total";
 pub const ALERT_EVENTS: &str = "voxguard_alert_events";
 pub const ALERT_FIRING: &str = "voxguard_alert_firing";
 pub const WEBHOOK_VERIFIED: &str = "voxguard_webhook_verified_total";
@@ -196,6 +197,10 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        // The process's one logger counts into a static; each registry shows it.
+        registry
+            .register(Box::new(crate::logging::LINES_DROPPED.clone()))
+            .expect("unique metric");
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 HTTP_DURATION,

@@ -15,6 +15,8 @@ use crate::support::{admin_get, bin, config_text};
 
 pub(crate) struct Running {
     pub(crate) child: Child,
+    /// The stderr pipe, held open and unread (a log reader that stalled), when started so.
+    stalled_stderr: Option<tokio::process::ChildStderr>,
     pub(crate) logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub(crate) tls: std::net::SocketAddr,
     pub(crate) admin: std::net::SocketAddr,
@@ -30,6 +32,15 @@ fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
 
 /// Starts `voxguard run` with JSON logs and reads the bound addresses from its start-up line.
 pub(crate) async fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
+    start_reading_logs(config, data, true).await
+}
+
+/// `start`, but stderr is left unread after the start-up line when `read_logs` is false.
+async fn start_reading_logs(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    read_logs: bool,
+) -> Running {
     let mut child = Command::new(bin())
         .args(["run", "--config"])
         .arg(config)
@@ -57,14 +68,20 @@ pub(crate) async fn start(config: &std::path::Path, data: &std::path::Path) -> R
     .unwrap();
     let logs = std::sync::Arc::new(std::sync::Mutex::new(started));
     let sink = logs.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let mut stalled_stderr = None;
+    if read_logs {
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+    } else {
+        stalled_stderr = Some(lines.into_inner().into_inner());
+    }
     let ca = std::fs::read(data.join("dev-cert.pem")).unwrap();
     Running {
         child,
+        stalled_stderr,
         logs,
         tls,
         admin,
@@ -452,4 +469,55 @@ async fn secret_rotation_by_sighup_and_refusals_logged_without_signature_or_secr
             "logs leak {secret_thing}: {logs}"
         );
     }
+}
+
+/// Nobody reads the proxy's stderr after start (a stalled log collector): the pipe fills with
+/// access lines, and requests must still be answered. Lines that do not fit are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_never_stalls_requests() {
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_text(dir.path(), backend, "", "")).unwrap();
+    let proxy = start_reading_logs(&path, &dir.path().join("data"), false).await;
+    assert!(proxy.stalled_stderr.is_some());
+    // One access line (~300 bytes of JSON) per request: the 64 KiB pipe holds ~200 of them and
+    // the log queue 4096, so this many overflow both.
+    const REQUESTS: usize = 6000;
+    const CONNECTIONS: usize = 8;
+    let (tls, ca) = (proxy.tls, proxy.ca.clone());
+    let answered = tokio::time::timeout(Duration::from_secs(60), async move {
+        let clients = (0..CONNECTIONS).map(|_| {
+            let ca = ca.clone();
+            tokio::spawn(async move {
+                let mut send = crate::support::client::h1(tls, &ca).await;
+                let mut ok = 0;
+                for _ in 0..REQUESTS / CONNECTIONS {
+                    let res = send
+                        .send_request(crate::support::client::get("/hello"))
+                        .await
+                        .unwrap();
+                    let (status, _, _) = crate::support::client::read(res).await;
+                    ok += usize::from(status == 200);
+                }
+                ok
+            })
+        });
+        let mut answered = 0;
+        for c in clients {
+            answered += c.await.unwrap();
+        }
+        answered
+    })
+    .await
+    .expect("requests are answered while nobody reads the log");
+    assert_eq!(answered, REQUESTS);
+    let (_, metrics) = admin_get(proxy.admin, "/metrics").await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("voxguard_log_lines_dropped_total "))
+        .expect("the counter is exported")
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "{dropped}");
 }

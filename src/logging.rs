@@ -4,8 +4,8 @@
 //! the queue full are dropped and counted in `voxguard_log_lines_dropped_total`.
 
 use std::io::Write;
-use std::sync::LazyLock;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 /// Lines waiting for stderr before new ones are dropped: a burst of ~1 MiB of access lines.
@@ -40,9 +40,30 @@ pub struct FlushOnDrop {
     tx: SyncSender<Msg>,
 }
 
-/// Starts the writer thread.
+/// The process's log queue, for `flush` on paths that exit without unwinding.
+static PROCESS_QUEUE: OnceLock<SyncSender<Msg>> = OnceLock::new();
+
+/// Starts the writer thread for the process's logs.
 pub fn queued_stderr() -> std::io::Result<(QueuedStderr, FlushOnDrop)> {
-    queued(std::io::stderr(), QUEUE_LINES)
+    let (writer, guard) = queued(std::io::stderr(), QUEUE_LINES)?;
+    let _ = PROCESS_QUEUE.set(guard.tx.clone());
+    Ok((writer, guard))
+}
+
+/// Waits (briefly) until what is queued reaches stderr: before `std::process::exit`, which skips
+/// `FlushOnDrop`.
+pub fn flush() {
+    if let Some(tx) = PROCESS_QUEUE.get() {
+        flush_queue(tx);
+    }
+}
+
+fn flush_queue(tx: &SyncSender<Msg>) {
+    let (done, wait) = sync_channel(1);
+    // Blocks while the queue is full, as an exit should: lines before it go first.
+    if tx.send(Msg::Flush(done)).is_ok() {
+        let _ = wait.recv_timeout(FLUSH_WAIT);
+    }
 }
 
 /// The same over any output, with `capacity` lines of queue (tests).
@@ -74,11 +95,7 @@ fn write_lines(mut out: impl Write, rx: Receiver<Msg>) {
 
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
-        let (done, wait) = sync_channel(1);
-        // Blocks while the queue is full, as the exit should: lines before it go first.
-        if self.tx.send(Msg::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(FLUSH_WAIT);
-        }
+        flush_queue(&self.tx);
     }
 }
 

@@ -135,6 +135,7 @@ async fn run(path: std::path::PathBuf, config: Config) -> anyhow::Result<()> {
         loop {
             if let Signal::Terminate = signals.next().await {
                 tracing::warn!("second signal: exiting now");
+                voxguard::logging::flush(); // `exit` skips the flush at the end of `main`
                 std::process::exit(EXIT_FORCED);
             }
         }

@@ -316,6 +316,23 @@ async fn a_second_signal_exits_at_once() {
         .expect("the second signal exits at once")
         .unwrap();
     assert_eq!(exit.code(), Some(130));
+    // Logs are written by their own thread: the exit waits for the line that explains it.
+    let said = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if proxy
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("second signal: exiting now"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(said.is_ok(), "{:?}", proxy.logs.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

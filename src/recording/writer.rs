@@ -1,6 +1,7 @@
 //! The file sink: one writer task per call behind the media session's bounded queue. It decides at the
 //! call's first event whether to record (consent), creates the file (0600, in a 0700 directory) and its
-//! keystore entry, seals chunks every `flush_interval` or 64 KiB, and marks the last chunk on close.
+//! keystore entry, seals chunks every `flush_interval` or 14 KiB, and marks the last chunk on close.
+//! Everything that waits on the disk (SQLite, file writes, fsync) runs on tokio's blocking pool.
 //! A failure (disk full, permission) never breaks the call unless the route asked for that: the
 //! recording is marked failed, counted and logged, and the rest of the call's events are discarded.
 
@@ -133,12 +134,15 @@ struct Open {
     plain: Vec<u8>,
     bytes: i64,
     last_at_ms: u32,
-    /// A sealed chunk waits for its fsync (`fsync = "chunk"`, or the last chunk).
-    unsynced: bool,
 }
 
 impl Open {
-    fn seal(&mut self, last: bool, sink: &FileSink) -> std::io::Result<()> {
+    /// Seals what `plain` holds as the next chunk, then writes it (and syncs it, with `fsync =
+    /// "chunk"` or for the last chunk) on the blocking pool. A write can wait on the disk too
+    /// (dirty-page throttling, a slow volume), and a sync always does: that stalls this recording
+    /// only, never the calls on the runtime's threads (with one CPU there is only one). The
+    /// buffer goes to the blocking thread and comes back, so it is never copied or reallocated.
+    async fn write_chunk(&mut self, last: bool, sink: &FileSink) -> std::io::Result<()> {
         let len = seal_chunk_in_place(
             &self.dek,
             &self.header,
@@ -148,36 +152,24 @@ impl Open {
             &mut self.plain,
         );
         let written = (len.len() + self.plain.len()) as u64;
-        let wrote = write_both(&mut *self.out, &len, &self.plain);
-        self.plain.clear(); // the allocation is kept for the next chunk
+        let sync = sink.config.fsync == Fsync::Chunk || last;
+        let mut out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
+        let chunk = std::mem::take(&mut self.plain);
+        let (out, mut chunk, wrote) = tokio::task::spawn_blocking(move || {
+            let wrote = write_both(&mut *out, &len, &chunk)
+                .and_then(|()| if sync { out.flush() } else { Ok(()) });
+            (out, chunk, wrote)
+        })
+        .await
+        .map_err(|_| std::io::Error::other("the recording's write task panicked"))?;
+        self.out = out;
+        chunk.clear(); // the allocation is kept for the next chunk
+        self.plain = chunk;
         wrote?;
         self.counter += 1;
         self.bytes += written as i64;
         sink.metrics.chunks.inc();
         sink.metrics.bytes.inc_by(written);
-        if sink.config.fsync == Fsync::Chunk || last {
-            self.unsynced = true;
-        }
-        Ok(())
-    }
-
-    /// Completes the fsync that sealing asked for, on the blocking pool: a disk that takes
-    /// seconds to sync stalls this recording, never the calls sharing the runtime's thread (a
-    /// one-CPU runtime has no other).
-    async fn sync(&mut self) -> std::io::Result<()> {
-        if !self.unsynced {
-            return Ok(());
-        }
-        let mut out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
-        let (out, synced) = tokio::task::spawn_blocking(move || {
-            let synced = out.flush();
-            (out, synced)
-        })
-        .await
-        .map_err(|_| std::io::Error::other("the fsync task panicked"))?;
-        self.out = out;
-        synced?;
-        self.unsynced = false;
         Ok(())
     }
 
@@ -271,10 +263,9 @@ async fn write_call(
                     break;
                 }
                 for e in batch.drain(..) {
-                    state = apply(state, e, &sink, &call, &failed);
+                    state = take(state, e, &sink, &call, &failed).await;
                 }
                 state = opened(state, &sink, &call, &failed).await;
-                state = synced(state, &sink, &call, &failed).await;
                 // Let a few frames queue up before waking again: one wake-up per batch, not per
                 // frame. The queue holds seconds of audio; the call never waits on this. A big
                 // batch means the call is sending faster than real time: keep draining.
@@ -285,22 +276,17 @@ async fn write_call(
             _ = tick.tick() => {
                 if let State::Recording(open) = &mut state
                     && !open.plain.is_empty()
-                    && let Err(why) = open.seal(false, &sink)
+                    && let Err(why) = open.write_chunk(false, &sink).await
                 {
                     let id = open.id.clone();
                     state = fail(&sink, &call, Some(open), &why.to_string(), &failed);
                     tracing::debug!(recording = %id, "recording stopped after a write error");
                 }
-                state = synced(state, &sink, &call, &failed).await;
             }
         }
     }
     if let State::Recording(mut open) = state {
-        let sealed = match open.seal(true, &sink) {
-            Ok(()) => open.sync().await,
-            Err(why) => Err(why),
-        };
-        match sealed {
+        match open.write_chunk(true, &sink).await {
             Ok(()) => {
                 let (keystore, id) = (sink.keystore.clone(), open.id.clone());
                 let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
@@ -327,14 +313,9 @@ const BATCH_EVENTS: usize = 64;
 const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One event through the recording's state: held until the call's first event decides consent,
-/// then written, or dropped when the call is not recorded.
-fn apply(
-    state: State,
-    e: RecordedEvent,
-    sink: &FileSink,
-    call: &CallStart,
-    failed: &CancellationToken,
-) -> State {
+/// then added to the chunk being gathered (`take` writes it once full), or dropped when the call is
+/// not recorded.
+fn apply(state: State, e: RecordedEvent, sink: &FileSink, call: &CallStart) -> State {
     match state {
         State::Undecided(mut held) => {
             let decides = e.call.is_some() || (e.audio.is_some() && !call.consent_required);
@@ -368,14 +349,7 @@ fn apply(
         }
         State::Recording(mut open) => {
             open.push(&e);
-            if open.plain.len() >= CHUNK_BYTES {
-                match open.seal(false, sink) {
-                    Ok(()) => State::Recording(open),
-                    Err(why) => fail(sink, call, Some(&open), &why.to_string(), failed),
-                }
-            } else {
-                State::Recording(open)
-            }
+            State::Recording(open)
         }
         State::Off => State::Off,
     }
@@ -399,25 +373,33 @@ async fn opened(
         tokio::task::spawn_blocking(move || start(&for_start, &call_start, subject.as_deref()))
             .await
             .unwrap_or_else(|_| Err("creating the recording panicked".to_string()));
-    match started {
-        Ok(open) => held.into_iter().fold(State::Recording(open), |state, e| {
-            apply(state, e, sink, call, failed)
-        }),
-        Err(why) => fail(sink, call, None, &why, failed),
+    let mut state = match started {
+        Ok(open) => State::Recording(open),
+        Err(why) => return fail(sink, call, None, &why, failed),
+    };
+    for e in held {
+        state = take(state, e, sink, call, failed).await;
     }
+    state
 }
 
-/// `state` once the fsync its last seals asked for is done; a failed fsync fails the recording.
-async fn synced(
+/// One event through `apply`; when it fills a chunk, the chunk is written before the next event
+/// is taken, so an open recording's buffer never grows past `BUFFER_BYTES`.
+async fn take(
     state: State,
-    sink: &FileSink,
+    e: RecordedEvent,
+    sink: &Arc<FileSink>,
     call: &CallStart,
     failed: &CancellationToken,
 ) -> State {
+    let state = apply(state, e, sink, call);
     let State::Recording(mut open) = state else {
         return state;
     };
-    match open.sync().await {
+    if open.plain.len() < CHUNK_BYTES {
+        return State::Recording(open);
+    }
+    match open.write_chunk(false, sink).await {
         Ok(()) => State::Recording(open),
         Err(why) => fail(sink, call, Some(&open), &why.to_string(), failed),
     }
@@ -492,7 +474,6 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         counter: 0,
         plain: Vec::with_capacity(BUFFER_BYTES),
         last_at_ms: 0,
-        unsynced: false,
     }))
 }
 
@@ -586,7 +567,7 @@ mod tests {
         // Ten seconds of a two-way Twilio call (50 frames of 160 μ-law bytes each way per second),
         // through the writer's own state machine, which seals a chunk whenever one is full.
         for i in 0..1000u64 {
-            state = apply(state, media_event(i), &sink, &call, &failed);
+            state = take(state, media_event(i), &sink, &call, &failed).await;
             state = opened(state, &sink, &call, &failed).await;
             let State::Recording(open) = &state else {
                 panic!("the call is recorded");

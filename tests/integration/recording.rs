@@ -579,24 +579,30 @@ async fn a_full_disk_never_breaks_the_call() {
         .expect("on_error = close asks the session to end the call");
 }
 
-/// A file whose first fsync says when it starts, then waits (up to 5 s) for the test to let it
-/// finish: a slow disk. `released` says whether the test did, which it can only do if the sync left the
-/// runtime's thread free.
-struct HeldSync {
+/// Which of a file's calls `Held` holds: its first fsync, or its first write after the header
+/// (the first chunk's).
+#[derive(Clone, Copy, PartialEq)]
+enum HoldOn {
+    Sync,
+    ChunkWrite,
+}
+
+/// A file whose held call says when it starts, then waits (up to 5 s) for the test to let it
+/// finish: a slow disk. `released` says whether the test did, which it can only do if the call left
+/// the runtime's thread free.
+struct Held {
+    on: HoldOn,
+    writes: usize,
+    held_once: bool,
     started: std::sync::mpsc::Sender<()>,
     release: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     released: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    held_once: bool,
 }
 
-impl std::io::Write for HeldSync {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
+impl Held {
+    fn hold(&mut self) {
         if self.held_once {
-            return Ok(()); // only the first sync is held
+            return; // one call is held; the rest go straight through
         }
         self.held_once = true;
         let _ = self.started.send(());
@@ -609,6 +615,22 @@ impl std::io::Write for HeldSync {
             self.released
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+}
+
+impl std::io::Write for Held {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writes += 1;
+        if self.on == HoldOn::ChunkWrite && self.writes == 2 {
+            self.hold(); // the header was the first write
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.on == HoldOn::Sync {
+            self.hold();
+        }
         Ok(())
     }
 }
@@ -618,17 +640,29 @@ impl std::io::Write for HeldSync {
 /// `block_in_place`, the way this was done before.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
+    held_disk_never_stalls_the_call(HoldOn::Sync, "fsync = \"chunk\"").await;
+}
+
+/// The same for a chunk's write (a disk throttling writers, a slow volume), with the default fsync.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_write_never_stalls_the_thread_the_calls_run_on() {
+    held_disk_never_stalls_the_call(HoldOn::ChunkWrite, "").await;
+}
+
+async fn held_disk_never_stalls_the_call(on: HoldOn, recording_extra: &str) {
     use std::sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering, mpsc};
     use voxguard::ws::protocols::Direction;
     let (started_tx, started) = mpsc::channel();
     let (release, release_rx) = mpsc::channel::<()>();
     let release_rx = Arc::new(Mutex::new(release_rx));
     let released = Arc::new(AtomicBool::new(false));
-    let file = HeldSync {
+    let file = Held {
+        on,
+        writes: 0,
+        held_once: false,
         started: started_tx,
         release: release_rx,
         released: released.clone(),
-        held_once: false,
     };
     let file = Mutex::new(Some(file));
     let (mut session, sink, metrics, _dir) = session_writing_to(
@@ -636,7 +670,7 @@ async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
             let file = file.lock().unwrap().take().expect("one recording");
             Ok(Box::new(file) as Box<dyn std::io::Write + Send>)
         }),
-        "fsync = \"chunk\"",
+        recording_extra,
     );
     let mut forwarded = session
         .handle(Direction::ToBackend, start_msg(json!({})))
@@ -659,14 +693,14 @@ async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
         }
     })
     .await
-    .expect("a chunk is sealed and its fsync starts");
-    // The fsync is held. This thread still runs the call and its timers:
+    .expect("a chunk is sealed and the held call starts");
+    // The disk holds the call. This thread still runs the call and its timers:
     for _ in 0..50 {
         forwarded += send_next(&mut session, &mut seq);
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     release.send(()).unwrap();
-    drop(release); // later syncs go straight through
+    drop(release); // later calls go straight through
     forwarded += session.finish().len();
     assert_eq!(forwarded, seq - 1, "every message reaches the backend");
     drop(session); // the call ends
@@ -679,7 +713,7 @@ async fn a_slow_fsync_never_stalls_the_thread_the_calls_run_on() {
     .expect("the recording completes once the disk catches up");
     assert!(
         released.load(Ordering::SeqCst),
-        "the test released the fsync while it was held"
+        "the test released the held call while it was held"
     );
     assert_eq!(metrics.recording.failed.get(), 0);
 }

@@ -63,38 +63,44 @@ struct Shared {
     hold_frames: u64,
 }
 
-#[derive(Default)]
 struct CallResult {
     sent: u64,
     received: u64,
     counted: u64,
     errors: u64,
-    hist: Option<hdrhistogram::Histogram<u64>>,
+    hist: hdrhistogram::Histogram<u64>,
     /// Paced: how late each send was against its tick (the generator's own delay).
-    late: Option<hdrhistogram::Histogram<u64>>,
+    late: hdrhistogram::Histogram<u64>,
     /// With `--hold-frames`: round trips from the send of the frame that completed the hold.
-    after_hold: Option<hdrhistogram::Histogram<u64>>,
+    after_hold: hdrhistogram::Histogram<u64>,
     /// With `--hold-frames`: echoes that came back before the frames completing their hold were
     /// sent (released by the proxy's wall-clock limit).
     released_early: u64,
 }
 
 impl CallResult {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            received: 0,
+            counted: 0,
+            errors: 0,
+            hist: report::histogram(),
+            late: report::histogram(),
+            after_hold: report::histogram(),
+            released_early: 0,
+        }
+    }
+
     fn add(&mut self, r: CallResult) -> anyhow::Result<()> {
         self.sent += r.sent;
         self.received += r.received;
         self.counted += r.counted;
         self.errors += r.errors;
         self.released_early += r.released_early;
-        for (into, from) in [
-            (&mut self.hist, r.hist),
-            (&mut self.late, r.late),
-            (&mut self.after_hold, r.after_hold),
-        ] {
-            if let (Some(into), Some(from)) = (into.as_mut(), from) {
-                into.add(from)?;
-            }
-        }
+        self.hist.add(r.hist)?;
+        self.late.add(r.late)?;
+        self.after_hold.add(r.after_hold)?;
         Ok(())
     }
 }
@@ -138,23 +144,21 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     tokio::time::sleep(args.common.duration / 2).await;
     let loaded = ProcSample::read(&pids);
     let usage = window.finish(&pids).await;
-    let mut total = CallResult::with_histograms();
+    let mut total = CallResult::new();
     for c in calls {
         total.add(c.await?)?;
     }
-    let [hist, late, after_hold] =
-        [&total.hist, &total.late, &total.after_hold].map(|h| h.as_ref().expect("set"));
     let mode = match (args.idle, args.rate) {
         (true, _) => "ws_idle",
         (false, 0) => "ws_flat",
         (false, _) => "ws_paced",
     };
     let rss_per_call = (loaded.rss_kib.saturating_sub(baseline.rss_kib)) as f64 / args.calls as f64;
-    let v = report::result(
+    let mut v = report::result(
         mode,
         &args.common,
         (total.counted, total.errors),
-        hist,
+        &total.hist,
         usage,
         json!({
             "calls": args.calls,
@@ -165,34 +169,22 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             "rss_per_call_kib": if pids.is_empty() { serde_json::Value::Null } else { rss_per_call.into() },
         }),
     );
-    let mut v = v;
     if args.rate > 0 && !args.idle {
-        v["send_late_p50_us"] = late.value_at_quantile(0.50).into();
-        v["send_late_p99_us"] = late.value_at_quantile(0.99).into();
+        v["send_late_p50_us"] = total.late.value_at_quantile(0.50).into();
+        v["send_late_p99_us"] = total.late.value_at_quantile(0.99).into();
     }
     if args.hold_frames > 0 {
         v["hold_frames"] = args.hold_frames.into();
-        v["after_hold_p50_us"] = after_hold.value_at_quantile(0.50).into();
-        v["after_hold_p99_us"] = after_hold.value_at_quantile(0.99).into();
+        v["after_hold_p50_us"] = total.after_hold.value_at_quantile(0.50).into();
+        v["after_hold_p99_us"] = total.after_hold.value_at_quantile(0.99).into();
         v["released_early"] = total.released_early.into();
     }
     println!("{v}");
     Ok(())
 }
 
-impl CallResult {
-    fn with_histograms() -> Self {
-        Self {
-            hist: Some(report::histogram()),
-            late: Some(report::histogram()),
-            after_hold: Some(report::histogram()),
-            ..Self::default()
-        }
-    }
-}
-
 async fn call(shared: &Shared, index: usize) -> CallResult {
-    let mut result = CallResult::with_histograms();
+    let mut result = CallResult::new();
     if let Err(e) = drive(shared, index, &mut result).await {
         result.errors += 1;
         if result.errors == 1 && index < 3 {
@@ -245,7 +237,7 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                 sent_at[seq as usize % RING] = now;
                 if shared.span.contains(now) {
                     let late = now.saturating_duration_since(due.into_std());
-                    let _ = r.late.as_mut().expect("set").record(late.as_micros() as u64);
+                    let _ = r.late.record(late.as_micros() as u64);
                 }
                 sink.send(Message::text(media_event(shared, &sid, seq))).await?;
                 r.sent += 1;
@@ -268,13 +260,12 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                     if shared.span.contains(now) {
                         r.counted += 1;
                         let rtt = now - sent_at[n as usize % RING];
-                        let _ = r.hist.as_mut().expect("set").record(rtt.as_micros() as u64);
+                        let _ = r.hist.record(rtt.as_micros() as u64);
                         if shared.hold_frames > 0 {
                             let completing = n + shared.hold_frames;
                             if completing <= seq {
                                 let since = now - sent_at[completing as usize % RING];
-                                let h = r.after_hold.as_mut().expect("set");
-                                let _ = h.record(since.as_micros() as u64);
+                                let _ = r.after_hold.record(since.as_micros() as u64);
                             } else {
                                 r.released_early += 1;
                             }

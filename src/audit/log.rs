@@ -1,7 +1,7 @@
 //! The audit writer: events go through a bounded queue to one thread of its own that appends them
 //! to JSON Lines files in the audit directory. Its writes and fsyncs block on the disk, so they
-//! never run on the threads the calls run on (with one CPU there is only one). A full queue is counted and reported in the log itself (an
-//! `audit_dropped` entry), never silently lost. Files rotate by size and by day; the chain continues
+//! never run on the threads the calls run on (with one CPU there is only one). A full queue is
+//! counted and reported in the log itself (an `audit_dropped` entry), never silently lost. Files rotate by size and by day; the chain continues
 //! across files and across restarts (the existing files are replayed at start to find where it
 //! stands). A drain writes a `stop` entry and a closing checkpoint, then syncs.
 
@@ -243,6 +243,21 @@ async fn writer(
             f.bytes += line.len() as u64 + 1;
         }
     };
+    // Events dropped since the last entry get one `audit_dropped` entry with their count.
+    let report_dropped = |chain: &mut Chain, file: &mut Option<File>| {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let line = chain.entry(
+                &now_rfc3339(),
+                "audit_dropped",
+                "voxguard",
+                None,
+                "error",
+                &serde_json::json!({"count": lost}),
+            );
+            write(chain, line, file);
+        }
+    };
     let start = chain.entry(
         &now_rfc3339(),
         "audit_start",
@@ -256,11 +271,7 @@ async fn writer(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(Msg::Event(e)) => {
-                    let lost = dropped.swap(0, Ordering::Relaxed);
-                    if lost > 0 {
-                        let line = chain.entry(&now_rfc3339(), "audit_dropped", "voxguard", None, "error", &serde_json::json!({"count": lost}));
-                        write(&mut chain, line, &mut file);
-                    }
+                    report_dropped(&mut chain, &mut file);
                     let line = chain.entry(&now_rfc3339(), e.event, &e.actor, e.route.as_deref(), e.outcome, &e.fields);
                     write(&mut chain, line, &mut file);
                     since_checkpoint += 1;
@@ -271,11 +282,7 @@ async fn writer(
                     }
                 }
                 Some(Msg::Close(done)) => {
-                    let lost = dropped.swap(0, Ordering::Relaxed);
-                    if lost > 0 {
-                        let line = chain.entry(&now_rfc3339(), "audit_dropped", "voxguard", None, "error", &serde_json::json!({"count": lost}));
-                        write(&mut chain, line, &mut file);
-                    }
+                    report_dropped(&mut chain, &mut file);
                     let line = chain.entry(&now_rfc3339(), "stop", "voxguard", None, "ok", &serde_json::json!({}));
                     write(&mut chain, line, &mut file);
                     let line = chain.checkpoint(&now_rfc3339(), true);

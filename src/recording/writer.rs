@@ -288,12 +288,7 @@ async fn write_call(
     if let State::Recording(mut open) = state {
         match open.write_chunk(true, &sink).await {
             Ok(()) => {
-                let (keystore, id) = (sink.keystore.clone(), open.id.clone());
-                let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
-                let _ = tokio::task::spawn_blocking(move || {
-                    keystore.finish(&id, "complete", bytes, duration_ms)
-                })
-                .await;
+                let _ = finish_entry(&sink, &open, "complete").await;
                 sink.metrics.finished.inc();
                 let fields = serde_json::json!({"recording": open.id, "bytes": open.bytes, "duration_ms": open.last_at_ms});
                 audit(&sink, "recording_finished", "ok", &call.route, fields);
@@ -388,7 +383,7 @@ async fn opened(
 async fn take(
     state: State,
     e: RecordedEvent,
-    sink: &Arc<FileSink>,
+    sink: &FileSink,
     call: &CallStart,
     failed: &CancellationToken,
 ) -> State {
@@ -490,6 +485,18 @@ fn audit(
     }
 }
 
+/// Marks the recording's keystore entry `state` (with its size and duration) on the blocking pool:
+/// a SQLite commit.
+fn finish_entry(
+    sink: &FileSink,
+    open: &Open,
+    state: &'static str,
+) -> tokio::task::JoinHandle<Result<(), super::keystore::KeystoreError>> {
+    let (keystore, id) = (sink.keystore.clone(), open.id.clone());
+    let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
+    tokio::task::spawn_blocking(move || keystore.finish(&id, state, bytes, duration_ms))
+}
+
 fn fail(
     sink: &FileSink,
     call: &CallStart,
@@ -507,9 +514,7 @@ fn fail(
     );
     if let Some(open) = open {
         // Not waited for: the recording is over either way, and the call must not wait on SQLite.
-        let (keystore, id) = (sink.keystore.clone(), open.id.clone());
-        let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
-        tokio::task::spawn_blocking(move || keystore.finish(&id, "failed", bytes, duration_ms));
+        drop(finish_entry(sink, open, "failed"));
     }
     tracing::warn!(route = %call.route, recording = open.map(|o| o.id.as_str()), error = %why, "recording failed");
     if sink.config.on_error == OnError::Close {

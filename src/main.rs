@@ -63,7 +63,8 @@ fn main() -> ExitCode {
 /// never uses them. Measured on one CPU (docs/PERFORMANCE.md, ninth and tenth sessions): ~9 % less
 /// CPU per HTTP request, ~6 % less per paced media message, paced plain relays level. Nothing may
 /// call `block_in_place`, which it refuses; blocking work (fsync, SQLite, admin file work) goes to
-/// the blocking pool, which both schedulers have.
+/// the blocking pool, which both schedulers have, capped (`recording::lane`) so that a burst of
+/// recorded calls cannot start hundreds of threads.
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -72,7 +73,11 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
         b.worker_threads(threads);
         b
     };
-    builder.enable_all().build().expect("tokio runtime")
+    builder
+        .max_blocking_threads(voxguard::recording::lane::RUNTIME_BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// A maintenance command's exit: its code, or 64 with the error.

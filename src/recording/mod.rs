@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod keystore;
+pub mod lane;
 pub mod read;
 pub mod writer;
 

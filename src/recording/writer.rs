@@ -1,7 +1,8 @@
 //! The file sink: one writer task per call behind the media session's bounded queue. It decides at the
 //! call's first event whether to record (consent), creates the file (0600, in a 0700 directory) and its
 //! keystore entry, seals chunks every `flush_interval` or 14 KiB, and marks the last chunk on close.
-//! Everything that waits on the disk (SQLite, file writes, fsync) runs on tokio's blocking pool.
+//! Everything that waits on the disk (SQLite, file writes, fsync) runs on tokio's blocking pool,
+//! through the lanes in `lane.rs`.
 //! A failure (disk full, permission) never breaks the call unless the route asked for that: the
 //! recording is marked failed, counted and logged, and the rest of the call's events are discarded.
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::format::{Codec, Header, Record, RecordBody, seal_chunk_in_place};
 use super::keystore::{Entry, Keystore};
+use super::lane::{self, Lane};
 use crate::admission::signature::encoding::to_hex;
 use crate::config::recording::{Fsync, OnError, RecordingConfig};
 use crate::keys::{KeyBytes, KeyRing, keyed_hash};
@@ -75,6 +77,10 @@ pub struct FileSink {
     pub open: Opener,
     /// Recordings created, finished and failed are audited (set once the audit log runs).
     pub audit: std::sync::OnceLock<crate::audit::log::AuditLog>,
+    /// Creating recordings and marking their end: SQLite work (`recording::lane`).
+    keystore_lane: Lane,
+    /// Chunk writes and syncs.
+    disk_lane: Lane,
 }
 
 impl FileSink {
@@ -96,6 +102,8 @@ impl FileSink {
             metrics,
             open: Arc::new(open_file),
             audit: std::sync::OnceLock::new(),
+            keystore_lane: Lane::new(lane::KEYSTORE_JOBS),
+            disk_lane: Lane::new(lane::DISK_JOBS),
         }))
     }
 }
@@ -155,13 +163,15 @@ impl Open {
         let sync = sink.config.fsync == Fsync::Chunk || last;
         let mut out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
         let chunk = std::mem::take(&mut self.plain);
-        let (out, mut chunk, wrote) = tokio::task::spawn_blocking(move || {
-            let wrote = write_both(&mut *out, &len, &chunk)
-                .and_then(|()| if sync { out.flush() } else { Ok(()) });
-            (out, chunk, wrote)
-        })
-        .await
-        .map_err(|_| std::io::Error::other("the recording's write task panicked"))?;
+        let (out, mut chunk, wrote) = sink
+            .disk_lane
+            .run(move || {
+                let wrote = write_both(&mut *out, &len, &chunk)
+                    .and_then(|()| if sync { out.flush() } else { Ok(()) });
+                (out, chunk, wrote)
+            })
+            .await
+            .map_err(|_| std::io::Error::other("the recording's write task panicked"))?;
         self.out = out;
         chunk.clear(); // the allocation is kept for the next chunk
         self.plain = chunk;
@@ -288,10 +298,18 @@ async fn write_call(
     if let State::Recording(mut open) = state {
         match open.write_chunk(true, &sink).await {
             Ok(()) => {
-                let _ = finish_entry(&sink, &open, "complete").await;
+                // The file is whole either way; a keystore that could not be updated leaves the
+                // entry in state `recording`, which the audit entry and the log say.
+                let marked = finish_entry(&sink, &open, "complete").await;
                 sink.metrics.finished.inc();
                 let fields = serde_json::json!({"recording": open.id, "bytes": open.bytes, "duration_ms": open.last_at_ms});
-                audit(&sink, "recording_finished", "ok", &call.route, fields);
+                let outcome = if let Err(why) = &marked {
+                    tracing::warn!(route = %call.route, recording = %open.id, error = %why, "recording finished, but its keystore entry was not marked complete");
+                    "error"
+                } else {
+                    "ok"
+                };
+                audit(&sink, "recording_finished", outcome, &call.route, fields);
             }
             Err(why) => {
                 fail(&sink, &call, Some(&open), &why.to_string(), &failed);
@@ -364,10 +382,11 @@ async fn opened(
         return state;
     };
     let (for_start, call_start) = (sink.clone(), call.clone());
-    let started =
-        tokio::task::spawn_blocking(move || start(&for_start, &call_start, subject.as_deref()))
-            .await
-            .unwrap_or_else(|_| Err("creating the recording panicked".to_string()));
+    let started = sink
+        .keystore_lane
+        .run(move || start(&for_start, &call_start, subject.as_deref()))
+        .await
+        .unwrap_or_else(|_| Err("creating the recording panicked".to_string()));
     let mut state = match started {
         Ok(open) => State::Recording(open),
         Err(why) => return fail(sink, call, None, &why, failed),
@@ -485,16 +504,25 @@ fn audit(
     }
 }
 
-/// Marks the recording's keystore entry `state` (with its size and duration) on the blocking pool:
-/// a SQLite commit.
+/// Marks the recording's keystore entry `state` (with its size and duration) in the keystore's lane:
+/// a SQLite commit. Owns what it needs, so it can be spawned and left to finish.
 fn finish_entry(
     sink: &FileSink,
     open: &Open,
     state: &'static str,
-) -> tokio::task::JoinHandle<Result<(), super::keystore::KeystoreError>> {
-    let (keystore, id) = (sink.keystore.clone(), open.id.clone());
+) -> impl Future<Output = Result<(), String>> + Send + 'static {
+    let (keystore, lane, id) = (
+        sink.keystore.clone(),
+        sink.keystore_lane.clone(),
+        open.id.clone(),
+    );
     let (bytes, duration_ms) = (open.bytes, i64::from(open.last_at_ms));
-    tokio::task::spawn_blocking(move || keystore.finish(&id, state, bytes, duration_ms))
+    async move {
+        lane.run(move || keystore.finish(&id, state, bytes, duration_ms))
+            .await
+            .map_err(|_| "the keystore update panicked".to_string())?
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn fail(
@@ -514,7 +542,7 @@ fn fail(
     );
     if let Some(open) = open {
         // Not waited for: the recording is over either way, and the call must not wait on SQLite.
-        drop(finish_entry(sink, open, "failed"));
+        tokio::spawn(finish_entry(sink, open, "failed"));
     }
     tracing::warn!(route = %call.route, recording = open.map(|o| o.id.as_str()), error = %why, "recording failed");
     if sink.config.on_error == OnError::Close {

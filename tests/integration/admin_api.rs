@@ -475,3 +475,73 @@ async fn a_delete_the_keystore_refuses_is_an_error_and_keeps_the_recording() {
     assert_eq!(json_of(&body)["recordings"], json!([]));
     assert_eq!(files(&ids), [false, false]);
 }
+
+/// A call that ends while the keystore is locked past SQLite's busy timeout: its file is whole, but
+/// its entry cannot be marked `complete`. That must not pass silently: the audit log says
+/// `recording_finished` with outcome `error`, and the listing still says `recording`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_whose_end_the_keystore_refuses_is_audited_as_an_error() {
+    let backend = spawn_ws_backend().await;
+    let proxy = media_proxy(backend.addr).await;
+    let admin = proxy.admin;
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
+        .await
+        .unwrap();
+    ws.send(Message::text(json!({"event": "start", "streamSid": "MZ1", "start": {"streamSid": "MZ1", "customParameters": {"subject_id": "erin"}}}).to_string())).await.unwrap();
+    let payload = voxguard::admission::signature::encoding::to_base64(&[0x10u8; 160]);
+    ws.send(Message::text(json!({"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "timestamp": "0", "payload": payload}}).to_string())).await.unwrap();
+    let listed = || async {
+        let (_, _, body) = call(admin, "GET", "/admin/recordings", Some("audit-token"), "").await;
+        json_of(&body)["recordings"].as_array().unwrap().clone()
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while listed().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the recording's entry is created");
+
+    let keystore = proxy.dir.path().join("data/recordings/keystore.sqlite");
+    let lock = rusqlite::Connection::open(&keystore).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    ws.send(Message::text(
+        json!({"event": "stop", "streamSid": "MZ1"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let _ = ws.close(None).await;
+    let finished = || async {
+        let (_, _, body) = call(admin, "GET", "/admin/audit", Some("audit-token"), "").await;
+        json_of(&body)["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "recording_finished")
+            .cloned()
+    };
+    let entry = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(e) = finished().await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the recording's end is audited once the keystore gives up");
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(entry["outcome"], "error", "{entry}");
+    let recordings = listed().await;
+    assert_eq!(recordings.len(), 1);
+    assert_eq!(recordings[0]["state"], "recording", "{recordings:?}");
+    assert_eq!(
+        entry["recording"], recordings[0]["id"],
+        "the entry names the recording (an id, never the subject)"
+    );
+    let metrics = crate::support::admin_get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("voxguard_recordings_finished_total 1"),
+        "the file is whole, so it counts as finished: {metrics}"
+    );
+}

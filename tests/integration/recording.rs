@@ -799,3 +799,73 @@ async fn a_recordings_dir_on_a_full_256k_tmpfs_never_breaks_the_call() {
     assert_eq!(admin_get(proxy.admin, "/readyz").await.0, 200);
     assert_eq!(crate::lifecycle::terminate(&mut proxy).await, Some(0));
 }
+
+/// Threads of the process `pid` (every tokio blocking-pool thread it ever started and has not yet
+/// retired: an idle one lingers for 10 s).
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// A burst of recorded calls starting and ending together (a campaign dialling out, a drain)
+/// must not start a thread per recording. Each call's keystore entry, chunk writes and final sync
+/// wait for a place in the recordings' lanes, on a capped pool (`recording::lane`); before, the
+/// blocking pool started a thread for each job that found none idle, hundreds of them, mostly
+/// waiting on SQLite or the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_recorded_calls_runs_on_a_few_threads() {
+    use voxguard::recording::lane::RUNTIME_BLOCKING_THREADS;
+    const CALLS: usize = 200;
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
+    let pid = proxy.child.id().unwrap();
+    let before = threads_of(pid);
+
+    let (tls, ca) = (proxy.tls, proxy.ca.clone());
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let ca = ca.clone();
+            tokio::spawn(async move {
+                let (mut ws, _) = ws_connect(tls, &ca, "/media", &[]).await.unwrap();
+                ws.send(start_msg(json!({}))).await.unwrap();
+                for i in 0..5 {
+                    ws.send(media(i + 2)).await.unwrap();
+                }
+                ws
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for c in calls {
+        open.push(c.await.unwrap());
+    }
+    // Every call ends at once: a last chunk, synced, and a keystore update each.
+    futures_util::future::join_all(open.iter_mut().map(|ws| ws.close(None))).await;
+
+    let keystore = s.dir.path().join("rec/keystore.sqlite");
+    let complete = || -> usize {
+        let db = rusqlite::Connection::open(&keystore).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.query_row(
+            "SELECT count(*) FROM recordings WHERE state = 'complete'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while complete() < CALLS {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every call's recording completes");
+
+    let started = threads_of(pid).saturating_sub(before);
+    assert!(
+        started <= RUNTIME_BLOCKING_THREADS,
+        "{started} threads started for {CALLS} recorded calls (cap {RUNTIME_BLOCKING_THREADS})"
+    );
+}

@@ -352,7 +352,9 @@ where
                     }
                     batched += 1;
                     ready = peek_ready(&flags, from, &mut client, &mut upstream, batched);
-                    if !media_armed {
+                    if media_armed {
+                        extend_media_timer(m, media_timer.as_mut());
+                    } else {
                         media_armed = arm_media_timer(Some(m), media_timer.as_mut());
                         flags.flag(wake::HOUSEKEEPING);
                     }
@@ -528,6 +530,20 @@ fn arm_media_timer(
     let soonest = tokio::time::Instant::now() + MEDIA_TICK;
     timer.reset(tokio::time::Instant::from_std(due).max(soonest));
     true
+}
+
+/// Moves the media timer to the oldest held frame's deadline when that is later than the timer's:
+/// while audio flows, later frames release the held ones and the deadline keeps moving on, so the
+/// timer fires only once the call goes quiet (each message also releases whatever has waited its
+/// longest, in either direction). Re-arming only when it fired woke each paced call every ~40 ms
+/// to release nothing. A later deadline costs one compare-and-swap in tokio (the timer wheel is
+/// not touched, and the registered waker stays).
+fn extend_media_timer(media: &MediaSession, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+    if let Some(due) = media.next_due().map(tokio::time::Instant::from_std)
+        && due > timer.deadline()
+    {
+        timer.reset(due);
+    }
 }
 
 /// Most messages relayed before the sinks are flushed, so a flood on one side cannot starve the

@@ -385,6 +385,50 @@ async fn frames_held_for_the_lookahead_go_out_when_the_stream_goes_quiet() {
     wait_for_frames(&backend, 5).await;
 }
 
+/// The backend's audio stops while the caller's keeps flowing: the caller's frames release one
+/// another, but no later audio comes to release the backend's last ones. They must go out once
+/// they have waited their longest (each message through the session looks for such frames, and the
+/// session's timer does when no message comes), not wait for the caller to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_frames_of_a_quiet_direction_go_out_while_the_other_flows() {
+    let (proxy, backend) = proxy("").await;
+    let (ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
+        .await
+        .unwrap();
+    let (mut to_proxy, mut from_proxy) = ws.split();
+    // Two seconds of the caller's audio, paced as a call sends it.
+    let caller = tokio::spawn(async move {
+        let audio = hum(2000);
+        for (seq, chunk) in audio.chunks(160).enumerate() {
+            to_proxy.send(media_msg(seq + 1, chunk)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        to_proxy
+    });
+    wait_for_frames(&backend, 3).await;
+    // The backend says three frames' worth, then nothing.
+    for (seq, chunk) in hum(60).chunks(160).enumerate() {
+        backend.to_caller.send(media_msg(seq + 1, chunk)).unwrap();
+    }
+    let mut got = 0;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while got < 3 {
+            if let Some(Ok(Message::Text(t))) = from_proxy.next().await
+                && t.as_str().contains("\"media\"")
+            {
+                got += 1;
+            }
+        }
+    })
+    .await
+    .expect("the backend's frames reach the caller");
+    assert!(
+        !caller.is_finished(),
+        "they arrived while the caller's audio still flowed, not when it stopped"
+    );
+    caller.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_max_duration_is_closed_with_1001() {
     let (proxy, _backend) = proxy("max_duration = \"300ms\"\n").await;

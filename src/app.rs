@@ -63,6 +63,10 @@ pub struct App {
     admin_api: Arc<crate::admin::api::AdminContext>,
 }
 
+/// After the drain, how long the recordings of the calls it ended get to write their last chunk,
+/// sync it and mark their keystore entries (past the grace period: the calls are already over).
+const RECORDINGS_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn sweep_recordings(sink: Arc<FileSink>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(crate::config::defaults::RECORDING_SWEEP_INTERVAL);
     loop {
@@ -310,9 +314,12 @@ impl App {
             .inc();
     }
 
-    /// Drains (see `shutdown`), then stops the admin listener and background tasks.
+    /// Drains (see `shutdown`), waits for the recordings of the calls it ended, then stops the admin
+    /// listener and background tasks. The audit log closes last: recordings audit their end.
     pub async fn shutdown(self) -> bool {
-        let clean = self.drain.run(self.grace).await;
+        let drained = self.drain.run(self.grace).await;
+        let unfinished = self.recordings.finish_writers(RECORDINGS_FINISH).await;
+        let clean = drained && unfinished == 0;
         self.pipeline.flush_refusals(true);
         if let Some((audit, _)) = &self.pipeline.audit {
             audit.close().await;

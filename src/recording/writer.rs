@@ -81,6 +81,8 @@ pub struct FileSink {
     keystore_lane: Lane,
     /// Chunk writes and syncs.
     disk_lane: Lane,
+    /// Every call's writer task: the drain waits for them (`finish_writers`).
+    writers: tokio_util::task::TaskTracker,
 }
 
 impl FileSink {
@@ -104,7 +106,27 @@ impl FileSink {
             audit: std::sync::OnceLock::new(),
             keystore_lane: Lane::new(lane::KEYSTORE_JOBS),
             disk_lane: Lane::new(lane::DISK_JOBS),
+            writers: tokio_util::task::TaskTracker::new(),
         }))
+    }
+
+    /// Waits, up to `limit`, for every call's writer to finish: once the drain has ended the calls,
+    /// each writes its last chunk (synced) and marks its keystore entry. Without this, the process
+    /// exited with recordings unfinished. Returns how many were still open at the limit.
+    pub async fn finish_writers(&self, limit: std::time::Duration) -> usize {
+        self.writers.close();
+        if tokio::time::timeout(limit, self.writers.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let open = self.writers.len();
+        tracing::warn!(
+            open,
+            "recordings still being written when the drain's time for them ran out"
+        );
+        open
     }
 }
 
@@ -120,7 +142,8 @@ impl RecordingSink for Arc<FileSink> {
     fn start_call(&self, call: &CallStart) -> CallRecorder {
         let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
         let failed = CancellationToken::new();
-        tokio::spawn(write_call(self.clone(), call.clone(), rx, failed.clone()));
+        self.writers
+            .spawn(write_call(self.clone(), call.clone(), rx, failed.clone()));
         CallRecorder { events: tx, failed }
     }
 }

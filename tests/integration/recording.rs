@@ -467,6 +467,53 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
     );
 }
 
+/// SIGTERM mid-call: the drain closes the call with 1001 at the end of the grace period, and the
+/// recording must then be finished (last chunk flagged and synced, entry `complete`) before the
+/// process exits, as after any call's end. Many calls end at once in a drain, so their writers wait
+/// in the recordings' lanes; the exit must wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_every_open_recording_before_exit() {
+    const CALLS: usize = 40;
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let mut proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/media", &[])
+            .await
+            .unwrap();
+        ws.send(start_msg(json!({}))).await.unwrap();
+        for i in 0..10 {
+            ws.send(media(i + 2)).await.unwrap();
+        }
+        calls.push(ws);
+    }
+    let keystore = s.dir.path().join("rec/keystore.sqlite");
+    let entries = || {
+        voxguard::recording::keystore::Keystore::open(&keystore)
+            .unwrap()
+            .list()
+            .unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while entries().len() < CALLS {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every call is being recorded");
+
+    assert_eq!(crate::lifecycle::terminate(&mut proxy).await, Some(0));
+    let entries = entries();
+    assert_eq!(entries.len(), CALLS);
+    for e in &entries {
+        assert_eq!(e.state, "complete", "finished before the exit: {}", e.id);
+        let (code, msg) = verify(&e.path, &s.config);
+        assert_eq!(code, 0, "{msg}");
+    }
+    drop(calls);
+}
+
 /// Accepts `room` bytes, then fails as a full disk does.
 struct FullDisk {
     room: usize,

@@ -26,12 +26,20 @@ use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
 
-/// Plaintext gathered before a chunk is sealed early. With the buffer (`BUFFER_BYTES`, allocated
-/// once) sealed in place, this bounds an open recording's memory. One second of a two-way Twilio
+/// Plaintext gathered before a chunk is sealed early. With the buffer (at most `BUFFER_BYTES`, kept
+/// from chunk to chunk) sealed in place, this bounds an open recording's memory. One second of a two-way Twilio
 /// call is ~17 KiB, so a busy call seals a chunk a little more often than every `flush_interval`.
 pub const CHUNK_BYTES: usize = 14 * 1024;
-/// The plaintext buffer of an open recording.
+/// The plaintext buffer of an open recording, at most.
 const BUFFER_BYTES: usize = 16 * 1024;
+/// The buffer starts at this and doubles as the first chunk fills, up to `BUFFER_BYTES`: a call
+/// that has sent only its `start` event holds 1 KiB, not 16 (allocated whole, the 16 KiB touched
+/// two pages of RSS per call). A busy call reaches 16 KiB within its first second, and keeps it.
+const FIRST_BUFFER_BYTES: usize = 1024;
+/// The AEAD tag that sealing appends in place.
+const TAG_BYTES: usize = 16;
+/// Bytes a record takes ahead of its body (`Record::encode_head_into`).
+const RECORD_HEAD_BYTES: usize = 12;
 // A chunk is sealed once it passes CHUNK_BYTES, so the buffer stays within BUFFER_BYTES unless one
 // record is over 2 KiB (a large `start` event), and an open call within the 64 KiB target.
 const _: () = assert!(CHUNK_BYTES + 2 * 1024 <= BUFFER_BYTES);
@@ -174,6 +182,7 @@ impl Open {
     /// only, never the calls on the runtime's threads (with one CPU there is only one). The
     /// buffer goes to the blocking thread and comes back, so it is never copied or reallocated.
     async fn write_chunk(&mut self, last: bool, sink: &FileSink) -> std::io::Result<()> {
+        make_room(&mut self.plain, TAG_BYTES);
         let len = seal_chunk_in_place(
             &self.dek,
             &self.header,
@@ -233,6 +242,12 @@ impl Open {
                 None => RecordBody::Audio(Vec::new()),
             },
         };
+        let body_len = match (&e.audio, &head.body) {
+            (Some(Audio::Ulaw(b)), _) => b.len(),
+            (Some(Audio::Pcm16(samples)), _) => samples.len() * 2,
+            (None, RecordBody::Event(json) | RecordBody::Audio(json)) => json.len(),
+        };
+        make_room(&mut self.plain, RECORD_HEAD_BYTES + body_len);
         match &e.audio {
             Some(Audio::Ulaw(b)) => {
                 head.encode_head_into(b.len(), &mut self.plain);
@@ -246,6 +261,20 @@ impl Open {
             None => head.encode_into(&mut self.plain),
         }
     }
+}
+
+/// Grows `plain` to fit `extra` more bytes: by doubling from `FIRST_BUFFER_BYTES`, so that a full
+/// chunk's buffer is exactly `BUFFER_BYTES` and is never reallocated again.
+fn make_room(plain: &mut Vec<u8>, extra: usize) {
+    let needed = plain.len() + extra;
+    if needed <= plain.capacity() {
+        return;
+    }
+    let target = needed
+        .next_power_of_two()
+        .clamp(FIRST_BUFFER_BYTES, BUFFER_BYTES)
+        .max(needed);
+    plain.reserve_exact(target - plain.len());
 }
 
 /// Writes the chunk's length and body with one system call where the file takes both at once.
@@ -509,7 +538,7 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         header: header_bytes,
         prefix,
         counter: 0,
-        plain: Vec::with_capacity(BUFFER_BYTES),
+        plain: Vec::new(),
         last_at_ms: 0,
     }))
 }
@@ -628,6 +657,13 @@ mod tests {
             let State::Recording(open) = &state else {
                 panic!("the call is recorded");
             };
+            if i == 0 {
+                assert_eq!(
+                    open.plain.capacity(),
+                    FIRST_BUFFER_BYTES,
+                    "a call that has sent one frame holds a small buffer"
+                );
+            }
             let footprint = std::mem::size_of::<Open>()
                 + open.plain.capacity()
                 + open.header.len()
@@ -638,7 +674,11 @@ mod tests {
             unreachable!()
         };
         assert!(open.counter > 0, "chunks were sealed on the way");
-        assert_eq!(open.plain.capacity(), BUFFER_BYTES, "the buffer never grew");
+        assert_eq!(
+            open.plain.capacity(),
+            BUFFER_BYTES,
+            "the buffer grew to a chunk's size, and no further"
+        );
         eprintln!("an open recording holds at most {largest} bytes");
         assert!(largest <= 64 * 1024, "{largest}");
     }

@@ -317,7 +317,8 @@ async fn write_call(
     let mut state = State::Undecided(Vec::new());
     let mut tick = tokio::time::interval(sink.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(BATCH_EVENTS);
+    // Grows as batches need it (to 16 events for a paced call): an idle call holds 4 slots, not 64.
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH_EVENTS) => {

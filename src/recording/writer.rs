@@ -27,8 +27,9 @@ use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
 
 /// Plaintext gathered before a chunk is sealed early. With the buffer (at most `BUFFER_BYTES`, kept
-/// from chunk to chunk) sealed in place, this bounds an open recording's memory. One second of a two-way Twilio
-/// call is ~17 KiB, so a busy call seals a chunk a little more often than every `flush_interval`.
+/// from chunk to chunk) sealed in place, this bounds an open recording's memory. One second of a
+/// two-way Twilio call is ~17 KiB, so a busy call seals a chunk a little more often than every
+/// `flush_interval`.
 pub const CHUNK_BYTES: usize = 14 * 1024;
 /// The plaintext buffer of an open recording, at most.
 const BUFFER_BYTES: usize = 16 * 1024;

@@ -113,13 +113,76 @@ const CONFIRMATION_WAIT: Duration = Duration::from_millis(40);
 struct Forwarded {
     arrived: Instant,
     original: Message,
-    /// A media frame's samples went to the recording: what is forwarded is either `original` or,
-    /// once `dirty`, silence of the same shape.
-    frame: Frame,
-    silenced_shape: Option<Shape>,
+    /// What is forwarded is `original` or, once `dirty`, this rewritten.
+    rewrite: Rewrite,
     dirty: bool,
     /// The media stream and sample range, for frames that wait in the delay.
     media: Option<(StreamKey, u64, u64)>,
+}
+
+/// How a held message is re-encoded if it turns out it must change. Kept small: every message of a
+/// call waits in a queue, and the decoded `Frame` (160 bytes) made each entry 280 bytes, moved in
+/// and out of the queue and touched cold, per message.
+enum Rewrite {
+    /// Sent as it came (nothing changed it, and nothing later can).
+    Unchanged,
+    /// A media frame: its samples went to the recording, so it is forwarded as is or as silence of
+    /// the same shape. On Twilio's fast path the rest of the message is `original`'s text around
+    /// the payload at `payload` (byte offsets); without it, the frame has no other fields (PCM).
+    Media {
+        shape: Shape,
+        track: super::protocols::Track,
+        payload: Option<(u32, u32)>,
+    },
+    /// Anything else that changed or may (a redacted text field, a masked DTMF digit, a media
+    /// frame in JSON that the fast path gave way on): the frame, with its JSON, and the shape of
+    /// its audio if it is a media frame. Such messages are few, so the box costs nothing on the
+    /// media path.
+    Frame {
+        frame: Box<Frame>,
+        shape: Option<Shape>,
+    },
+}
+
+impl Rewrite {
+    /// Whether this is a media frame, which a tone found later may silence.
+    fn has_audio(&self) -> bool {
+        matches!(
+            self,
+            Rewrite::Media { .. } | Rewrite::Frame { shape: Some(_), .. }
+        )
+    }
+
+    /// The message with its samples silenced (a media frame) and its JSON as redacted.
+    fn encode(self, original: &Message, codec: &dyn super::protocols::FrameCodec) -> Message {
+        let frame = match self {
+            // Not reached: a message with nothing to rewrite is never dirty.
+            Rewrite::Unchanged => return original.clone(),
+            Rewrite::Frame { mut frame, shape } => {
+                if let Some(shape) = shape {
+                    frame.audio = Some(shape.silence());
+                }
+                *frame
+            }
+            Rewrite::Media {
+                shape,
+                track,
+                payload,
+            } => Frame {
+                kind: Kind::Media,
+                json: None,
+                audio: Some(shape.silence()),
+                track,
+                payload_at: match (original, payload) {
+                    (Message::Text(text), Some((start, end))) => {
+                        Some((text.clone(), start as usize..end as usize))
+                    }
+                    _ => None,
+                },
+            },
+        };
+        codec.encode(&frame)
+    }
 }
 
 /// The encoding and length of a frame's audio: enough to forward its silence.
@@ -314,11 +377,24 @@ impl CallProcessor {
             }
         }
         let ends_stream = frame.kind == Kind::Stop;
+        let rewrite = match shape {
+            Some(shape) if frame.json.is_none() => Rewrite::Media {
+                shape,
+                track: frame.track,
+                payload: frame.payload_at.as_ref().and_then(|(_, at)| {
+                    Some((u32::try_from(at.start).ok()?, u32::try_from(at.end).ok()?))
+                }),
+            },
+            _ if dirty || shape.is_some() => Rewrite::Frame {
+                frame: Box::new(frame),
+                shape,
+            },
+            _ => Rewrite::Unchanged,
+        };
         self.queue(direction).push_back(Forwarded {
             arrived: now,
             original: msg,
-            frame,
-            silenced_shape: shape,
+            rewrite,
             dirty,
             media,
         });
@@ -421,7 +497,7 @@ impl CallProcessor {
             };
             if may_cover(first_start(queue.iter().map(|i| &i.media), key)) {
                 for item in queue.iter_mut().filter(|i| covered(&i.media)) {
-                    if item.silenced_shape.is_some() {
+                    if item.rewrite.has_audio() {
                         item.dirty = true;
                     }
                 }
@@ -464,12 +540,9 @@ impl CallProcessor {
                 if !head_ready {
                     break;
                 }
-                let mut item = self.queue(direction).pop_front().expect("a head");
+                let item = self.queue(direction).pop_front().expect("a head");
                 let msg = if item.dirty {
-                    if let Some(shape) = item.silenced_shape {
-                        item.frame.audio = Some(shape.silence());
-                    }
-                    self.s.codec.encode(&item.frame)
+                    item.rewrite.encode(&item.original, &*self.s.codec)
                 } else {
                     item.original
                 };
@@ -553,11 +626,20 @@ pub(crate) mod tests {
 
     /// Runs `samples` through as 20 ms Twilio media frames; returns (forwarded, recorded) audio.
     pub fn run_audio(p: &mut CallProcessor, samples: &[i16]) -> (Vec<i16>, Vec<i16>) {
+        run_audio_as(p, samples, |ulaw| media("inbound", ulaw))
+    }
+
+    /// `run_audio` with each frame's message made by `message`.
+    fn run_audio_as(
+        p: &mut CallProcessor,
+        samples: &[i16],
+        message: impl Fn(&[u8]) -> String,
+    ) -> (Vec<i16>, Vec<i16>) {
         let t = Instant::now();
         let mut out = Vec::new();
         for (i, chunk) in samples.chunks(160).enumerate() {
             let ulaw: Vec<u8> = chunk.iter().map(|&s| linear_to_ulaw(s)).collect();
-            let msg = Message::text(media("inbound", &ulaw));
+            let msg = Message::text(message(&ulaw));
             p.process(
                 Direction::ToBackend,
                 msg,
@@ -702,6 +784,25 @@ pub(crate) mod tests {
             "without lookahead only the onset passes: {}",
             loud(&leaky)
         );
+    }
+
+    /// Media messages the fast path gives way on (here, an escaped streamSid) are held as decoded
+    /// frames with their JSON; a tone found later must silence them all the same.
+    #[test]
+    fn media_in_json_the_fast_path_gives_way_on_is_silenced_too() {
+        let escaped = |ulaw: &[u8]| media("inbound", ulaw).replace("MZ123", r"MZ\u0031");
+        let probe = Message::text(escaped(&[0x7E; 160]));
+        let frame = TwilioCodec.decode(&probe, Direction::ToBackend).unwrap();
+        assert!(
+            frame.payload_at.is_none() && frame.json.is_some(),
+            "the general path decodes it"
+        );
+        let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+        let (fwd, rec) = run_audio_as(&mut p, &ulaw_tone("5"), escaped);
+        let loud = |s: &[i16]| s.iter().filter(|x| x.abs() > 200).count();
+        assert!(!fwd.is_empty() && !rec.is_empty());
+        assert_eq!(loud(&rec), 0);
+        assert_eq!(loud(&fwd), 0, "no tone sample forwarded");
     }
 
     #[test]

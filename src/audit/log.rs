@@ -1,9 +1,10 @@
 //! The audit writer: events go through a bounded queue to one thread of its own that appends them
 //! to JSON Lines files in the audit directory. Its writes and fsyncs block on the disk, so they
 //! never run on the threads the calls run on (with one CPU there is only one). A full queue is
-//! counted and reported in the log itself (an `audit_dropped` entry), never silently lost. Files rotate by size and by day; the chain continues
-//! across files and across restarts (the existing files are replayed at start to find where it
-//! stands). A drain writes a `stop` entry and a closing checkpoint, then syncs.
+//! counted and reported in the log itself (an `audit_dropped` entry), never silently lost. Files
+//! rotate by size and by day; the chain continues across files and across restarts (the existing
+//! files are replayed at start to find where it stands). A drain writes a `stop` entry and a
+//! closing checkpoint, then syncs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -69,8 +69,9 @@ impl Lane {
         .map_err(|_| Panicked)
     }
 
-    /// Places free in the lane now (for tests).
-    pub fn available(&self) -> usize {
+    /// Places free in the lane now.
+    #[cfg(test)]
+    fn available(&self) -> usize {
         self.permits.available_permits()
     }
 }

@@ -102,10 +102,8 @@ async fn sweep_limiters(pipeline: Arc<Pipeline>, stop: CancellationToken) {
     }
 }
 
-async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { key, addr, source })
+fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    crate::net::listener::bind(addr).map_err(|source| StartError::Bind { key, addr, source })
 }
 
 impl App {
@@ -179,10 +177,10 @@ impl App {
             ),
         );
         tokio::spawn(sweep_limiters(pipeline.clone(), background.clone()));
-        let tls_listener = bind("server.listen", config.server.listen).await?;
-        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        let tls_listener = bind("server.listen", config.server.listen)?;
+        let admin_listener = bind("admin.listen", config.admin.listen)?;
         let redirect_listener = match config.server.http_redirect_listen {
-            Some(addr) => Some(bind("server.http_redirect_listen", addr).await?),
+            Some(addr) => Some(bind("server.http_redirect_listen", addr)?),
             None => None,
         };
         let addrs = BoundAddrs {

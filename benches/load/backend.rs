@@ -31,8 +31,9 @@ pub async fn run(args: BackendArgs) -> anyhow::Result<()> {
             "the backend listens on loopback only"
         );
     }
-    let http = TcpListener::bind(args.http).await?;
-    let ws = TcpListener::bind(args.ws).await?;
+    // voxguard's backlog, not tokio's 128: a burst of calls must not lose SYNs at the backend.
+    let http = voxguard::net::listener::bind(args.http)?;
+    let ws = voxguard::net::listener::bind(args.ws)?;
     // compare.sh reads these two lines to learn the ports.
     println!("http {}", http.local_addr()?);
     println!("ws {}", ws.local_addr()?);

@@ -21,6 +21,28 @@ use crate::pipeline::{ConnCtx, Pipeline};
 use crate::proxy::body::{ProxyBody, empty};
 use crate::respond::Rejection;
 
+/// Connections the kernel completes and queues for a listener before voxguard accepts them.
+///
+/// Tokio and std listen with 128. When calls arrive in a burst (a campaign dialling out, every
+/// stream of a restarted backend reconnecting) while the workers are busy with TLS handshakes,
+/// a full queue makes Linux drop the SYN, and the caller's connect waits for its retransmit: a
+/// second at the first try, which is already past most clients' and backends' connect timeouts.
+/// nginx listens with 511. Linux clamps the value to `net.core.somaxconn` (4096 by default
+/// since 5.4).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`], set up as tokio's `TcpListener::bind`
+/// otherwise is (`SO_REUSEADDR`, so a restart can bind while old connections are in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Counts open client connections (RAII), shared by the accept loop and upgraded sessions.
 pub struct ConnGuard {
     open: Arc<AtomicUsize>,

@@ -10,7 +10,7 @@ use crate::support::backend::spawn_backend;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::client::{https_get, https_post, ws_connect};
+use crate::support::client::{get, h1_over, https_get, https_post, read, tls_config, ws_connect};
 use crate::support::{admin_get, bin, config_text};
 
 pub(crate) struct Running {
@@ -171,6 +171,61 @@ async fn drains_on_sigterm(server_extra: &str, workers: usize) {
         .expect("exits after the drain")
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+}
+
+/// A burst of calls arriving while the proxy cannot accept them (its workers busy with
+/// handshakes; here, the process stopped) waits in the kernel's accept queue and is then served.
+/// With tokio's backlog of 128, Linux dropped the SYNs past the queue's end, and those callers'
+/// connects waited a second for each retransmit. (Needs `net.core.somaxconn` ≥ 400; Linux's default
+/// has been 4096 since 5.4.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_waits_in_the_queue_while_the_proxy_is_busy() {
+    const BURST: usize = 400;
+    let backend = spawn_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_text(dir.path(), backend, "", "")).unwrap();
+    let proxy = start(&path, &dir.path().join("data")).await;
+
+    signal(&proxy.child, "-STOP");
+    // A dropped SYN is retried after 1 s and again 2 s later, and dropped again while the proxy
+    // is stopped: a connection not queued is still connecting at 3 s.
+    let connects = (0..BURST).map(|_| {
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(proxy.tls),
+        )
+    });
+    let connected: Vec<_> = futures_util::future::join_all(connects)
+        .await
+        .into_iter()
+        .filter_map(|c| c.ok()?.ok())
+        .collect();
+    signal(&proxy.child, "-CONT");
+    assert_eq!(
+        connected.len(),
+        BURST,
+        "every connection of the burst is queued by the kernel"
+    );
+
+    let cfg = tls_config(&[&proxy.ca], &[b"http/1.1"], &[&rustls::version::TLS13]);
+    let served = connected.into_iter().map(|tcp| {
+        let cfg = cfg.clone();
+        async move {
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
+                .await
+                .ok()?;
+            let res = h1_over(tls).await.send_request(get("/hello")).await.ok()?;
+            Some(read(res).await.0)
+        }
+    });
+    let statuses = futures_util::future::join_all(served).await;
+    let ok = statuses.iter().filter(|s| **s == Some(200)).count();
+    assert_eq!(ok, BURST, "every queued connection is served: {statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,13 @@ pub async fn spawn_proxy_env(
     }
 }
 
+/// A listener for a test backend on a loopback port, with the proxy's own backlog: tokio's 128
+/// overflows when a test opens a burst of calls, and a dropped SYN costs the proxy's connect a
+/// second, past the tests' 1 s `connect_timeout`.
+pub fn backend_listener() -> tokio::net::TcpListener {
+    voxguard::net::listener::bind("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

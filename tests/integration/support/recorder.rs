@@ -68,7 +68,7 @@ impl Recorder {
 }
 
 pub async fn spawn_recorder() -> (SocketAddr, Recorder) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = super::backend_listener();
     let addr = listener.local_addr().unwrap();
     let recorder = Recorder::default();
     let shared = recorder.clone();

@@ -16,7 +16,7 @@ pub struct WsBackend {
 }
 
 pub async fn spawn_ws_backend() -> WsBackend {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = super::backend_listener();
     let addr = listener.local_addr().unwrap();
     let received: Arc<Mutex<Vec<Message>>> = Arc::default();
     let (tx, rx) = mpsc::unbounded_channel::<Message>();

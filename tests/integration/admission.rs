@@ -435,13 +435,7 @@ async fn get_after_proxy_header(
         &[b"http/1.1"],
         &[&rustls::version::TLS13],
     );
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .ok()?;
+    let tls = crate::support::client::tls_over(tcp, cfg).await.ok()?;
     let mut send = crate::support::client::h1_over(tls).await;
     let res = send
         .send_request(crate::support::client::get("/headers"))

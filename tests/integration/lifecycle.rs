@@ -10,7 +10,9 @@ use crate::support::backend::spawn_backend;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::client::{get, h1_over, https_get, https_post, read, tls_config, ws_connect};
+use crate::support::client::{
+    get, h1_over, https_get, https_post, read, tls_config, tls_over, ws_connect,
+};
 use crate::support::{admin_get, bin, config_text};
 
 pub(crate) struct Running {
@@ -212,13 +214,7 @@ async fn a_burst_of_connections_waits_in_the_queue_while_the_proxy_is_busy() {
     let served = connected.into_iter().map(|tcp| {
         let cfg = cfg.clone();
         async move {
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(
-                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                    tcp,
-                )
-                .await
-                .ok()?;
+            let tls = tls_over(tcp, cfg).await.ok()?;
             let res = h1_over(tls).await.send_request(get("/hello")).await.ok()?;
             Some(read(res).await.0)
         }

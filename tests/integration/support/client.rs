@@ -45,7 +45,14 @@ pub async fn tls_connect(
     addr: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    tls_over(TcpStream::connect(addr).await?, cfg).await
+}
+
+/// A TLS handshake for `localhost` on a connection already open (after raw bytes, or queued).
+pub async fn tls_over(
+    tcp: TcpStream,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     TlsConnector::from(cfg)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -62,10 +69,7 @@ pub async fn tls_connect_from(
         std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(addr).await?;
-    TlsConnector::from(cfg)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
+    tls_over(socket.connect(addr).await?, cfg).await
 }
 
 /// A TLS 1.3 HTTP/1.1 connection from `source`; `None` if the proxy refused or closed it.

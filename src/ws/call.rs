@@ -4,9 +4,10 @@
 //! message.
 //!
 //! Order is kept per direction: a message waits behind media frames still inside the delay. The
-//! forwarded stream's delay is `dtmf_lookahead_ms` (0 by default: frames go out as they are decoded,
-//! so up to ~40 ms of a tone's onset can pass before it is confirmed); the recording's is at least the
-//! detector's confirmation delay, so recorded tones are silenced from their onset.
+//! forwarded stream's delay is `dtmf_lookahead_ms` (40 ms by default, enough to silence a tone from
+//! its onset; with 0, frames go out as they are decoded, and up to ~40 ms of a tone's onset can pass
+//! before it is confirmed); the recording's is at least the detector's confirmation delay, so
+//! recorded tones are silenced from their onset.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

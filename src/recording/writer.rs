@@ -24,7 +24,9 @@ use crate::config::recording::{Fsync, OnError, RecordingConfig};
 use crate::keys::{KeyBytes, KeyRing, keyed_hash};
 use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
-use crate::ws::record::{CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink};
+use crate::ws::record::{
+    CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink, ToRecorder,
+};
 
 /// Plaintext gathered before a chunk is sealed early. With the buffer (at most `BUFFER_BYTES`, kept
 /// from chunk to chunk) sealed in place, this bounds an open recording's memory. One second of a
@@ -217,50 +219,70 @@ impl Open {
     }
 
     fn push(&mut self, e: &RecordedEvent) {
-        let at_ms = u32::try_from(e.at.as_millis()).unwrap_or(u32::MAX);
-        self.last_at_ms = at_ms;
-        // Audio is encoded straight from the event's samples (no owned copy per frame); only an
-        // event's JSON is serialised first, since its length goes ahead of it.
-        let event = match (&e.audio, &e.json) {
-            (Some(_), _) => None,
-            (None, Some(j)) => Some(j.to_string().into_bytes()),
-            (None, None) => return,
-        };
-        let head = Record {
-            at_ms,
-            direction: match e.direction {
-                Direction::ToBackend => 0,
-                Direction::ToCaller => 1,
-            },
-            track: match e.track {
-                Track::Inbound => 0,
-                Track::Outbound => 1,
-                Track::Single => 2,
-            },
-            kind: e.kind as u8,
-            body: match event {
-                Some(json) => RecordBody::Event(json),
-                None => RecordBody::Audio(Vec::new()),
-            },
-        };
-        let body_len = match (&e.audio, &head.body) {
-            (Some(Audio::Ulaw(b)), _) => b.len(),
-            (Some(Audio::Pcm16(samples)), _) => samples.len() * 2,
-            (None, RecordBody::Event(json) | RecordBody::Audio(json)) => json.len(),
-        };
-        make_room(&mut self.plain, RECORD_HEAD_BYTES + body_len);
-        match &e.audio {
-            Some(Audio::Ulaw(b)) => {
-                head.encode_head_into(b.len(), &mut self.plain);
-                self.plain.extend_from_slice(b);
-            }
-            Some(Audio::Pcm16(samples)) => {
-                head.encode_head_into(samples.len() * 2, &mut self.plain);
-                self.plain
-                    .extend(samples.iter().flat_map(|x| x.to_le_bytes()));
-            }
-            None => head.encode_into(&mut self.plain),
+        self.last_at_ms = at_ms(e.at);
+        encode_event(e, &mut self.plain, make_room);
+    }
+
+    /// Frames the session already encoded (`ToRecorder::Frames`).
+    fn push_frames(&mut self, records: &[u8], last_at: std::time::Duration) {
+        self.last_at_ms = at_ms(last_at);
+        make_room(&mut self.plain, records.len());
+        self.plain.extend_from_slice(records);
+    }
+}
+
+fn at_ms(at: std::time::Duration) -> u32 {
+    u32::try_from(at.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Appends `e` to `out` as one record of a chunk's plaintext (`format::Record`), after `reserve`
+/// has been given the record's size; an event with neither audio nor JSON writes nothing. Audio is
+/// encoded straight from the event's samples (no owned copy per frame); only an event's JSON is
+/// serialised first, since its length goes ahead of it. Public for the media session, which
+/// encodes frames as they are released (`ToRecorder::Frames`).
+pub fn encode_event(
+    e: &RecordedEvent,
+    out: &mut Vec<u8>,
+    reserve: impl FnOnce(&mut Vec<u8>, usize),
+) {
+    let event = match (&e.audio, &e.json) {
+        (Some(_), _) => None,
+        (None, Some(j)) => Some(j.to_string().into_bytes()),
+        (None, None) => return,
+    };
+    let head = Record {
+        at_ms: at_ms(e.at),
+        direction: match e.direction {
+            Direction::ToBackend => 0,
+            Direction::ToCaller => 1,
+        },
+        track: match e.track {
+            Track::Inbound => 0,
+            Track::Outbound => 1,
+            Track::Single => 2,
+        },
+        kind: e.kind as u8,
+        body: match event {
+            Some(json) => RecordBody::Event(json),
+            None => RecordBody::Audio(Vec::new()),
+        },
+    };
+    let body_len = match (&e.audio, &head.body) {
+        (Some(Audio::Ulaw(b)), _) => b.len(),
+        (Some(Audio::Pcm16(samples)), _) => samples.len() * 2,
+        (None, RecordBody::Event(json) | RecordBody::Audio(json)) => json.len(),
+    };
+    reserve(out, RECORD_HEAD_BYTES + body_len);
+    match &e.audio {
+        Some(Audio::Ulaw(b)) => {
+            head.encode_head_into(b.len(), out);
+            out.extend_from_slice(b);
         }
+        Some(Audio::Pcm16(samples)) => {
+            head.encode_head_into(samples.len() * 2, out);
+            out.extend(samples.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        None => head.encode_into(out),
     }
 }
 
@@ -297,11 +319,11 @@ fn write_both(out: &mut dyn Write, head: &[u8], body: &[u8]) -> std::io::Result<
 
 enum State {
     /// Waiting for the event that says whether to record.
-    Undecided(Vec<RecordedEvent>),
+    Undecided(Vec<ToRecorder>),
     /// To be recorded: the file and keystore entry are created (on the blocking pool) once the
     /// batch that decided it is taken; its events wait here until then.
     Opening {
-        held: Vec<RecordedEvent>,
+        held: Vec<ToRecorder>,
         subject: Option<String>,
     },
     Recording(Box<Open>),
@@ -312,13 +334,14 @@ enum State {
 async fn write_call(
     sink: Arc<FileSink>,
     call: CallStart,
-    mut rx: mpsc::Receiver<RecordedEvent>,
+    mut rx: mpsc::Receiver<ToRecorder>,
     failed: CancellationToken,
 ) {
     let mut state = State::Undecided(Vec::new());
     let mut tick = tokio::time::interval(sink.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Grows as batches need it (to 16 events for a paced call): an idle call holds 4 slots, not 64.
+    // Grows as batches need it (a few entries for a paced call, each several frames): an idle call
+    // holds 4 slots, not 64.
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -375,18 +398,21 @@ async fn write_call(
 /// Most events taken from a call's queue at once (the batch buffer is per call: kept small).
 const BATCH_EVENTS: usize = 64;
 
-/// How long the writer lets events gather after a batch (at most `flush_interval`): ~10 frames of
-/// a two-way call per wake-up instead of one.
+/// How long the writer lets entries gather after a batch (at most `flush_interval`): a paced call
+/// queues ~17 entries a second (about six frames each), taken two or so per wake-up.
 const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One event through the recording's state: held until the call's first event decides consent,
 /// then added to the chunk being gathered (`take` writes it once full), or dropped when the call is
 /// not recorded.
-fn apply(state: State, e: RecordedEvent, sink: &FileSink, call: &CallStart) -> State {
+fn apply(state: State, e: ToRecorder, sink: &FileSink, call: &CallStart) -> State {
     match state {
         State::Undecided(mut held) => {
-            let decides = e.call.is_some() || (e.audio.is_some() && !call.consent_required);
-            let info = e.call.clone();
+            let (info, has_audio) = match &e {
+                ToRecorder::Event(e) => (e.call.clone(), e.audio.is_some()),
+                ToRecorder::Frames { .. } => (None, true),
+            };
+            let decides = info.is_some() || (has_audio && !call.consent_required);
             held.push(e);
             if !decides {
                 State::Undecided(held)
@@ -415,7 +441,12 @@ fn apply(state: State, e: RecordedEvent, sink: &FileSink, call: &CallStart) -> S
             State::Opening { held, subject }
         }
         State::Recording(mut open) => {
-            open.push(&e);
+            match &e {
+                ToRecorder::Event(e) => open.push(e),
+                ToRecorder::Frames {
+                    records, last_at, ..
+                } => open.push_frames(records, *last_at),
+            }
             State::Recording(open)
         }
         State::Off => State::Off,
@@ -455,7 +486,7 @@ async fn opened(
 /// is taken, so an open recording's buffer never grows past `BUFFER_BYTES`.
 async fn take(
     state: State,
-    e: RecordedEvent,
+    e: ToRecorder,
     sink: &FileSink,
     call: &CallStart,
     failed: &CancellationToken,
@@ -625,13 +656,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_open_recording_holds_at_most_one_chunk_of_memory() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A file sink in `dir`, and a Twilio call that needs no consent.
+    fn sink_in(dir: &std::path::Path) -> (Arc<FileSink>, CallStart) {
         let text = format!(
             "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
-            dir.path().join("data"),
-            dir.path().join("rec"),
+            dir.join("data"),
+            dir.join("rec"),
         );
         let config = crate::Config::parse(&text, "t", &|_| None).unwrap();
         let sink = FileSink::new(
@@ -648,13 +678,55 @@ mod tests {
             retention: None,
             consent_required: false,
         };
+        (sink, call)
+    }
+
+    /// Frames the session encoded start the recording like any audio, and land in the chunk as
+    /// they came, with the call's duration taken from the last of them.
+    #[tokio::test]
+    async fn encoded_frames_are_recorded_as_they_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, call) = sink_in(dir.path());
+        let failed = CancellationToken::new();
+        let mut records = Vec::new();
+        for i in 0..3 {
+            encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
+        }
+        let frames = ToRecorder::Frames {
+            records: records.clone(),
+            count: 3,
+            last_at: std::time::Duration::from_millis(40),
+        };
+        let state = take(State::Undecided(Vec::new()), frames, &sink, &call, &failed).await;
+        assert!(
+            matches!(state, State::Opening { .. }),
+            "audio decides a call that needs no consent"
+        );
+        let State::Recording(open) = opened(state, &sink, &call, &failed).await else {
+            panic!("the call is recorded");
+        };
+        assert_eq!(open.plain, records);
+        assert_eq!(open.last_at_ms, 40);
+    }
+
+    #[tokio::test]
+    async fn an_open_recording_holds_at_most_one_chunk_of_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, call) = sink_in(dir.path());
         let failed = CancellationToken::new();
         let mut state = State::Undecided(Vec::new());
         let mut largest = 0;
         // Ten seconds of a two-way Twilio call (50 frames of 160 μ-law bytes each way per second),
         // through the writer's own state machine, which seals a chunk whenever one is full.
         for i in 0..1000u64 {
-            state = take(state, media_event(i), &sink, &call, &failed).await;
+            state = take(
+                state,
+                ToRecorder::Event(media_event(i)),
+                &sink,
+                &call,
+                &failed,
+            )
+            .await;
             state = opened(state, &sink, &call, &failed).await;
             let State::Recording(open) = &state else {
                 panic!("the call is recorded");

@@ -1,5 +1,6 @@
 //! What a call's recording receives: the redacted events, through a bounded queue that never stalls
-//! the call (a full queue drops the event and counts it). `RecordingSink` is the seam; the encrypted
+//! the call (a full queue drops the entry and counts its events). Media frames arrive encoded, a
+//! few to an entry (`ToRecorder::Frames`). `RecordingSink` is the seam; the encrypted
 //! file recorder (`recording::writer::FileSink`) stands behind it, and an object-store sink could.
 
 use std::time::Duration;
@@ -24,6 +25,25 @@ pub struct RecordedEvent {
     /// On the event that starts the call (Twilio `start`, the first PCM metadata message): what the
     /// recorder needs to decide whether and under whom to record, taken before redaction.
     pub call: Option<Box<CallInfo>>,
+}
+
+/// What a call's recording queue carries, in the call's order.
+#[derive(Debug, PartialEq)]
+pub enum ToRecorder {
+    /// A text event, kept whole: the recorder reads the call's first event for consent and
+    /// subject, and serialises text events itself.
+    Event(RecordedEvent),
+    /// Media frames, already encoded as the recording's records, back to back
+    /// (`recording::writer::encode_event`). The session encodes each frame as the delay releases
+    /// it and hands them over about a kilobyte at a time, instead of queueing every 20 ms frame as
+    /// an event for the recorder to wake for and copy out of later, by then out of the cache.
+    Frames {
+        records: Vec<u8>,
+        /// Frames in `records` (what a full queue drops is counted in frames).
+        count: u32,
+        /// The last frame's time since the call started (the recording's duration).
+        last_at: Duration,
+    },
 }
 
 /// Consent and subject, read from the route's configured parameters.
@@ -52,7 +72,7 @@ pub struct CallStart {
 /// The sending side of a call's recording queue, and a token the recorder cancels when the call must
 /// end because it cannot be recorded (`on_error = "close"`).
 pub struct CallRecorder {
-    pub events: tokio::sync::mpsc::Sender<RecordedEvent>,
+    pub events: tokio::sync::mpsc::Sender<ToRecorder>,
     pub failed: tokio_util::sync::CancellationToken,
 }
 
@@ -61,7 +81,8 @@ pub trait RecordingSink: Send + Sync {
     fn start_call(&self, call: &CallStart) -> CallRecorder;
 }
 
-/// Events per call queue before the call's events are dropped (and counted).
+/// Entries per call queue before the call's events are dropped (and counted). A `Frames` entry
+/// holds several frames, so this is more than ten seconds of a call's audio.
 pub const QUEUE_EVENTS: usize = 1024;
 
 #[cfg(test)]

@@ -44,7 +44,8 @@ const TAG_BYTES: usize = 16;
 /// Bytes a record takes ahead of its body (`Record::encode_head_into`).
 const RECORD_HEAD_BYTES: usize = 12;
 // A chunk is sealed once it passes CHUNK_BYTES, so the buffer stays within BUFFER_BYTES unless one
-// record is over 2 KiB (a large `start` event), and an open call within the 64 KiB target.
+// record, or one batch of the session's encoded frames (~1 KiB plus a frame), is over 2 KiB (a large
+// `start` event, very long PCM frames), and an open call within the 64 KiB target.
 const _: () = assert!(CHUNK_BYTES + 2 * 1024 <= BUFFER_BYTES);
 
 /// Opens the file a recording is written to (injectable: tests simulate a full disk).

@@ -113,14 +113,16 @@ impl Frames {
         self.last_at = event.at;
     }
 
-    fn take(&mut self) -> Option<ToRecorder> {
+    /// The pending frames as a queue entry, and how many they are.
+    fn take(&mut self) -> Option<(ToRecorder, u32)> {
         (self.count > 0).then(|| {
             let taken = std::mem::take(self);
-            ToRecorder::Frames {
+            let entry = ToRecorder::Frames {
                 records: taken.records,
                 count: taken.count,
                 last_at: taken.last_at,
-            }
+            };
+            (entry, taken.count)
         })
     }
 }
@@ -265,11 +267,7 @@ impl MediaSession {
 
     /// Hands the pending frames to the recorder.
     fn hand_frames(&mut self) {
-        if let Some(batch) = self.frames.take() {
-            let count = match &batch {
-                ToRecorder::Frames { count, .. } => *count,
-                ToRecorder::Event(_) => 1,
-            };
+        if let Some((batch, count)) = self.frames.take() {
             self.send(batch, count);
         }
     }
@@ -314,16 +312,33 @@ mod tests {
     use super::*;
     use crate::ws::record::RecordingSink;
 
-    /// A recorder that never reads: its queue fills up.
-    struct Stuck(std::sync::Mutex<Vec<mpsc::Receiver<ToRecorder>>>);
+    /// A recorder that never reads: each call's queue (of `capacity` entries) is kept here for the
+    /// test to look at.
+    struct Unread {
+        capacity: usize,
+        queues: std::sync::Mutex<Vec<mpsc::Receiver<ToRecorder>>>,
+    }
 
-    impl RecordingSink for Stuck {
+    impl Unread {
+        fn new(capacity: usize) -> Arc<Self> {
+            Arc::new(Self {
+                capacity,
+                queues: Default::default(),
+            })
+        }
+
+        fn queue(&self) -> mpsc::Receiver<ToRecorder> {
+            self.queues.lock().unwrap().pop().expect("a call started")
+        }
+    }
+
+    impl RecordingSink for Unread {
         fn start_call(
             &self,
             _call: &crate::ws::record::CallStart,
         ) -> crate::ws::record::CallRecorder {
-            let (tx, rx) = mpsc::channel(2);
-            self.0.lock().unwrap().push(rx);
+            let (tx, rx) = mpsc::channel(self.capacity);
+            self.queues.lock().unwrap().push(rx);
             crate::ws::record::CallRecorder {
                 events: tx,
                 failed: Default::default(),
@@ -331,14 +346,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stuck_recorder_never_stalls_the_call() {
-        let metrics = crate::metrics::Metrics::new();
-        let stuck = Arc::new(Stuck(Default::default()));
-        let route = MediaRoute {
+    fn recorded_route(sink: Arc<Unread>) -> MediaRoute {
+        MediaRoute {
             settings: Arc::new(crate::ws::call::tests::settings(0)),
             on_malformed: OnMalformed::Drop,
-            recorder: Some(stuck.clone()),
+            recorder: Some(sink),
             call: crate::ws::record::CallStart {
                 route: "media".into(),
                 codec: crate::recording::format::Codec::Mulaw,
@@ -346,7 +358,14 @@ mod tests {
                 retention: None,
                 consent_required: false,
             },
-        };
+        }
+    }
+
+    #[test]
+    fn a_stuck_recorder_never_stalls_the_call() {
+        let metrics = crate::metrics::Metrics::new();
+        let stuck = Unread::new(2);
+        let route = recorded_route(stuck.clone());
         let mut s = MediaSession::start(&route, "media".into(), metrics.media.clone());
         let frame = crate::ws::protocols::twilio::tests::media("inbound", &[0x10; 160]);
         for _ in 0..20 {
@@ -361,7 +380,7 @@ mod tests {
             .recording_dropped
             .with_label_values(&["media"])
             .get();
-        let mut rx = stuck.0.lock().unwrap().pop().unwrap();
+        let mut rx = stuck.queue();
         let entries = rx.len();
         assert!(entries <= 2, "the queue stays bounded: {entries}");
         let mut queued = 0;
@@ -379,38 +398,6 @@ mod tests {
         );
     }
 
-    /// A recorder that keeps everything it is handed.
-    struct Keeps(std::sync::Mutex<Vec<mpsc::Receiver<ToRecorder>>>);
-
-    impl RecordingSink for Keeps {
-        fn start_call(
-            &self,
-            _call: &crate::ws::record::CallStart,
-        ) -> crate::ws::record::CallRecorder {
-            let (tx, rx) = mpsc::channel(crate::ws::record::QUEUE_EVENTS);
-            self.0.lock().unwrap().push(rx);
-            crate::ws::record::CallRecorder {
-                events: tx,
-                failed: Default::default(),
-            }
-        }
-    }
-
-    fn recorded_route(sink: Arc<Keeps>) -> MediaRoute {
-        MediaRoute {
-            settings: Arc::new(crate::ws::call::tests::settings(0)),
-            on_malformed: OnMalformed::Drop,
-            recorder: Some(sink),
-            call: crate::ws::record::CallStart {
-                route: "media".into(),
-                codec: crate::recording::format::Codec::Mulaw,
-                sample_rate: 8000,
-                retention: None,
-                consent_required: false,
-            },
-        }
-    }
-
     /// Every frame reaches the recorder encoded, a few to an entry, in the call's order: the text
     /// event between frames comes after the frames before it. Frames encoded but not yet handed
     /// over when the session is dropped without `finish` (a cancelled task) are handed over then.
@@ -418,7 +405,7 @@ mod tests {
     fn frames_reach_the_recorder_batched_and_in_order() {
         use crate::recording::format::{Record, RecordBody};
         let metrics = crate::metrics::Metrics::new();
-        let sink = Arc::new(Keeps(Default::default()));
+        let sink = Unread::new(crate::ws::record::QUEUE_EVENTS);
         let route = recorded_route(sink.clone());
         let mut s = MediaSession::start(&route, "media".into(), metrics.media);
         let frame = |byte: u8| {
@@ -444,7 +431,7 @@ mod tests {
         s.handle(Direction::ToBackend, frame(13)).unwrap();
         drop(s);
 
-        let mut rx = sink.0.lock().unwrap().pop().unwrap();
+        let mut rx = sink.queue();
         let mut seen = Vec::new();
         let mut batches = 0;
         while let Ok(entry) = rx.try_recv() {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::admission::signature::encoding::HmacKey;
+
 use super::defaults as d;
 use super::file::{OneOrMany, WebhookFile};
 use super::{Errors, ser_duration};
@@ -158,8 +160,8 @@ struct SecretKey {
     bytes: Box<[u8]>,
     /// HMAC keys derived on first use and kept for the life of the config: deriving one hashes the
     /// padded key twice, which a signed route would otherwise pay on every request.
-    hmac_sha256: std::sync::OnceLock<ring::hmac::Key>,
-    hmac_sha1: std::sync::OnceLock<ring::hmac::Key>,
+    hmac_sha256: std::sync::OnceLock<HmacKey>,
+    hmac_sha1: std::sync::OnceLock<HmacKey>,
 }
 
 impl Secret {
@@ -176,12 +178,12 @@ impl Secret {
     }
 
     /// This secret as an HMAC key for `algorithm`.
-    pub fn hmac_key(&self, algorithm: HmacAlgorithm) -> &ring::hmac::Key {
+    pub fn hmac_key(&self, algorithm: HmacAlgorithm) -> &HmacKey {
         let cell = match algorithm {
             HmacAlgorithm::Sha256 => &self.0.hmac_sha256,
             HmacAlgorithm::Sha1 => &self.0.hmac_sha1,
         };
-        cell.get_or_init(|| ring::hmac::Key::new(algorithm.ring(), &self.0.bytes))
+        cell.get_or_init(|| HmacKey::new(algorithm, &self.0.bytes))
     }
 }
 

@@ -67,75 +67,135 @@ fn body_hash_param(url: &str) -> Option<String> {
 struct Form {
     text: String,
     /// Each parameter's name and value, as ranges of `text`.
-    params: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    params: Vec<Param>,
+}
+
+/// One parameter: its name and value as ranges of the form's text, and the first eight bytes of
+/// its name as a big-endian number (zero-padded), which orders most pairs of names without a
+/// string comparison (Twilio's names differ early: `AccountSid`, `CallSid`, `From`, …).
+#[derive(Clone)]
+struct Param {
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    name_prefix: u64,
 }
 
 impl Form {
     fn parse(body: &[u8]) -> Self {
-        let mut form = Form {
-            text: String::with_capacity(body.len()),
-            params: Vec::new(),
-        };
-        let mut scratch = Vec::new();
+        let mut text = Vec::with_capacity(body.len());
+        let mut ranges = Vec::new();
         for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            let (name, value) = match memchr::memchr(b'=', pair) {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &[][..]),
             };
-            let name = form.push_decoded(name, &mut scratch);
-            let value = form.push_decoded(value, &mut scratch);
-            form.params.push((name, value));
+            let name = push_decoded(&mut text, name);
+            let value = push_decoded(&mut text, value);
+            ranges.push((name, value));
         }
-        form
+        // Validating the whole text at once is the common case; a multi-byte character split
+        // across a name and its value, or invalid bytes, take the per-piece replacement below.
+        let whole = String::from_utf8(text).map_err(|e| e.into_bytes());
+        let (text, ranges) = match whole {
+            Ok(text)
+                if ranges.iter().all(|(n, v)| {
+                    text.is_char_boundary(n.end) && text.is_char_boundary(v.start)
+                }) =>
+            {
+                (text, ranges)
+            }
+            Ok(text) => replace_invalid(text.as_bytes(), &ranges),
+            Err(bytes) => replace_invalid(&bytes, &ranges),
+        };
+        let params = ranges
+            .into_iter()
+            .map(|(name, value)| Param {
+                name_prefix: prefix_key(&text.as_bytes()[name.clone()]),
+                name,
+                value,
+            })
+            .collect();
+        Form { text, params }
     }
 
-    fn push_decoded(&mut self, raw: &[u8], scratch: &mut Vec<u8>) -> std::ops::Range<usize> {
-        let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
-        scratch.clear();
-        let mut i = 0;
-        while i < raw.len() {
-            let byte = match raw[i] {
-                b'+' => b' ',
-                b'%' => match (
-                    raw.get(i + 1).and_then(|&b| hex(b)),
-                    raw.get(i + 2).and_then(|&b| hex(b)),
-                ) {
-                    (Some(high), Some(low)) => {
-                        i += 2;
-                        high << 4 | low
-                    }
-                    _ => b'%',
-                },
-                other => other,
-            };
-            scratch.push(byte);
-            i += 1;
-        }
-        let start = self.text.len();
-        match std::str::from_utf8(scratch) {
-            Ok(decoded) => self.text.push_str(decoded),
-            Err(_) => self.text.push_str(&String::from_utf8_lossy(scratch)),
-        }
-        start..self.text.len()
-    }
-
+    /// The `i`th parameter as strings, as the tests read the form.
+    #[cfg(test)]
     fn pair(&self, i: usize) -> (&str, &str) {
-        let (name, value) = &self.params[i];
-        (&self.text[name.clone()], &self.text[value.clone()])
+        let p = &self.params[i];
+        (&self.text[p.name.clone()], &self.text[p.value.clone()])
+    }
+
+    /// A parameter's name and value as bytes: the order of `str`s is the order of their bytes.
+    fn pair_bytes(&self, p: &Param) -> (&[u8], &[u8]) {
+        let text = self.text.as_bytes();
+        (&text[p.name.clone()], &text[p.value.clone()])
     }
 
     /// Sorts by name, then value, as Twilio does before signing.
     fn sort(&mut self) {
-        let text = &self.text;
-        self.params.sort_unstable_by(|(an, av), (bn, bv)| {
-            (&text[an.clone()], &text[av.clone()]).cmp(&(&text[bn.clone()], &text[bv.clone()]))
+        let mut params = std::mem::take(&mut self.params);
+        params.sort_unstable_by(|a, b| {
+            a.name_prefix
+                .cmp(&b.name_prefix)
+                .then_with(|| self.pair_bytes(a).cmp(&self.pair_bytes(b)))
         });
+        self.params = params;
     }
 
     /// Whether some (name, value) pair repeats the one before it (after sorting).
     fn has_adjacent_duplicates(&self) -> bool {
-        (1..self.params.len()).any(|i| self.pair(i - 1) == self.pair(i))
+        self.params
+            .windows(2)
+            .any(|w| self.pair_bytes(&w[0]) == self.pair_bytes(&w[1]))
     }
+}
+
+/// Appends `raw` to `text` with `+` and `%XX` decoded; returns where it went.
+fn push_decoded(text: &mut Vec<u8>, raw: &[u8]) -> std::ops::Range<usize> {
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16)).map(|d| d as u8);
+    let start = text.len();
+    text.reserve(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let byte = match raw[i] {
+            b'+' => b' ',
+            b'%' => match (hex(raw.get(i + 1)), hex(raw.get(i + 2))) {
+                (Some(high), Some(low)) => {
+                    i += 2;
+                    high << 4 | low
+                }
+                _ => b'%',
+            },
+            other => other,
+        };
+        text.push(byte);
+        i += 1;
+    }
+    start..text.len()
+}
+
+/// The decoded pieces again, each made valid UTF-8 on its own (`String::from_utf8_lossy`), as
+/// `form_urlencoded` does per name and per value.
+type Ranges = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
+
+fn replace_invalid(bytes: &[u8], ranges: &Ranges) -> (String, Ranges) {
+    let mut text = String::with_capacity(bytes.len());
+    let mut piece = |r: &std::ops::Range<usize>| {
+        let start = text.len();
+        text.push_str(&String::from_utf8_lossy(&bytes[r.clone()]));
+        start..text.len()
+    };
+    let ranges = ranges.iter().map(|(n, v)| (piece(n), piece(v))).collect();
+    (text, ranges)
+}
+
+/// The first eight bytes of `name`, zero-padded, as a big-endian number. Two names whose keys
+/// differ are ordered as their keys are; equal keys leave it to the full comparison.
+fn prefix_key(name: &[u8]) -> u64 {
+    let mut head = [0u8; 8];
+    let n = name.len().min(8);
+    head[..n].copy_from_slice(&name[..n]);
+    u64::from_be_bytes(head)
 }
 
 /// What the signature covers besides the URL: the form parameters, sorted; `Err` if the body would
@@ -192,13 +252,14 @@ fn url_variants(url: &str) -> Vec<String> {
 fn signed_parts<'p>(url: &'p str, form: &'p Form, dedup: bool) -> Vec<&'p [u8]> {
     let mut parts = Vec::with_capacity(1 + 2 * form.params.len());
     parts.push(url.as_bytes());
-    for i in 0..form.params.len() {
-        if dedup && i > 0 && form.pair(i - 1) == form.pair(i) {
+    let mut previous = None;
+    for p in &form.params {
+        let pair = form.pair_bytes(p);
+        if dedup && previous == Some(pair) {
             continue;
         }
-        let (name, value) = form.pair(i);
-        parts.push(name.as_bytes());
-        parts.push(value.as_bytes());
+        previous = Some(pair);
+        parts.extend([pair.0, pair.1]);
     }
     parts
 }
@@ -491,5 +552,41 @@ mod tests {
                 reference.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             prop_assert_eq!(ours, reference);
         });
+    }
+
+    /// Sorted as Twilio's SDKs sort: by name, then value, as strings; a prefix sorts first.
+    #[test]
+    fn the_form_sorts_by_name_then_value() {
+        use proptest::prelude::*;
+        let alphabet = prop::sample::select(b"ab=&+%2BFfz9\x00\xc3\xa9\xff ;".to_vec());
+        proptest!(ProptestConfig::with_cases(2000), |(body in prop::collection::vec(alphabet, 0..96))| {
+            let mut form = Form::parse(&body);
+            form.sort();
+            let ours: Vec<(&str, &str)> = (0..form.params.len()).map(|i| form.pair(i)).collect();
+            let mut reference: Vec<(String, String)> = form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            reference.sort();
+            let reference: Vec<(&str, &str)> =
+                reference.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            prop_assert_eq!(ours, reference);
+        });
+        let mut names = Form::parse(
+            b"CalledZip=1&Called=2&CalledCity=3&Caller=4&Called=1&AccountSid=5&CalledCountry=6",
+        );
+        names.sort();
+        let order: Vec<(&str, &str)> = (0..names.params.len()).map(|i| names.pair(i)).collect();
+        assert_eq!(
+            order,
+            [
+                ("AccountSid", "5"),
+                ("Called", "1"),
+                ("Called", "2"),
+                ("CalledCity", "3"),
+                ("CalledCountry", "6"),
+                ("CalledZip", "1"),
+                ("Caller", "4")
+            ]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP mode: `--connections` clients send requests back to back for the run, either over one
 //! keep-alive connection each or over a new TLS connection per request (resumed from the client's
 //! session cache). `--post-bytes` sends a Twilio-like form body; `--sign-github SECRET` signs each
-//! (unique) body as GitHub does, so a signed route verifies every request and none is a replay.
+//! (unique) body as GitHub does, and `--sign-twilio TOKEN` as Twilio does (HMAC-SHA1 of
+//! `--public-url` + path + the sorted form, with an idempotency token), so a signed route verifies
+//! every request and none is a replay.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +36,13 @@ pub struct HttpArgs {
     /// Sign each POST with this secret as GitHub does (`X-Hub-Signature-256`, `X-GitHub-Delivery`).
     #[arg(long, requires = "post_bytes")]
     sign_github: Option<String>,
+    /// Sign each POST with this Auth Token as Twilio does (`X-Twilio-Signature`,
+    /// `I-Twilio-Idempotency-Token`), over `--public-url` and the request's path.
+    #[arg(long, requires = "post_bytes", conflicts_with = "sign_github")]
+    sign_twilio: Option<String>,
+    /// The origin Twilio calls: the route's `public_url`.
+    #[arg(long, default_value = "https://voice.example.com")]
+    public_url: String,
     #[command(flatten)]
     common: Common,
 }
@@ -41,7 +50,7 @@ pub struct HttpArgs {
 struct Load {
     target: Target,
     post_bytes: Option<usize>,
-    key: Option<hmac::Key>,
+    signer: Option<Signer>,
     span: Span,
     new_connections: bool,
 }
@@ -57,13 +66,11 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.url, args.common.ca.as_deref())?;
     let mut window = Window::new(args.common.warmup, args.common.duration);
     let pids = args.common.pids.clone();
+    let signer = signer(&args, &target);
     let load = Arc::new(Load {
         target,
         post_bytes: args.post_bytes,
-        key: args
-            .sign_github
-            .as_ref()
-            .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes())),
+        signer,
         span: window.span,
         new_connections: args.new_connections,
     });
@@ -85,11 +92,12 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let mode = match (
         args.new_connections,
         args.post_bytes.is_some(),
-        args.sign_github.is_some(),
+        &load.signer,
     ) {
         (true, _, _) => "http_new_connection",
-        (false, true, true) => "http_signed_post",
-        (false, true, false) => "http_post",
+        (false, true, Some(Signer::GitHub(_))) => "http_signed_post",
+        (false, true, Some(Signer::Twilio { .. })) => "http_twilio_post",
+        (false, true, None) => "http_post",
         (false, false, _) => "http_get",
     };
     let v = report::result(
@@ -174,19 +182,72 @@ impl Load {
             hyper::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         );
-        if let Some(key) = &self.key {
-            let tag = hmac::sign(key, body.as_bytes());
-            builder = builder
-                .header(
-                    "x-hub-signature-256",
-                    format!("sha256={}", hex(tag.as_ref())),
-                )
-                .header("x-github-delivery", format!("{n:016x}-load"));
+        match &self.signer {
+            Some(Signer::GitHub(key)) => {
+                let tag = hmac::sign(key, body.as_bytes());
+                builder = builder
+                    .header(
+                        "x-hub-signature-256",
+                        format!("sha256={}", hex(tag.as_ref())),
+                    )
+                    .header("x-github-delivery", format!("{n:016x}-load"));
+            }
+            Some(Signer::Twilio { key, url }) => {
+                builder = builder
+                    .header("x-twilio-signature", twilio_signature(key, url, &body))
+                    .header("i-twilio-idempotency-token", format!("{n:016x}-load"));
+            }
+            None => {}
         }
         builder
             .body(Full::new(Bytes::from(body)))
             .expect("valid request")
     }
+}
+
+/// How each POST is signed.
+enum Signer {
+    GitHub(hmac::Key),
+    /// `url`: the public URL + path Twilio signs with the form.
+    Twilio {
+        key: hmac::Key,
+        url: String,
+    },
+}
+
+fn signer(args: &HttpArgs, target: &Target) -> Option<Signer> {
+    if let Some(secret) = &args.sign_github {
+        return Some(Signer::GitHub(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            secret.as_bytes(),
+        )));
+    }
+    let token = args.sign_twilio.as_ref()?;
+    Some(Signer::Twilio {
+        key: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, token.as_bytes()),
+        url: format!(
+            "{}{}",
+            args.public_url.trim_end_matches('/'),
+            target.path_and_query
+        ),
+    })
+}
+
+/// Twilio's signature: base64 HMAC-SHA1 of the URL, then each form parameter's name and value,
+/// decoded and sorted.
+fn twilio_signature(key: &hmac::Key, url: &str, body: &str) -> String {
+    use base64::Engine as _;
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    params.sort();
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(url.as_bytes());
+    for (k, v) in &params {
+        ctx.update(k.as_bytes());
+        ctx.update(v.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(ctx.sign().as_ref())
 }
 
 /// 16 bits that differ between runs of the harness.

@@ -13,20 +13,23 @@
 //! Twilio's signature has no timestamp, so legitimate repeats (an IVR menu answered twice) have equal
 //! signatures: without the token nothing is remembered. docs/webhooks/twilio.md explains the limits.
 
+use http::HeaderName;
+
 use super::encoding::{base64_exact, ct_eq, hex_exact, mac, mac_with, sha256, to_base64};
 use super::{Failure, Secret, SignatureScheme, SignedRequest, Verified, header};
 use crate::config::webhook::HmacAlgorithm;
 
-const SIGNATURE: &str = "x-twilio-signature";
-const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
-const IDEMPOTENCY: &str = "i-twilio-idempotency-token";
+// Parsed once: a lookup by `&str` parses the name on every request.
+const SIGNATURE: HeaderName = HeaderName::from_static("x-twilio-signature");
+const SETTINGS: HeaderName = HeaderName::from_static("x-twilio-webhooks-signature-settings");
+const IDEMPOTENCY: HeaderName = HeaderName::from_static("i-twilio-idempotency-token");
 const MAX_HEADER: usize = 256;
 
 pub struct Twilio;
 
 /// `algorithm=HMAC_SHA256` in the settings header; absent means the Auth Token scheme, HMAC-SHA1.
 fn algorithm(req: &SignedRequest<'_>) -> Result<HmacAlgorithm, Failure> {
-    let settings = match header(req.headers, SETTINGS, MAX_HEADER) {
+    let settings = match header(req.headers, &SETTINGS, MAX_HEADER) {
         Err(Failure::Missing) => return Ok(HmacAlgorithm::Sha1),
         other => other?,
     };
@@ -219,16 +222,14 @@ fn signed_params(req: &SignedRequest<'_>) -> Result<Form, Failure> {
     Ok(form)
 }
 
-/// The URL as given and with its default port toggled.
-fn url_variants(url: &str) -> Vec<String> {
-    let mut out = vec![url.to_string()];
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return out;
-    };
+/// The URL with its default port toggled (`https://h/x` ⇄ `https://h:443/x`), if it has a
+/// default port to add or drop. Built only when the URL as given did not verify.
+fn toggled_port(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
     let default = match scheme {
         "https" | "wss" => "443",
         "http" | "ws" => "80",
-        _ => return out,
+        _ => return None,
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
@@ -236,15 +237,13 @@ fn url_variants(url: &str) -> Vec<String> {
     let port_at = authority
         .rfind(':')
         .filter(|&i| !authority[i..].contains(']'));
-    let toggled = match port_at {
+    match port_at {
         Some(i) if &authority[i + 1..] == default => {
-            format!("{scheme}://{}{tail}", &authority[..i])
+            Some(format!("{scheme}://{}{tail}", &authority[..i]))
         }
-        Some(_) => return out,
-        None => format!("{scheme}://{authority}:{default}{tail}"),
-    };
-    out.push(toggled);
-    out
+        Some(_) => None,
+        None => Some(format!("{scheme}://{authority}:{default}{tail}")),
+    }
 }
 
 /// What is MACed: the URL, then name + value of each parameter (in order; `dedup` skips a pair equal
@@ -270,16 +269,16 @@ impl SignatureScheme for Twilio {
     }
 
     fn verify(&self, req: &SignedRequest<'_>, keys: &[Secret]) -> Result<Verified, Failure> {
-        let sig = header(req.headers, SIGNATURE, MAX_HEADER)?;
+        let sig = header(req.headers, &SIGNATURE, MAX_HEADER)?;
         let alg = algorithm(req)?;
         let candidate = base64_exact(sig, alg.mac_len())?;
         let params = signed_params(req)?;
         // twilio-python drops repeated identical (name, value) pairs; the other SDKs keep them.
         let has_duplicates = params.has_adjacent_duplicates();
-        // Variants are tried in order and the first match ends the search: which URL form Twilio
-        // used is no secret. Every key is tried for each variant.
-        let mut matched = false;
-        'variants: for url in &url_variants(req.url) {
+        // The URL as given, then with its default port toggled; the first match ends the search:
+        // which URL form Twilio used is no secret. Every key is tried for each variant.
+        let matches = |url: &str| {
+            let mut matched = false;
             for dedup in [false, true]
                 .into_iter()
                 .take(1 + usize::from(has_duplicates))
@@ -289,14 +288,16 @@ impl SignatureScheme for Twilio {
                     matched |= ct_eq(mac_with(key.hmac_key(alg), &parts).as_ref(), &candidate);
                 }
                 if matched {
-                    break 'variants;
+                    break;
                 }
             }
-        }
+            matched
+        };
+        let matched = matches(req.url) || toggled_port(req.url).is_some_and(|url| matches(&url));
         if !matched {
             return Err(Failure::Mismatch);
         }
-        let replay_ids = header(req.headers, IDEMPOTENCY, MAX_HEADER)
+        let replay_ids = header(req.headers, &IDEMPOTENCY, MAX_HEADER)
             .ok()
             .map(|t| [b"id:", t.as_bytes()].concat())
             .into_iter()

@@ -172,9 +172,11 @@ HAPROXY
 voxguard_conf() { # $1 port, $2 admin port, $3 plain|webhook|media
   local dir=$WORK/voxguard-$3
   rm -rf "$dir"; mkdir -p "$dir"
-  local hook="" media=""
+  local hook="" twilio="" media=""
   if [ "$3" = webhook ]; then
     hook=$'[route.webhook]\nscheme = "github"\nsecret_env = "COMPARE_WEBHOOK_SECRET"'
+    # Twilio signs the URL it called: the origin is the route's public_url, as behind a real edge.
+    twilio=$'[route.webhook]\nscheme = "twilio"\nsecret_env = "COMPARE_WEBHOOK_SECRET"\npublic_url = "https://voice.example.com"'
   fi
   if [ "$3" = media ]; then
     # Every redactor on (the defaults), DTMF tones masked in both streams, encrypted recording.
@@ -211,6 +213,11 @@ name = "hook"
 path_prefix = "/hook"
 upstream = "app"
 $hook
+[[route]]
+name = "twilio"
+path_prefix = "/twilio"
+upstream = "app"
+$twilio
 [[route]]
 name = "stream"
 path_prefix = "/stream"
@@ -348,6 +355,8 @@ for ROUND in $(seq "${ROUNDS:-1}"); do
       fresh "$peer"; load "$peer" http --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
       fresh "$peer"; load "$peer" http --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
         --post-bytes 2048 --sign-github "$SECRET"
+      fresh "$peer"; load "$peer" http --url "$HTTP/twilio" --connections "$CONNS" --duration "$DURATION" \
+        --post-bytes 2048 --sign-twilio "$SECRET" --public-url https://voice.example.com
       if [ "$peer" != direct ]; then
         fresh "$peer"; load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
       fi

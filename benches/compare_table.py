@@ -91,6 +91,9 @@ TABLE = [
     ("HTTP POST 2 KB form, GitHub-signed, req/s", per_peer(field("http_signed_post", "ops_per_s")), "{:,.0f}", True),
     ("  p50 / p99 latency, ms", None, "lat:http_signed_post", None),
     ("  proxy CPU per request, µs", per_peer(field("http_signed_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ("HTTP POST 2 KB form, Twilio-signed, req/s", per_peer(field("http_twilio_post", "ops_per_s")), "{:,.0f}", True),
+    ("  p50 / p99 latency, ms", None, "lat:http_twilio_post", None),
+    ("  proxy CPU per request, µs", per_peer(field("http_twilio_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
     ("new TLS connections (resumed), per s", per_peer(field("http_new_connection", "ops_per_s")), "{:,.0f}", True),
     ("  proxy CPU per connection, µs", per_peer(field("http_new_connection", "proxy_cpu_us_per_op")), "{:.1f}", False),
     ("WebSocket media messages relayed per s (flat out)", per_peer(relayed("ws_flat")), "{:,.0f}", True),
@@ -122,6 +125,7 @@ def instructions(mode, per_relayed=False):
 INSTRUCTION_TABLE = [
     ("HTTP GET keep-alive: user-space instructions per request", per_peer(instructions("http_get")), "{:,.0f}", False),
     ("HTTP POST 2 KB form, GitHub-signed: per request", per_peer(instructions("http_signed_post")), "{:,.0f}", False),
+    ("HTTP POST 2 KB form, Twilio-signed: per request", per_peer(instructions("http_twilio_post")), "{:,.0f}", False),
     ("new TLS connection (resumed): per connection", per_peer(instructions("http_new_connection")), "{:,.0f}", False),
     ("WebSocket flat out: per relayed message", per_peer(instructions("ws_flat", True)), "{:,.0f}", False),
     ("WebSocket paced: per relayed message", per_peer(instructions("ws_paced", True)), "{:,.0f}", False),
@@ -196,6 +200,7 @@ if len(rounds) > 1 and ours and peers:
     # moves both sides of a ratio together.
     SPREAD = [
         ("HTTP POST 2 KB form, GitHub-signed: proxy CPU per request", "http_signed_post", None, False),
+        ("HTTP POST 2 KB form, Twilio-signed: proxy CPU per request", "http_twilio_post", None, False),
         ("WebSocket flat out: proxy CPU per relayed message", "ws_flat", None, True),
         (f"WebSocket paced, {PACED_CPU_CALLS} calls: proxy CPU per message", "ws_paced", PACED_CPU_CALLS, True),
     ]
@@ -222,11 +227,11 @@ if len(rounds) > 1 and ours and peers:
 
 if CHECK:
     expected = {
-        "direct": ["http_get", "http_signed_post", "ws_flat", "ws_paced"],
-        "nginx": ["http_get", "http_signed_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
-        "haproxy": ["http_get", "http_signed_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
-        "voxguard": ["http_get", "http_signed_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced", "startup"],
-        "voxguard-webhook": ["http_get", "http_signed_post", "http_new_connection"],
+        "direct": ["http_get", "http_signed_post", "http_twilio_post", "ws_flat", "ws_paced"],
+        "nginx": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
+        "haproxy": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
+        "voxguard": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced", "startup"],
+        "voxguard-webhook": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection"],
         "voxguard-media": ["ws_flat", "ws_idle", "ws_paced"],
     }
     problems = []

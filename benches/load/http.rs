@@ -177,14 +177,14 @@ impl Load {
         let Some(size) = self.post_bytes else {
             return builder.body(Full::default()).expect("valid request");
         };
-        let body = form_body(n, size);
+        let form = Form::new(n, size);
         let mut builder = builder.method(hyper::Method::POST).header(
             hyper::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         );
         match &self.signer {
             Some(Signer::GitHub(key)) => {
-                let tag = hmac::sign(key, body.as_bytes());
+                let tag = hmac::sign(key, form.body.as_bytes());
                 builder = builder
                     .header(
                         "x-hub-signature-256",
@@ -194,13 +194,16 @@ impl Load {
             }
             Some(Signer::Twilio { key, url }) => {
                 builder = builder
-                    .header("x-twilio-signature", twilio_signature(key, url, &body))
+                    .header(
+                        "x-twilio-signature",
+                        twilio_signature(key, url, &mut form.params()),
+                    )
                     .header("i-twilio-idempotency-token", format!("{n:016x}-load"));
             }
             None => {}
         }
         builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(form.body)))
             .expect("valid request")
     }
 }
@@ -234,18 +237,16 @@ fn signer(args: &HttpArgs, target: &Target) -> Option<Signer> {
 }
 
 /// Twilio's signature: base64 HMAC-SHA1 of the URL, then each form parameter's name and value,
-/// decoded and sorted. SHA-1 from the `sha1` crate (SHA extensions where the CPU has them): with
-/// ring's portable SHA-1 the generator, not the proxy, set the request rate.
-fn twilio_signature(key: &TwilioKey, url: &str, body: &str) -> String {
+/// decoded and sorted. Computed from the parameters `form_body` encoded, not by parsing the body
+/// again, and with the `sha1` crate (SHA extensions where the CPU has them): the generator shares
+/// its core with the backend, and its own signing must not set the request rate.
+fn twilio_signature(key: &TwilioKey, url: &str, params: &mut [(&str, &str)]) -> String {
     use base64::Engine as _;
     use sha1::Digest as _;
-    let mut params: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    params.sort();
+    params.sort_unstable();
     let mut inner = key.inner.clone();
     inner.update(url.as_bytes());
-    for (k, v) in &params {
+    for (k, v) in params.iter() {
         inner.update(k.as_bytes());
         inner.update(v.as_bytes());
     }
@@ -288,17 +289,54 @@ fn run_nonce() -> u64 {
     })
 }
 
-/// A Twilio-style status callback, unique per request, padded to `size` bytes.
-fn form_body(n: u64, size: usize) -> String {
-    let mut body = format!(
-        "AccountSid=AC00000000000000000000000000000000&CallSid=CA{n:032x}&CallStatus=in-progress\
-         &Direction=inbound&From=%2B14155550100&To=%2B14155550199&ApiVersion=2010-04-01&Digits=1"
-    );
-    if body.len() + 6 < size {
-        body.push_str("&Pad=");
-        body.extend(std::iter::repeat_n('x', size - body.len()));
+/// A Twilio-style status callback, unique per request, padded to about `size` bytes: the body, and
+/// its parameters decoded (what Twilio signs).
+struct Form {
+    body: String,
+    call_sid: String,
+    pad: &'static str,
+}
+
+impl Form {
+    fn new(n: u64, size: usize) -> Self {
+        /// Enough `x`s for any pad the harness asks for, made once.
+        static PADDING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let call_sid = format!("CA{n:032x}");
+        let mut body = format!(
+            "AccountSid=AC00000000000000000000000000000000&CallSid={call_sid}&CallStatus=in-progress\
+             &Direction=inbound&From=%2B14155550100&To=%2B14155550199&ApiVersion=2010-04-01&Digits=1"
+        );
+        let mut pad = "";
+        if body.len() + 6 < size {
+            let padding = PADDING.get_or_init(|| "x".repeat(64 * 1024));
+            pad = &padding[..(size - body.len() - 5).min(padding.len())];
+            body.push_str("&Pad=");
+            body.push_str(pad);
+        }
+        Self {
+            body,
+            call_sid,
+            pad,
+        }
     }
-    body
+
+    /// Each parameter's name and decoded value, in the body's order.
+    fn params(&self) -> Vec<(&str, &str)> {
+        let mut p = vec![
+            ("AccountSid", "AC00000000000000000000000000000000"),
+            ("CallSid", self.call_sid.as_str()),
+            ("CallStatus", "in-progress"),
+            ("Direction", "inbound"),
+            ("From", "+14155550100"),
+            ("To", "+14155550199"),
+            ("ApiVersion", "2010-04-01"),
+            ("Digits", "1"),
+        ];
+        if !self.pad.is_empty() {
+            p.push(("Pad", self.pad));
+        }
+        p
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

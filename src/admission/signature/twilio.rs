@@ -96,13 +96,16 @@ impl Form {
             let value = push_decoded(&mut text, value);
             ranges.push((name, value));
         }
-        // Validating the whole text at once is the common case; a multi-byte character split
-        // across a name and its value, or invalid bytes, take the per-piece replacement below.
+        // Validating the whole text at once is the common case. A piece that is not valid UTF-8
+        // on its own (invalid bytes, or a character split across two pieces, which the whole text
+        // can hide) takes the per-piece replacement below.
         let whole = String::from_utf8(text).map_err(|e| e.into_bytes());
         let (text, ranges) = match whole {
             Ok(text)
                 if ranges.iter().all(|(n, v)| {
-                    text.is_char_boundary(n.end) && text.is_char_boundary(v.start)
+                    [n.start, n.end, v.end]
+                        .into_iter()
+                        .all(|at| text.is_char_boundary(at))
                 }) =>
             {
                 (text, ranges)
@@ -177,10 +180,11 @@ fn push_decoded(text: &mut Vec<u8>, raw: &[u8]) -> std::ops::Range<usize> {
     start..text.len()
 }
 
-/// The decoded pieces again, each made valid UTF-8 on its own (`String::from_utf8_lossy`), as
-/// `form_urlencoded` does per name and per value.
+/// Each parameter's name and value, as ranges of the decoded text.
 type Ranges = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
 
+/// The decoded pieces again, each made valid UTF-8 on its own (`String::from_utf8_lossy`), as
+/// `form_urlencoded` does per name and per value.
 fn replace_invalid(bytes: &[u8], ranges: &Ranges) -> (String, Ranges) {
     let mut text = String::with_capacity(bytes.len());
     let mut piece = |r: &std::ops::Range<usize>| {
@@ -553,6 +557,24 @@ mod tests {
                 reference.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             prop_assert_eq!(ours, reference);
         });
+    }
+
+    /// A character split across a value and the next name is valid UTF-8 in the joined text, but
+    /// not in either piece: each piece is replaced on its own, as `form_urlencoded` does.
+    #[test]
+    fn a_character_split_across_pieces_is_replaced_in_each() {
+        for body in [&b"a=\xc3&\xa9=b"[..], b"\xc3=\xa9", b"x=\xc3&&\xa9"] {
+            let form = Form::parse(body);
+            let ours: Vec<(&str, &str)> = (0..form.params.len()).map(|i| form.pair(i)).collect();
+            let reference: Vec<(String, String)> = form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let reference: Vec<(&str, &str)> = reference
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(ours, reference, "{body:?}");
+        }
     }
 
     /// Sorted as Twilio's SDKs sort: by name, then value, as strings; a prefix sorts first.

@@ -1,6 +1,6 @@
 //! Key-encryption keys (KEKs): 256-bit keys with an id, one active for new recordings, the others kept
 //! to unwrap older ones. A fresh data key (DEK) per recording is wrapped by the active KEK with
-//! AES-256-GCM (ring, the one crypto library of the build). Key bytes zeroize on drop and have no
+//! AES-256-GCM (ring, as for TLS and webhook signatures). Key bytes zeroize on drop and have no
 //! `Debug` or `Display` that could print them.
 
 use std::collections::HashMap;

@@ -73,6 +73,19 @@ async fn proxy_for(backend: &Backend, media: &str) -> support::TestProxy {
     support::spawn_proxy(http, "", &extra).await
 }
 
+/// Two connections POSTing 2 KB forms to `url`.
+fn post_args(url: &str) -> Vec<String> {
+    args(&[
+        "http",
+        "--url",
+        url,
+        "--connections",
+        "2",
+        "--post-bytes",
+        "2048",
+    ])
+}
+
 fn ca_file(p: &support::TestProxy) -> String {
     let path = p.dir.path().join("ca.pem");
     std::fs::write(&path, &p.ca_pem).unwrap();
@@ -107,15 +120,7 @@ async fn http_mode_counts_requests_and_reads_the_proxy_cpu() {
         "the proxy's CPU is read: {r}"
     );
 
-    let mut post = args(&[
-        "http",
-        "--url",
-        &url,
-        "--connections",
-        "2",
-        "--post-bytes",
-        "2048",
-    ]);
+    let mut post = post_args(&url);
     post.extend(args(&["--sign-github", "s", "--new-connections"]));
     post.extend(args(&common));
     let r = run(post).await;
@@ -124,53 +129,59 @@ async fn http_mode_counts_requests_and_reads_the_proxy_cpu() {
     assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
 }
 
+/// The harness signs as GitHub and as Twilio do (its own signing code, not the proxy's), and the
+/// proxy's webhook routes accept every request: compare.sh's signed rows rest on this.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_posts_pass_a_github_webhook_route_and_a_wrong_secret_is_counted() {
+async fn signed_posts_pass_github_and_twilio_webhook_routes_and_a_wrong_secret_is_counted() {
     let b = backend();
     let http: std::net::SocketAddr = b.http.parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let text = support::config_text(
-        dir.path(),
-        http,
-        "",
-        "[route.webhook]\nscheme = \"github\"\nsecret_env = \"HOOK\"",
-    );
-    let p = support::spawn_proxy_env(dir, &text, &|k| (k == "HOOK").then(|| "hook-secret".into()))
-        .await;
-    let url = format!("https://{}/hook", p.tls);
-    let ca = ca_file(&p);
-    let signed = |secret: &str| {
-        args(&[
-            "http",
-            "--url",
-            &url,
-            "--connections",
-            "2",
-            "--post-bytes",
-            "2048",
-            "--sign-github",
-            secret,
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--ca",
-            &ca,
-        ])
-    };
-    let good = run(signed("hook-secret")).await;
-    assert_eq!(good["mode"], "http_signed_post");
-    assert_eq!(
-        good["errors"], 0,
-        "every body is unique, so none is a replay: {good}"
-    );
-    assert!(good["ops"].as_u64().unwrap() > 0);
-    let bad = run(signed("wrong")).await;
-    assert_eq!(bad["ops"], 0, "{bad}");
-    assert!(
-        bad["errors"].as_u64().unwrap() > 0,
-        "403s are errors: {bad}"
-    );
+    let schemes = [
+        ("github", "", &["--sign-github"][..], "http_signed_post"),
+        (
+            "twilio",
+            "\npublic_url = \"https://voice.example.com\"",
+            &["--public-url", "https://voice.example.com", "--sign-twilio"][..],
+            "http_twilio_post",
+        ),
+    ];
+    for (scheme, webhook_extra, flags, mode) in schemes {
+        let dir = tempfile::tempdir().unwrap();
+        let webhook =
+            format!("[route.webhook]\nscheme = \"{scheme}\"\nsecret_env = \"HOOK\"{webhook_extra}");
+        let text = support::config_text(dir.path(), http, "", &webhook);
+        let p =
+            support::spawn_proxy_env(dir, &text, &|k| (k == "HOOK").then(|| "hook-secret".into()))
+                .await;
+        let url = format!("https://{}/hook", p.tls);
+        let ca = ca_file(&p);
+        let signed = |secret: &str| {
+            let mut a = post_args(&url);
+            a.extend(args(&[
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+                "--ca",
+                &ca,
+            ]));
+            a.extend(args(flags));
+            a.push(secret.to_string());
+            a
+        };
+        let good = run(signed("hook-secret")).await;
+        assert_eq!(good["mode"], mode);
+        assert_eq!(
+            good["errors"], 0,
+            "{scheme}: every body is unique, so none is a replay: {good}"
+        );
+        assert!(good["ops"].as_u64().unwrap() > 0, "{scheme}: {good}");
+        let bad = run(signed("wrong")).await;
+        assert_eq!(bad["ops"], 0, "{scheme}: {bad}");
+        assert!(
+            bad["errors"].as_u64().unwrap() > 0,
+            "{scheme}: 403s are errors: {bad}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,7 +237,7 @@ fn signer(args: &HttpArgs, target: &Target) -> Option<Signer> {
 }
 
 /// Twilio's signature: base64 HMAC-SHA1 of the URL, then each form parameter's name and value,
-/// decoded and sorted. Computed from the parameters `form_body` encoded, not by parsing the body
+/// decoded and sorted. Computed from the parameters `Form` encoded, not by parsing its body
 /// again, and with the `sha1` crate (SHA extensions where the CPU has them): the generator shares
 /// its core with the backend, and its own signing must not set the request rate.
 fn twilio_signature(key: &TwilioKey, url: &str, params: &mut [(&str, &str)]) -> String {
@@ -320,7 +320,9 @@ impl Form {
         }
     }
 
-    /// Each parameter's name and decoded value, in the body's order.
+    /// Each parameter's name and decoded value, in the body's order. Written out beside the body's
+    /// literal rather than serialised into it: encoding the body per request cost the generator
+    /// ~8 % of its direct rate. A mismatch fails every signature, which the load-harness test sees.
     fn params(&self) -> Vec<(&str, &str)> {
         let mut p = vec![
             ("AccountSid", "AC00000000000000000000000000000000"),

@@ -25,7 +25,8 @@ use crate::keys::{KeyBytes, KeyRing, keyed_hash};
 use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{
-    CallRecorder, CallStart, QUEUE_EVENTS, RecordedEvent, RecordingSink, ToRecorder,
+    CallRecorder, CallStart, FRAME_ROOM, FrameBatch, QUEUE_EVENTS, RecordedEvent, RecordingSink,
+    ToRecorder,
 };
 
 /// Plaintext gathered before a chunk is sealed early. With the buffer (at most `BUFFER_BYTES`, kept
@@ -44,9 +45,9 @@ const TAG_BYTES: usize = 16;
 /// Bytes a record takes ahead of its body (`Record::encode_head_into`).
 const RECORD_HEAD_BYTES: usize = 12;
 // A chunk is sealed once it passes CHUNK_BYTES, so the buffer stays within BUFFER_BYTES unless one
-// record, or one batch of the session's encoded frames (~1 KiB plus a frame), is over 2 KiB (a large
-// `start` event, very long PCM frames), and an open call within the 64 KiB target.
-const _: () = assert!(CHUNK_BYTES + 2 * 1024 <= BUFFER_BYTES);
+// record is over 2 KiB (a large `start` event, very long PCM frames), and an open call within the
+// 64 KiB target. A session's whole batch of frames is CHUNK_BYTES plus FRAME_ROOM at most.
+const _: () = assert!(CHUNK_BYTES + FRAME_ROOM <= BUFFER_BYTES);
 
 /// Opens the file a recording is written to (injectable: tests simulate a full disk).
 pub type Opener =
@@ -156,7 +157,14 @@ impl RecordingSink for Arc<FileSink> {
         let failed = CancellationToken::new();
         self.writers
             .spawn(write_call(self.clone(), call.clone(), rx, failed.clone()));
-        CallRecorder { events: tx, failed }
+        CallRecorder {
+            events: tx,
+            failed,
+            batch: FrameBatch {
+                bytes: CHUNK_BYTES,
+                wait: self.config.flush_interval,
+            },
+        }
     }
 }
 
@@ -174,7 +182,11 @@ struct Open {
     header: Vec<u8>,
     prefix: [u8; 7],
     counter: u32,
+    /// The chunk being gathered. Between chunks it is usually empty and unallocated: a session's
+    /// whole batch of frames becomes the next chunk as it is.
     plain: Vec<u8>,
+    /// A whole batch came: the chunk is written before the next entry is taken.
+    due: bool,
     bytes: i64,
     last_at_ms: u32,
 }
@@ -184,7 +196,8 @@ impl Open {
     /// "chunk"` or for the last chunk) on the blocking pool. A write can wait on the disk too
     /// (dirty-page throttling, a slow volume), and a sync always does: that stalls this recording
     /// only, never the calls on the runtime's threads (with one CPU there is only one). The
-    /// buffer goes to the blocking thread and comes back, so it is never copied or reallocated.
+    /// buffer goes to the blocking thread, so it is never copied or reallocated, and is freed after
+    /// the write: the next chunk is the session's next batch, and keeping it would hold two per call.
     async fn write_chunk(&mut self, last: bool, sink: &FileSink) -> std::io::Result<()> {
         make_room(&mut self.plain, TAG_BYTES);
         let len = seal_chunk_in_place(
@@ -199,7 +212,7 @@ impl Open {
         let sync = sink.config.fsync == Fsync::Chunk || last;
         let mut out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
         let chunk = std::mem::take(&mut self.plain);
-        let (out, mut chunk, wrote) = sink
+        let (out, chunk, wrote) = sink
             .disk_lane
             .run(move || {
                 let wrote = write_both(&mut *out, &len, &chunk)
@@ -209,8 +222,8 @@ impl Open {
             .await
             .map_err(|_| std::io::Error::other("the recording's write task panicked"))?;
         self.out = out;
-        chunk.clear(); // the allocation is kept for the next chunk
-        self.plain = chunk;
+        drop(chunk);
+        self.due = false;
         wrote?;
         self.counter += 1;
         self.bytes += written as i64;
@@ -224,11 +237,17 @@ impl Open {
         encode_event(e, &mut self.plain, make_room);
     }
 
-    /// Frames the session already encoded (`ToRecorder::Frames`).
-    fn push_frames(&mut self, records: &[u8], last_at: std::time::Duration) {
+    /// Frames the session already encoded (`ToRecorder::Frames`). With nothing gathered yet, the
+    /// session's buffer becomes the chunk (it was allocated with room for the tag): no copy.
+    fn push_frames(&mut self, records: Vec<u8>, last_at: std::time::Duration, whole: bool) {
         self.last_at_ms = at_ms(last_at);
-        make_room(&mut self.plain, records.len());
-        self.plain.extend_from_slice(records);
+        if self.plain.is_empty() && records.capacity() - records.len() >= TAG_BYTES {
+            self.plain = records;
+        } else {
+            make_room(&mut self.plain, records.len());
+            self.plain.extend_from_slice(&records);
+        }
+        self.due |= whole;
     }
 }
 
@@ -442,11 +461,14 @@ fn apply(state: State, e: ToRecorder, sink: &FileSink, call: &CallStart) -> Stat
             State::Opening { held, subject }
         }
         State::Recording(mut open) => {
-            match &e {
-                ToRecorder::Event(e) => open.push(e),
+            match e {
+                ToRecorder::Event(e) => open.push(&e),
                 ToRecorder::Frames {
-                    records, last_at, ..
-                } => open.push_frames(records, *last_at),
+                    records,
+                    last_at,
+                    whole,
+                    ..
+                } => open.push_frames(records, last_at, whole),
             }
             State::Recording(open)
         }
@@ -483,8 +505,9 @@ async fn opened(
     state
 }
 
-/// One event through `apply`; when it fills a chunk, the chunk is written before the next event
-/// is taken, so an open recording's buffer never grows past `BUFFER_BYTES`.
+/// One event through `apply`; when it fills a chunk, or is a session's whole batch, the chunk is
+/// written before the next event is taken, so an open recording's buffer never grows past
+/// `BUFFER_BYTES`.
 async fn take(
     state: State,
     e: ToRecorder,
@@ -496,7 +519,7 @@ async fn take(
     let State::Recording(mut open) = state else {
         return state;
     };
-    if open.plain.len() < CHUNK_BYTES {
+    if open.plain.len() < CHUNK_BYTES && !open.due {
         return State::Recording(open);
     }
     match open.write_chunk(false, sink).await {
@@ -573,6 +596,7 @@ fn start(sink: &FileSink, call: &CallStart, subject: Option<&str>) -> Result<Box
         prefix,
         counter: 0,
         plain: Vec::new(),
+        due: false,
         last_at_ms: 0,
     }))
 }
@@ -697,6 +721,7 @@ mod tests {
             records: records.clone(),
             count: 3,
             last_at: std::time::Duration::from_millis(40),
+            whole: false,
         };
         let state = take(State::Undecided(Vec::new()), frames, &sink, &call, &failed).await;
         assert!(
@@ -708,6 +733,84 @@ mod tests {
         };
         assert_eq!(open.plain, records);
         assert_eq!(open.last_at_ms, 40);
+        assert_eq!(open.counter, 0, "a batch that is not whole waits for more");
+    }
+
+    /// A session's whole batch becomes the chunk as it is (no copy) and is written when it comes,
+    /// not at the writer's next tick; its buffer is freed after the write. A batch that is not
+    /// whole (the call went quiet) joins the chunk being gathered, and the whole batch after it is
+    /// copied in behind it.
+    #[tokio::test]
+    async fn a_whole_batch_is_the_chunk_and_is_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, call) = sink_in(dir.path());
+        let failed = CancellationToken::new();
+        let batch = |from: u64, whole: bool| {
+            let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
+            for i in from..from + 6 {
+                encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
+            }
+            ToRecorder::Frames {
+                records,
+                count: 6,
+                last_at: std::time::Duration::from_millis((from + 5) * 10),
+                whole,
+            }
+        };
+        let state = take(
+            State::Undecided(Vec::new()),
+            batch(0, false),
+            &sink,
+            &call,
+            &failed,
+        )
+        .await;
+        let State::Recording(open) = opened(state, &sink, &call, &failed).await else {
+            panic!("the call is recorded");
+        };
+        assert_eq!(open.counter, 0);
+        let gathered = open.plain.len();
+
+        let mut state = take(
+            State::Recording(open),
+            batch(6, true),
+            &sink,
+            &call,
+            &failed,
+        )
+        .await;
+        let State::Recording(open) = &state else {
+            panic!("still recording");
+        };
+        assert_eq!(
+            open.counter, 1,
+            "the whole batch was written with what was gathered"
+        );
+        assert_eq!(
+            open.plain.capacity(),
+            0,
+            "the written chunk's buffer is freed"
+        );
+        assert!(
+            open.bytes as usize > 2 * gathered,
+            "both batches are in the file"
+        );
+
+        let whole = batch(12, true);
+        let ToRecorder::Frames { records, .. } = &whole else {
+            unreachable!()
+        };
+        let buffer = records.as_ptr();
+        state = apply(state, whole, &sink, &call);
+        let State::Recording(open) = &state else {
+            panic!("still recording");
+        };
+        assert_eq!(
+            open.plain.as_ptr(),
+            buffer,
+            "the batch is the chunk, not a copy"
+        );
+        assert!(open.due, "and `take` writes it before the next entry");
     }
 
     #[tokio::test]
@@ -717,6 +820,7 @@ mod tests {
         let failed = CancellationToken::new();
         let mut state = State::Undecided(Vec::new());
         let mut largest = 0;
+        let mut largest_buffer = 0;
         // Ten seconds of a two-way Twilio call (50 frames of 160 μ-law bytes each way per second),
         // through the writer's own state machine, which seals a chunk whenever one is full.
         for i in 0..1000u64 {
@@ -744,14 +848,14 @@ mod tests {
                 + open.header.len()
                 + open.id.len();
             largest = largest.max(footprint);
+            largest_buffer = largest_buffer.max(open.plain.capacity());
         }
         let State::Recording(open) = &state else {
             unreachable!()
         };
         assert!(open.counter > 0, "chunks were sealed on the way");
         assert_eq!(
-            open.plain.capacity(),
-            BUFFER_BYTES,
+            largest_buffer, BUFFER_BYTES,
             "the buffer grew to a chunk's size, and no further"
         );
         eprintln!("an open recording holds at most {largest} bytes");

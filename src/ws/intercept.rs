@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::call::{CallProcessor, MediaSettings, Output};
 use super::protocols::{Direction, Malformed};
-use super::record::{RecordedEvent, ToRecorder};
+use super::record::{FRAME_ROOM, FrameBatch, RecordedEvent, ToRecorder};
 use crate::config::media::OnMalformed;
 use crate::metrics::MediaMetrics;
 
@@ -66,6 +66,8 @@ pub struct MediaSession {
     metrics: MediaMetrics,
     on_malformed: OnMalformed,
     recorder: Option<mpsc::Sender<ToRecorder>>,
+    /// How many frames the recorder takes to an entry.
+    batch: FrameBatch,
     /// Released media frames, encoded as records, not yet handed to the recorder.
     frames: Frames,
     /// Cancelled by the recorder when the call must end (`on_error = "close"`).
@@ -88,39 +90,41 @@ pub struct CloseCall {
     pub reason: &'static str,
 }
 
-/// How much encoded audio a session gathers before handing it to the recorder: six frames of
-/// 8 kHz μ-law (60 ms of a two-way call), so the recorder's queue takes an entry every ~60 ms
-/// instead of one per 20 ms frame each way. A chunk (`recording::writer::CHUNK_BYTES`) is sealed
-/// on the recorder's side as before.
-const FRAMES_BATCH_BYTES: usize = 1024;
-
 /// Released frames encoded as records, not yet handed to the recorder.
 #[derive(Default)]
 struct Frames {
     records: Vec<u8>,
     count: u32,
+    first_at: std::time::Duration,
     last_at: std::time::Duration,
 }
 
 impl Frames {
-    fn push(&mut self, event: &RecordedEvent) {
-        if self.records.capacity() == 0 {
-            // One frame past the batch size, so that the last push does not reallocate.
-            self.records.reserve_exact(FRAMES_BATCH_BYTES + 256);
+    /// Encodes `event` into the batch; returns whether the batch is now whole (`batch` reached).
+    fn push(&mut self, event: &RecordedEvent, batch: FrameBatch) -> bool {
+        if self.count == 0 {
+            self.first_at = event.at;
+            if self.records.capacity() == 0 {
+                // The whole batch's buffer at once: it is never reallocated, and the recorder
+                // seals it in place as the chunk.
+                self.records.reserve_exact(batch.bytes + FRAME_ROOM);
+            }
         }
         crate::recording::writer::encode_event(event, &mut self.records, |v, n| v.reserve(n));
         self.count += 1;
         self.last_at = event.at;
+        self.records.len() >= batch.bytes || event.at.saturating_sub(self.first_at) >= batch.wait
     }
 
     /// The pending frames as a queue entry, and how many they are.
-    fn take(&mut self) -> Option<(ToRecorder, u32)> {
+    fn take(&mut self, whole: bool) -> Option<(ToRecorder, u32)> {
         (self.count > 0).then(|| {
             let taken = std::mem::take(self);
             let entry = ToRecorder::Frames {
                 records: taken.records,
                 count: taken.count,
                 last_at: taken.last_at,
+                whole,
             };
             (entry, taken.count)
         })
@@ -131,7 +135,7 @@ impl Frames {
 /// the frames it encoded.
 impl Drop for MediaSession {
     fn drop(&mut self) {
-        self.hand_frames();
+        self.hand_frames(false);
     }
 }
 
@@ -142,9 +146,9 @@ impl MediaSession {
             call.route = name.to_string();
             r.start_call(&call)
         });
-        let (recorder, recorder_failed) = match started {
-            Some(c) => (Some(c.events), c.failed),
-            None => (None, Default::default()),
+        let (recorder, recorder_failed, batch) = match started {
+            Some(c) => (Some(c.events), c.failed, c.batch),
+            None => (None, Default::default(), FrameBatch::default()),
         };
         Self {
             recorder_failed,
@@ -155,6 +159,7 @@ impl MediaSession {
             metrics,
             on_malformed: route.on_malformed,
             recorder,
+            batch,
             frames: Frames::default(),
             messages: Default::default(),
             outs: Vec::new(),
@@ -248,26 +253,25 @@ impl MediaSession {
         self.drain()
     }
 
-    /// Media frames are encoded into the pending batch, handed over once it passes
-    /// `FRAMES_BATCH_BYTES`; any other event goes as it is, after the frames before it.
+    /// Media frames are encoded into the pending batch, handed over whole once it reaches the
+    /// recorder's `FrameBatch`; any other event goes as it is, after the frames before it.
     fn record(&mut self, event: RecordedEvent) {
         if self.recorder.is_none() {
             return;
         }
         if event.audio.is_some() && event.json.is_none() && event.call.is_none() {
-            self.frames.push(&event);
-            if self.frames.records.len() >= FRAMES_BATCH_BYTES {
-                self.hand_frames();
+            if self.frames.push(&event, self.batch) {
+                self.hand_frames(true);
             }
             return;
         }
-        self.hand_frames();
+        self.hand_frames(false);
         self.send(ToRecorder::Event(event), 1);
     }
 
-    /// Hands the pending frames to the recorder.
-    fn hand_frames(&mut self) {
-        if let Some((batch, count)) = self.frames.take() {
+    /// Hands the pending frames to the recorder; `whole` when the batch is full or due.
+    fn hand_frames(&mut self, whole: bool) {
+        if let Some((batch, count)) = self.frames.take(whole) {
             self.send(batch, count);
         }
     }
@@ -299,7 +303,7 @@ impl MediaSession {
         // A quiet call releases everything it held: what it recorded goes to the recorder now,
         // not when the next frame comes.
         if !self.processor.holding() {
-            self.hand_frames();
+            self.hand_frames(false);
         }
         self.outs = outs; // keep the allocations
         self.sends = sends;
@@ -318,6 +322,12 @@ mod tests {
         capacity: usize,
         queues: std::sync::Mutex<Vec<mpsc::Receiver<ToRecorder>>>,
     }
+
+    /// Six 20 ms μ-law frames as records (172 bytes each) make a whole batch.
+    const SIX_FRAMES: FrameBatch = FrameBatch {
+        bytes: 1024,
+        wait: std::time::Duration::from_secs(60),
+    };
 
     impl Unread {
         fn new(capacity: usize) -> Arc<Self> {
@@ -342,6 +352,7 @@ mod tests {
             crate::ws::record::CallRecorder {
                 events: tx,
                 failed: Default::default(),
+                batch: SIX_FRAMES,
             }
         }
     }
@@ -433,11 +444,16 @@ mod tests {
 
         let mut rx = sink.queue();
         let mut seen = Vec::new();
-        let mut batches = 0;
+        let mut batches = Vec::new();
         while let Ok(entry) = rx.try_recv() {
             match entry {
-                ToRecorder::Frames { records, count, .. } => {
-                    batches += 1;
+                ToRecorder::Frames {
+                    records,
+                    count,
+                    whole,
+                    ..
+                } => {
+                    batches.push((count, whole));
                     let decoded = Record::decode_all(&records).unwrap();
                     assert_eq!(decoded.len(), count as usize);
                     for r in decoded {
@@ -457,7 +473,60 @@ mod tests {
         // Frame 13 was still in the delay: only `finish` releases that.
         expected.extend((10..13).map(ulaw));
         assert_eq!(seen, expected);
-        // Six frames fill a batch; the mark hands over the four before it; the drop, the last three.
-        assert_eq!(batches, 3, "frames go a few to an entry, not one each");
+        // Six frames fill a batch, written as a chunk at once; the mark hands over the four before
+        // it, and the drop the last three, to join the chunk being gathered.
+        assert_eq!(
+            batches,
+            [(6, true), (4, false), (3, false)],
+            "frames go a batch to an entry, not one each"
+        );
+    }
+
+    /// A batch is whole once its frames reach the recorder's size, or once the oldest has waited
+    /// the recorder's time (a call with audio one way only fills a chunk half as fast).
+    #[test]
+    fn a_batch_is_whole_by_size_or_by_the_wait() {
+        let frame = |ms: u64| RecordedEvent {
+            at: std::time::Duration::from_millis(ms),
+            direction: Direction::ToBackend,
+            kind: crate::ws::protocols::Kind::Media,
+            track: crate::ws::protocols::Track::Inbound,
+            audio: Some(crate::ws::protocols::Audio::Ulaw(vec![0x7E; 160])),
+            json: None,
+            call: None,
+        };
+        let by_size = FrameBatch {
+            bytes: 1024,
+            wait: std::time::Duration::from_secs(1),
+        };
+        let mut frames = Frames::default();
+        let whole: Vec<bool> = (0..6)
+            .map(|i| frames.push(&frame(i * 20), by_size))
+            .collect();
+        assert_eq!(whole, [false, false, false, false, false, true]);
+        assert_eq!(
+            frames.records.capacity(),
+            1024 + FRAME_ROOM,
+            "the batch's buffer is allocated once, with room for the tag"
+        );
+
+        let by_time = FrameBatch {
+            bytes: 14 * 1024,
+            wait: std::time::Duration::from_millis(100),
+        };
+        let mut frames = Frames::default();
+        // One frame each 20 ms, starting 1 s into the call: the sixth has waited 100 ms.
+        let whole: Vec<bool> = (0..6)
+            .map(|i| frames.push(&frame(1000 + i * 20), by_time))
+            .collect();
+        assert_eq!(whole, [false, false, false, false, false, true]);
+        let (entry, count) = frames.take(true).unwrap();
+        assert_eq!(count, 6);
+        assert!(matches!(entry, ToRecorder::Frames { whole: true, .. }));
+        assert!(frames.take(false).is_none(), "taking empties the batch");
+        assert!(
+            !frames.push(&frame(2000), by_time),
+            "a new batch's wait starts at its first frame"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! What a call's recording receives: the redacted events, through a bounded queue that never stalls
 //! the call (a full queue drops the entry and counts its events). Media frames arrive encoded, a
-//! few to an entry (`ToRecorder::Frames`). `RecordingSink` is the seam; the encrypted
+//! chunk's worth to an entry (`ToRecorder::Frames`). `RecordingSink` is the seam; the encrypted
 //! file recorder (`recording::writer::FileSink`) stands behind it, and an object-store sink could.
 
 use std::time::Duration;
@@ -35,14 +35,19 @@ pub enum ToRecorder {
     Event(RecordedEvent),
     /// Media frames, already encoded as the recording's records, back to back
     /// (`recording::writer::encode_event`). The session encodes each frame as the delay releases
-    /// it and hands them over about a kilobyte at a time, instead of queueing every 20 ms frame as
-    /// an event for the recorder to wake for and copy out of later, by then out of the cache.
+    /// it and gathers them up to the sink's [`FrameBatch`], so that the recorder wakes about once a
+    /// second per call, for a whole chunk, instead of for every few frames. `records` is allocated
+    /// with [`FRAME_ROOM`] to spare, so the recorder can seal it in place as the chunk.
     Frames {
         records: Vec<u8>,
         /// Frames in `records` (what a full queue drops is counted in frames).
         count: u32,
         /// The last frame's time since the call started (the recording's duration).
         last_at: Duration,
+        /// The batch reached `FrameBatch::bytes` or waited `FrameBatch::wait`: the recorder writes
+        /// it as a chunk now. Otherwise (the call went quiet, a text event came, the session
+        /// ended) it joins the chunk being gathered.
+        whole: bool,
     },
 }
 
@@ -74,16 +79,36 @@ pub struct CallStart {
 pub struct CallRecorder {
     pub events: tokio::sync::mpsc::Sender<ToRecorder>,
     pub failed: tokio_util::sync::CancellationToken,
+    /// How many encoded frames the session gathers into one `ToRecorder::Frames`.
+    pub batch: FrameBatch,
 }
+
+/// How long a session gathers encoded frames before handing them to the recorder: the sink's
+/// chunk, in bytes and in time, so that each whole batch is one chunk to seal and write.
+/// The default (nothing gathered) is for sessions that record nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameBatch {
+    /// Hand over once the encoded frames reach this many bytes...
+    pub bytes: usize,
+    /// ...or once the oldest of them has waited this long (the recording's `flush_interval`: a
+    /// crash loses no more audio than the sink's own flushing would).
+    pub wait: Duration,
+}
+
+/// What a batch's buffer holds beyond `FrameBatch::bytes`: the frame that passes it (a 20 ms
+/// frame of 16 kHz PCM is 652 bytes as a record) and the AEAD tag the recorder seals in place.
+pub const FRAME_ROOM: usize = 2 * 1024;
 
 /// Receives recordings, one queue per call.
 pub trait RecordingSink: Send + Sync {
     fn start_call(&self, call: &CallStart) -> CallRecorder;
 }
 
-/// Entries per call queue before the call's events are dropped (and counted). A `Frames` entry
-/// holds several frames, so this is more than ten seconds of a call's audio.
-pub const QUEUE_EVENTS: usize = 1024;
+/// Entries per call queue before the call's events are dropped (and counted). A whole `Frames`
+/// entry holds about a second of a call's audio, so this is well over a minute of a two-way call
+/// with a text event every few seconds (each hands over the frames before it). It bounds a call whose recorder is stuck (a hung disk) to about
+/// `QUEUE_EVENTS` × (`FrameBatch::bytes` + `FRAME_ROOM`), 2 MiB.
+pub const QUEUE_EVENTS: usize = 128;
 
 #[cfg(test)]
 mod tests {

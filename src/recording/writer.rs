@@ -360,8 +360,8 @@ async fn write_call(
     let mut state = State::Undecided(Vec::new());
     let mut tick = tokio::time::interval(sink.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Grows as batches need it (a few entries for a paced call, each several frames): an idle call
-    // holds 4 slots, not 64.
+    // Grows as batches need it (one or two entries for a paced call): an idle call holds 4 slots,
+    // not 64.
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -373,9 +373,10 @@ async fn write_call(
                     state = take(state, e, &sink, &call, &failed).await;
                 }
                 state = opened(state, &sink, &call, &failed).await;
-                // Let a few frames queue up before waking again: one wake-up per batch, not per
-                // frame. The queue holds seconds of audio; the call never waits on this. A big
-                // batch means the call is sending faster than real time: keep draining.
+                // Let entries gather before waking again: a call's text events (and the frames
+                // each hands over ahead of it) come in bursts. The queue holds over a minute of
+                // audio; the call never waits on this. A big batch means the call is sending
+                // faster than real time: keep draining.
                 if n < BATCH_EVENTS / 4 && matches!(state, State::Recording(_)) {
                     tokio::time::sleep(BATCH_WAIT.min(sink.config.flush_interval)).await;
                 }
@@ -419,7 +420,8 @@ async fn write_call(
 const BATCH_EVENTS: usize = 64;
 
 /// How long the writer lets entries gather after a batch (at most `flush_interval`): a paced call
-/// queues ~17 entries a second (about six frames each), taken two or so per wake-up.
+/// queues a whole batch of frames about once a second, plus its text events, each with the frames
+/// that came before it.
 const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One event through the recording's state: held until the call's first event decides consent,

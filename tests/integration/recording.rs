@@ -467,6 +467,52 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
     );
 }
 
+/// `kill -9` while audio still flows: no quiet gap hands the session's frames over, so only the
+/// `flush_interval` rule can have written them. Everything but the last `flush_interval` (plus the
+/// tone delay and the write) must be on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_audio_flows_loses_no_more_than_the_flush_interval() {
+    let backend = spawn_ws_backend().await;
+    let s = setup(backend.addr, &["k1"], "k1", "");
+    let mut proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/media", &[])
+        .await
+        .unwrap();
+    ws.send(start_msg(json!({}))).await.unwrap();
+    // 60 frames (1.2 s, one way: ~10 KiB of records, short of a chunk's 14 KiB), then 25 more
+    // (500 ms: the 100 ms flush interval, the 40 ms tone delay and room for a slow write) before
+    // the kill, without a pause.
+    let (counted, more) = (60, 25);
+    for i in 0..counted + more {
+        ws.send(media(i + 2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.child.start_kill().unwrap();
+    let _ = proxy.child.wait().await;
+    let ks =
+        voxguard::recording::keystore::Keystore::open(&s.dir.path().join("rec/keystore.sqlite"))
+            .unwrap();
+    let e = ks.list().unwrap().remove(0);
+    assert_eq!(e.state, "recording", "it never finished");
+    let wav = s.dir.path().join("flowing.wav");
+    let (code, _, err) = cli(
+        &[
+            "recording",
+            "decrypt",
+            e.path.to_str().unwrap(),
+            "--out",
+            wav.to_str().unwrap(),
+        ],
+        &s.config,
+    );
+    assert_eq!(code, 0, "{err}");
+    let samples = (std::fs::metadata(&wav).unwrap().len() - 44) / 4;
+    assert!(
+        samples >= counted as u64 * 160,
+        "the frames sent more than a flush interval before the kill are recovered: {samples}"
+    );
+}
+
 /// SIGTERM mid-call: the drain closes the call with 1001 at the end of the grace period, and the
 /// recording must then be finished (last chunk flagged and synced, entry `complete`) before the
 /// process exits, as after any call's end. Many calls end at once in a drain, so their writers wait

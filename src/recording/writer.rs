@@ -237,11 +237,14 @@ impl Open {
         encode_event(e, &mut self.plain, make_room);
     }
 
-    /// Frames the session already encoded (`ToRecorder::Frames`). With nothing gathered yet, the
-    /// session's buffer becomes the chunk (it was allocated with room for the tag): no copy.
+    /// Frames the session already encoded (`ToRecorder::Frames`). A whole batch, with nothing
+    /// gathered before it, becomes the chunk as it is (it was allocated with room for the tag) and
+    /// is written at once. A batch that is not whole is copied: its buffer has a chunk's capacity,
+    /// and kept while more gathers it would be a second chunk's worth of memory beside the
+    /// session's next batch.
     fn push_frames(&mut self, records: Vec<u8>, last_at: std::time::Duration, whole: bool) {
         self.last_at_ms = at_ms(last_at);
-        if self.plain.is_empty() && records.capacity() - records.len() >= TAG_BYTES {
+        if whole && self.plain.is_empty() && records.capacity() - records.len() >= TAG_BYTES {
             self.plain = records;
         } else {
             make_room(&mut self.plain, records.len());
@@ -715,12 +718,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sink, call) = sink_in(dir.path());
         let failed = CancellationToken::new();
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
         for i in 0..3 {
             encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
         }
+        let expected = records.clone();
         let frames = ToRecorder::Frames {
-            records: records.clone(),
+            records, // with a chunk's capacity, as the session allocates it
             count: 3,
             last_at: std::time::Duration::from_millis(40),
             whole: false,
@@ -733,15 +737,19 @@ mod tests {
         let State::Recording(open) = opened(state, &sink, &call, &failed).await else {
             panic!("the call is recorded");
         };
-        assert_eq!(open.plain, records);
+        assert_eq!(open.plain, expected);
         assert_eq!(open.last_at_ms, 40);
         assert_eq!(open.counter, 0, "a batch that is not whole waits for more");
+        assert!(
+            open.plain.capacity() < CHUNK_BYTES,
+            "and is copied into a buffer of its size, not kept with a chunk's capacity"
+        );
     }
 
     /// A session's whole batch becomes the chunk as it is (no copy) and is written when it comes,
     /// not at the writer's next tick; its buffer is freed after the write. A batch that is not
-    /// whole (the call went quiet) joins the chunk being gathered, and the whole batch after it is
-    /// copied in behind it.
+    /// whole (the call went quiet) is copied into the chunk being gathered, and so is the whole
+    /// batch after it, behind it.
     #[tokio::test]
     async fn a_whole_batch_is_the_chunk_and_is_written_at_once() {
         let dir = tempfile::tempdir().unwrap();

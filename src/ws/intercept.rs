@@ -68,8 +68,12 @@ pub struct MediaSession {
     recorder: Option<mpsc::Sender<ToRecorder>>,
     /// How many frames the recorder takes to an entry.
     batch: FrameBatch,
-    /// Released media frames, encoded as records, not yet handed to the recorder.
+    /// Released media frames (and text events, once the recorder has the call's first event),
+    /// encoded as records, not yet handed to the recorder.
     frames: Frames,
+    /// The event that tells the recorder whether and under whom to record (`RecordedEvent::call`)
+    /// has gone to it.
+    recorder_told: bool,
     /// Cancelled by the recorder when the call must end (`on_error = "close"`).
     pub recorder_failed: tokio_util::sync::CancellationToken,
     dropped: IntCounter,
@@ -90,7 +94,7 @@ pub struct CloseCall {
     pub reason: &'static str,
 }
 
-/// Released frames encoded as records, not yet handed to the recorder.
+/// Released frames (and later text events) encoded as records, not yet handed to the recorder.
 #[derive(Default)]
 struct Frames {
     records: Vec<u8>,
@@ -161,6 +165,7 @@ impl MediaSession {
             recorder,
             batch,
             frames: Frames::default(),
+            recorder_told: false,
             messages: Default::default(),
             outs: Vec::new(),
             sends: Vec::new(),
@@ -254,17 +259,22 @@ impl MediaSession {
     }
 
     /// Media frames are encoded into the pending batch, handed over whole once it reaches the
-    /// recorder's `FrameBatch`; any other event goes as it is, after the frames before it.
+    /// recorder's `FrameBatch`. The call's first event (consent, subject) goes as it is, after the
+    /// frames before it, and so does any text event before it; text events after it (marks, DTMF
+    /// events, `stop`) are encoded into the batch like frames. A voice agent that marks every
+    /// chunk of its audio would otherwise split the batch a few times a second.
     fn record(&mut self, event: RecordedEvent) {
         if self.recorder.is_none() {
             return;
         }
-        if event.audio.is_some() && event.json.is_none() && event.call.is_none() {
+        let batched = event.call.is_none() && (event.audio.is_some() || self.recorder_told);
+        if batched {
             if self.frames.push(&event, self.batch) {
                 self.hand_frames(true);
             }
             return;
         }
+        self.recorder_told |= event.call.is_some();
         self.hand_frames(false);
         self.send(ToRecorder::Event(event), 1);
     }
@@ -480,6 +490,73 @@ mod tests {
             [(6, true), (4, false), (3, false)],
             "frames go a batch to an entry, not one each"
         );
+    }
+
+    /// After the call's first event (which the recorder reads for consent and subject, so it goes
+    /// whole), text events such as a voice agent's marks are encoded into the batch in their
+    /// place among the frames instead of splitting it.
+    #[test]
+    fn text_events_after_the_first_event_join_the_batch_in_order() {
+        use crate::recording::format::{Record, RecordBody};
+        let metrics = crate::metrics::Metrics::new();
+        let sink = Unread::new(crate::ws::record::QUEUE_EVENTS);
+        let route = recorded_route(sink.clone());
+        let mut s = MediaSession::start(&route, "media".into(), metrics.media);
+        let frame = |byte: u8| {
+            Message::text(crate::ws::protocols::twilio::tests::media(
+                "inbound",
+                &[byte; 160],
+            ))
+        };
+        let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
+        s.handle(
+            Direction::ToBackend,
+            Message::text(crate::ws::protocols::twilio::tests::START),
+        )
+        .unwrap();
+        for i in 0..4u8 {
+            s.handle(Direction::ToBackend, frame(i)).unwrap();
+            s.handle(Direction::ToBackend, Message::text(mark)).unwrap();
+        }
+        s.finish(); // releases what the tone delay still holds
+        drop(s);
+
+        let mut rx = sink.queue();
+        let mut entries = Vec::new();
+        let mut seen = Vec::new();
+        while let Ok(entry) = rx.try_recv() {
+            match entry {
+                ToRecorder::Event(e) => {
+                    entries.push("event");
+                    seen.push(format!("{:?}", e.kind));
+                }
+                ToRecorder::Frames { records, count, .. } => {
+                    entries.push("batch");
+                    let decoded = Record::decode_all(&records).unwrap();
+                    assert_eq!(decoded.len(), count as usize);
+                    for r in decoded {
+                        seen.push(match r.body {
+                            RecordBody::Audio(audio) => format!("frame {}", audio[0]),
+                            RecordBody::Event(json) => {
+                                assert_eq!(json, mark.as_bytes());
+                                "Mark".into()
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            entries,
+            ["event", "batch"],
+            "the start event, then one batch"
+        );
+        let mut expected = vec!["Start".to_string()];
+        for i in 0..4 {
+            expected.push(format!("frame {i}"));
+            expected.push("Mark".into());
+        }
+        assert_eq!(seen, expected);
     }
 
     /// A batch is whole once its frames reach the recorder's size, or once the oldest has waited

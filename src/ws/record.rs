@@ -30,17 +30,18 @@ pub struct RecordedEvent {
 /// What a call's recording queue carries, in the call's order.
 #[derive(Debug, PartialEq)]
 pub enum ToRecorder {
-    /// A text event, kept whole: the recorder reads the call's first event for consent and
-    /// subject, and serialises text events itself.
+    /// A text event, kept whole: the call's first event, which the recorder reads for consent and
+    /// subject, and any text event before it. The recorder serialises them itself.
     Event(RecordedEvent),
-    /// Media frames, already encoded as the recording's records, back to back
-    /// (`recording::writer::encode_event`). The session encodes each frame as the delay releases
-    /// it and gathers them up to the sink's [`FrameBatch`], so that the recorder wakes about once a
-    /// second per call, for a whole chunk, instead of for every few frames. `records` is allocated
-    /// with [`FRAME_ROOM`] to spare, so the recorder can seal it in place as the chunk.
+    /// Media frames, and the text events after the call's first event, already encoded as the
+    /// recording's records, back to back (`recording::writer::encode_event`). The session encodes
+    /// each as the delay releases it and gathers them up to the sink's [`FrameBatch`], so that the
+    /// recorder wakes about once a second per call, for a whole chunk, instead of for every few
+    /// frames. `records` is allocated with [`FRAME_ROOM`] to spare, so the recorder can seal it in
+    /// place as the chunk.
     Frames {
         records: Vec<u8>,
-        /// Frames in `records` (what a full queue drops is counted in frames).
+        /// Events in `records` (what a full queue drops is counted in events).
         count: u32,
         /// The last frame's time since the call started (the recording's duration).
         last_at: Duration,

@@ -382,12 +382,27 @@ mod tests {
         }
     }
 
+    /// A session on a recorded route whose recorder never reads (a queue of `capacity`), that
+    /// recorder, and the metrics the session counts in.
+    fn unread_session(capacity: usize) -> (MediaSession, Arc<Unread>, crate::metrics::Metrics) {
+        let metrics = crate::metrics::Metrics::new();
+        let sink = Unread::new(capacity);
+        let route = recorded_route(sink.clone());
+        let session = MediaSession::start(&route, "media".into(), metrics.media.clone());
+        (session, sink, metrics)
+    }
+
+    /// A 20 ms inbound μ-law frame whose samples are all `byte`.
+    fn frame(byte: u8) -> Message {
+        Message::text(crate::ws::protocols::twilio::tests::media(
+            "inbound",
+            &[byte; 160],
+        ))
+    }
+
     #[test]
     fn a_stuck_recorder_never_stalls_the_call() {
-        let metrics = crate::metrics::Metrics::new();
-        let stuck = Unread::new(2);
-        let route = recorded_route(stuck.clone());
-        let mut s = MediaSession::start(&route, "media".into(), metrics.media.clone());
+        let (mut s, stuck, metrics) = unread_session(2);
         let frame = crate::ws::protocols::twilio::tests::media("inbound", &[0x10; 160]);
         for _ in 0..20 {
             let sends = s
@@ -425,16 +440,7 @@ mod tests {
     #[test]
     fn frames_reach_the_recorder_batched_and_in_order() {
         use crate::recording::format::{Record, RecordBody};
-        let metrics = crate::metrics::Metrics::new();
-        let sink = Unread::new(crate::ws::record::QUEUE_EVENTS);
-        let route = recorded_route(sink.clone());
-        let mut s = MediaSession::start(&route, "media".into(), metrics.media);
-        let frame = |byte: u8| {
-            Message::text(crate::ws::protocols::twilio::tests::media(
-                "inbound",
-                &[byte; 160],
-            ))
-        };
+        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
         // The recording's delay is wall-clock time: frames still inside it are released by the
         // first message after it has passed.
         let past_the_delay = || std::thread::sleep(std::time::Duration::from_millis(150));
@@ -498,16 +504,7 @@ mod tests {
     #[test]
     fn text_events_after_the_first_event_join_the_batch_in_order() {
         use crate::recording::format::{Record, RecordBody};
-        let metrics = crate::metrics::Metrics::new();
-        let sink = Unread::new(crate::ws::record::QUEUE_EVENTS);
-        let route = recorded_route(sink.clone());
-        let mut s = MediaSession::start(&route, "media".into(), metrics.media);
-        let frame = |byte: u8| {
-            Message::text(crate::ws::protocols::twilio::tests::media(
-                "inbound",
-                &[byte; 160],
-            ))
-        };
+        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
         let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
         s.handle(
             Direction::ToBackend,

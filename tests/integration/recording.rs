@@ -424,8 +424,14 @@ async fn without_consent_nothing_is_recorded_and_that_is_counted() {
     assert_eq!(files, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_flush() {
+/// A recorded call that sends `frames` media frames 20 ms apart and then waits `then`, when the
+/// proxy is killed (`kill -9`). Its one recording must still be open (`recording`); it is decrypted
+/// with the real CLI. Returns the setup, the recording's keystore entry and the two-channel samples
+/// recovered.
+async fn killed_after(
+    frames: usize,
+    then: Duration,
+) -> (Setup, voxguard::recording::keystore::Entry, u64) {
     let backend = spawn_ws_backend().await;
     let s = setup(backend.addr, &["k1"], "k1", "");
     let mut proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
@@ -433,11 +439,11 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
         .await
         .unwrap();
     ws.send(start_msg(json!({}))).await.unwrap();
-    for i in 0..30 {
+    for i in 0..frames {
         ws.send(media(i + 2)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // at least one 100 ms flush after the last frame
+    tokio::time::sleep(then).await;
     proxy.child.start_kill().unwrap();
     let _ = proxy.child.wait().await;
     let ks =
@@ -445,10 +451,7 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
             .unwrap();
     let e = ks.list().unwrap().remove(0);
     assert_eq!(e.state, "recording", "it never finished");
-    let (code, msg) = verify(&e.path, &s.config);
-    assert_eq!(code, 2, "{msg}");
-    assert!(msg.starts_with("truncated after chunk "), "{msg}");
-    let wav = s.dir.path().join("crash.wav");
+    let wav = s.dir.path().join("killed.wav");
     let (code, _, err) = cli(
         &[
             "recording",
@@ -461,6 +464,16 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
     );
     assert_eq!(code, 0, "{err}");
     let samples = (std::fs::metadata(&wav).unwrap().len() - 44) / 4;
+    (s, e, samples)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_flush() {
+    // At least one 100 ms flush after the last frame.
+    let (s, e, samples) = killed_after(30, Duration::from_millis(300)).await;
+    let (code, msg) = verify(&e.path, &s.config);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.starts_with("truncated after chunk "), "{msg}");
     assert!(
         samples >= 30 * 160,
         "every frame flushed before the kill is recovered: {samples}"
@@ -472,41 +485,11 @@ async fn kill_9_mid_call_leaves_a_truncated_file_that_decrypts_up_to_the_last_fl
 /// tone delay and the write) must be on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_audio_flows_loses_no_more_than_the_flush_interval() {
-    let backend = spawn_ws_backend().await;
-    let s = setup(backend.addr, &["k1"], "k1", "");
-    let mut proxy = crate::lifecycle::start(&s.config, &s.dir.path().join("data")).await;
-    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca, "/media", &[])
-        .await
-        .unwrap();
-    ws.send(start_msg(json!({}))).await.unwrap();
     // 60 frames (1.2 s, one way: ~10 KiB of records, short of a chunk's 14 KiB), then 25 more
     // (500 ms: the 100 ms flush interval, the 40 ms tone delay and room for a slow write) before
     // the kill, without a pause.
     let (counted, more) = (60, 25);
-    for i in 0..counted + more {
-        ws.send(media(i + 2)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    proxy.child.start_kill().unwrap();
-    let _ = proxy.child.wait().await;
-    let ks =
-        voxguard::recording::keystore::Keystore::open(&s.dir.path().join("rec/keystore.sqlite"))
-            .unwrap();
-    let e = ks.list().unwrap().remove(0);
-    assert_eq!(e.state, "recording", "it never finished");
-    let wav = s.dir.path().join("flowing.wav");
-    let (code, _, err) = cli(
-        &[
-            "recording",
-            "decrypt",
-            e.path.to_str().unwrap(),
-            "--out",
-            wav.to_str().unwrap(),
-        ],
-        &s.config,
-    );
-    assert_eq!(code, 0, "{err}");
-    let samples = (std::fs::metadata(&wav).unwrap().len() - 44) / 4;
+    let (_s, _, samples) = killed_after(counted + more, Duration::ZERO).await;
     assert!(
         samples >= counted as u64 * 160,
         "the frames sent more than a flush interval before the kill are recovered: {samples}"

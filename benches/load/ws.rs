@@ -45,6 +45,11 @@ pub struct WsArgs {
     /// sent, which leaves out the load generator's own lateness in sending those frames.
     #[arg(long, default_value_t = 0)]
     hold_frames: u64,
+    /// Send a `mark` after every this many media messages (0: never), as a voice agent marks the
+    /// chunks of audio it sends to learn when they have played. The echo backend returns it like
+    /// the rest; only media messages are timed.
+    #[arg(long, default_value_t = 0)]
+    mark_every: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -61,6 +66,7 @@ struct Shared {
     idle: bool,
     drain: Duration,
     hold_frames: u64,
+    mark_every: u64,
 }
 
 struct CallResult {
@@ -127,6 +133,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         idle: args.idle,
         drain: args.drain,
         hold_frames: args.hold_frames,
+        mark_every: args.mark_every,
     });
     let opened = Instant::now();
     let calls: Vec<_> = (0..args.calls)
@@ -179,6 +186,9 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         v["after_hold_p99_us"] = total.after_hold.value_at_quantile(0.99).into();
         v["released_early"] = total.released_early.into();
     }
+    if args.mark_every > 0 {
+        v["mark_every"] = args.mark_every.into();
+    }
     println!("{v}");
     Ok(())
 }
@@ -225,6 +235,9 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                 sent_at[seq as usize % RING] = Instant::now();
                 sink.feed(Message::text(media_event(shared, &sid, seq)))
                     .await?;
+                if let Some(mark) = mark_after(shared, &sid, seq) {
+                    sink.feed(Message::text(mark)).await?;
+                }
                 r.sent += 1;
                 in_flight += 1;
             }
@@ -240,6 +253,9 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                     let _ = r.late.record(late.as_micros() as u64);
                 }
                 sink.send(Message::text(media_event(shared, &sid, seq))).await?;
+                if let Some(mark) = mark_after(shared, &sid, seq) {
+                    sink.send(Message::text(mark)).await?;
+                }
                 r.sent += 1;
                 in_flight += 1;
             }
@@ -312,6 +328,16 @@ fn media_event(shared: &Shared, sid: &str, seq: u64) -> String {
         r#"{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}},"streamSid":"{sid}"}}"#,
         chunk * 20
     )
+}
+
+/// The `mark` to send after media message `seq`, if one is due (`--mark-every`).
+fn mark_after(shared: &Shared, sid: &str, seq: u64) -> Option<String> {
+    let chunk = seq - 1;
+    (shared.mark_every > 0 && chunk % shared.mark_every == 0).then(|| {
+        format!(
+            r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{sid}","mark":{{"name":"chunk-{chunk}"}}}}"#
+        )
+    })
 }
 
 /// The sequence number of an echoed `media` message; other events give `None`.

@@ -241,11 +241,27 @@ async fn ws_mode_round_trips_every_message_through_the_media_pipeline() {
         "200ms",
         "--ramp",
         "100ms",
+        "--mark-every",
+        "5",
         "--ca",
         &ca_file(&p),
     ]))
     .await;
     assert_eq!(flat["mode"], "ws_flat");
+    assert_eq!(flat["mark_every"], 5, "{flat}");
+    // A voice agent's marks went through the media pipeline both ways: one after every fifth of
+    // each call's media messages, and back with the echo.
+    let (_, metrics) = support::admin_get(p.admin, "/metrics").await;
+    let marks: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("voxguard_media_messages_total{") && l.contains("kind=\"mark\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let sent = flat["sent"].as_u64().unwrap();
+    assert!(
+        marks.abs_diff(2 * sent / 5) <= 4,
+        "marks {marks} for {sent} media messages"
+    );
     assert_eq!(
         (flat["errors"].as_u64(), flat["lost"].as_u64()),
         (Some(0), Some(0)),

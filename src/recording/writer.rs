@@ -836,7 +836,7 @@ mod tests {
         for i in 0..1000u64 {
             state = take(
                 state,
-                ToRecorder::Event(media_event(i)),
+                ToRecorder::Event(Box::new(media_event(i))),
                 &sink,
                 &call,
                 &failed,

@@ -276,7 +276,7 @@ impl MediaSession {
         }
         self.recorder_told |= event.call.is_some();
         self.hand_frames(false);
-        self.send(ToRecorder::Event(event), 1);
+        self.send(ToRecorder::Event(Box::new(event)), 1);
     }
 
     /// Hands the pending frames to the recorder; `whole` when the batch is full or due.

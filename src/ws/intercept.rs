@@ -107,12 +107,10 @@ impl Frames {
     /// Encodes `event` into the batch; returns whether the batch is now whole (`batch` reached).
     fn push(&mut self, event: &RecordedEvent, batch: FrameBatch) -> bool {
         if self.count == 0 {
+            // A new batch (`take` left an unallocated buffer): the whole batch's buffer at once,
+            // never reallocated, which the recorder seals in place as the chunk.
             self.first_at = event.at;
-            if self.records.capacity() == 0 {
-                // The whole batch's buffer at once: it is never reallocated, and the recorder
-                // seals it in place as the chunk.
-                self.records.reserve_exact(batch.bytes + FRAME_ROOM);
-            }
+            self.records.reserve_exact(batch.bytes + FRAME_ROOM);
         }
         crate::recording::writer::encode_event(event, &mut self.records, |v, n| v.reserve(n));
         self.count += 1;

@@ -25,8 +25,8 @@ use crate::keys::{KeyBytes, KeyRing, keyed_hash};
 use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{
-    CallRecorder, CallStart, FRAME_ROOM, FrameBatch, QUEUE_EVENTS, RecordedEvent, RecordingSink,
-    ToRecorder,
+    CallRecorder, CallStart, EncodedFrames, FRAME_ROOM, FrameBatch, QUEUE_EVENTS, RecordedEvent,
+    RecordingSink, ToRecorder,
 };
 
 /// Plaintext gathered before a chunk is sealed early. With the buffer (at most `BUFFER_BYTES`, kept
@@ -435,7 +435,7 @@ fn apply(state: State, e: ToRecorder, sink: &FileSink, call: &CallStart) -> Stat
         State::Undecided(mut held) => {
             let (info, has_audio) = match &e {
                 ToRecorder::Event(e) => (e.call.clone(), e.audio.is_some()),
-                ToRecorder::Frames { .. } => (None, true),
+                ToRecorder::Frames(_) => (None, true),
             };
             let decides = info.is_some() || (has_audio && !call.consent_required);
             held.push(e);
@@ -468,12 +468,15 @@ fn apply(state: State, e: ToRecorder, sink: &FileSink, call: &CallStart) -> Stat
         State::Recording(mut open) => {
             match e {
                 ToRecorder::Event(e) => open.push(&e),
-                ToRecorder::Frames {
-                    records,
-                    last_at,
-                    whole,
-                    ..
-                } => open.push_frames(records, last_at, whole),
+                ToRecorder::Frames(f) => {
+                    let EncodedFrames {
+                        records,
+                        last_at,
+                        whole,
+                        ..
+                    } = *f;
+                    open.push_frames(records, last_at, whole)
+                }
             }
             State::Recording(open)
         }
@@ -723,12 +726,12 @@ mod tests {
             encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
         }
         let expected = records.clone();
-        let frames = ToRecorder::Frames {
+        let frames = ToRecorder::Frames(Box::new(EncodedFrames {
             records, // with a chunk's capacity, as the session allocates it
             count: 3,
             last_at: std::time::Duration::from_millis(40),
             whole: false,
-        };
+        }));
         let state = take(State::Undecided(Vec::new()), frames, &sink, &call, &failed).await;
         assert!(
             matches!(state, State::Opening { .. }),
@@ -760,12 +763,12 @@ mod tests {
             for i in from..from + 6 {
                 encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
             }
-            ToRecorder::Frames {
+            ToRecorder::Frames(Box::new(EncodedFrames {
                 records,
                 count: 6,
                 last_at: std::time::Duration::from_millis((from + 5) * 10),
                 whole,
-            }
+            }))
         };
         let state = take(
             State::Undecided(Vec::new()),
@@ -807,10 +810,10 @@ mod tests {
         );
 
         let whole = batch(12, true);
-        let ToRecorder::Frames { records, .. } = &whole else {
+        let ToRecorder::Frames(f) = &whole else {
             unreachable!()
         };
-        let buffer = records.as_ptr();
+        let buffer = f.records.as_ptr();
         state = apply(state, whole, &sink, &call);
         let State::Recording(open) = &state else {
             panic!("still recording");

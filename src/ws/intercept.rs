@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::call::{CallProcessor, MediaSettings, Output};
 use super::protocols::{Direction, Malformed};
-use super::record::{FRAME_ROOM, FrameBatch, RecordedEvent, ToRecorder};
+use super::record::{EncodedFrames, FRAME_ROOM, FrameBatch, RecordedEvent, ToRecorder};
 use crate::config::media::OnMalformed;
 use crate::metrics::MediaMetrics;
 
@@ -122,12 +122,12 @@ impl Frames {
     fn take(&mut self, whole: bool) -> Option<(ToRecorder, u32)> {
         (self.count > 0).then(|| {
             let taken = std::mem::take(self);
-            let entry = ToRecorder::Frames {
+            let entry = ToRecorder::Frames(Box::new(EncodedFrames {
                 records: taken.records,
                 count: taken.count,
                 last_at: taken.last_at,
                 whole,
-            };
+            }));
             (entry, taken.count)
         })
     }
@@ -420,7 +420,7 @@ mod tests {
         let mut queued = 0;
         while let Ok(entry) = rx.try_recv() {
             queued += match entry {
-                ToRecorder::Frames { count, .. } => u64::from(count),
+                ToRecorder::Frames(f) => u64::from(f.count),
                 ToRecorder::Event(_) => 1,
             };
         }
@@ -461,12 +461,13 @@ mod tests {
         let mut batches = Vec::new();
         while let Ok(entry) = rx.try_recv() {
             match entry {
-                ToRecorder::Frames {
-                    records,
-                    count,
-                    whole,
-                    ..
-                } => {
+                ToRecorder::Frames(f) => {
+                    let EncodedFrames {
+                        records,
+                        count,
+                        whole,
+                        ..
+                    } = *f;
                     batches.push((count, whole));
                     let decoded = Record::decode_all(&records).unwrap();
                     assert_eq!(decoded.len(), count as usize);
@@ -525,7 +526,8 @@ mod tests {
                     entries.push("event");
                     seen.push(format!("{:?}", e.kind));
                 }
-                ToRecorder::Frames { records, count, .. } => {
+                ToRecorder::Frames(f) => {
+                    let EncodedFrames { records, count, .. } = *f;
                     entries.push("batch");
                     let decoded = Record::decode_all(&records).unwrap();
                     assert_eq!(decoded.len(), count as usize);
@@ -594,7 +596,7 @@ mod tests {
         assert_eq!(whole, [false, false, false, false, false, true]);
         let (entry, count) = frames.take(true).unwrap();
         assert_eq!(count, 6);
-        assert!(matches!(entry, ToRecorder::Frames { whole: true, .. }));
+        assert!(matches!(entry, ToRecorder::Frames(f) if f.whole));
         assert!(frames.take(false).is_none(), "taking empties the batch");
         assert!(
             !frames.push(&frame(2000), by_time),

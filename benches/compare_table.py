@@ -109,6 +109,9 @@ TABLE = [
      per_peer(field("ws_paced", "after_hold_p99_us", 0.001, calls=PACED_CPU_CALLS)), "{:.2f}", False),
     (f"  load generator's send lateness p99 at {PACED_CPU_CALLS} calls, ms",
      per_peer(field("ws_paced", "send_late_p99_us", 0.001, calls=PACED_CPU_CALLS)), "{:.2f}", False),
+    # The core the generator shares with the backend: near 100 %, the generator's own delays set the tail.
+    (f"  load generator's core busy at {PACED_CPU_CALLS} calls, %",
+     per_peer(field("ws_paced", "load_cpu_busy", 100.0, calls=PACED_CPU_CALLS)), "{:.0f}", False),
     (f"  RSS per active call at {PACED_CPU_CALLS} calls, KiB", per_peer(field("ws_paced", "rss_per_call_kib", calls=PACED_CPU_CALLS)), "{:.1f}", False),
 ]
 

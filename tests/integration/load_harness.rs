@@ -297,3 +297,62 @@ async fn messages_that_never_come_back_are_counted_lost() {
     assert_eq!(r["lost"].as_u64(), Some(sent), "{r}");
     assert_eq!(r["ops"], 0, "{r}");
 }
+
+/// Pinned to one CPU (as compare.sh pins it, with the backend), the harness reports how busy that
+/// CPU was while it measured: when it is always busy, the generator, not the proxy, sets the tail.
+/// Free to run anywhere, it reports nothing (the figure would include the proxy's own CPU).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_generator_reports_how_busy_its_core_was() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || Command::new("taskset").arg("--version").output().is_err() {
+        eprintln!("skipped: needs two CPUs and taskset");
+        return;
+    }
+    let echo = backend();
+    let url = format!("ws://{}/stream", echo.ws);
+    let load = |pinned: bool| {
+        let mut list = if pinned {
+            vec!["-c".to_string(), "0".to_string()]
+        } else {
+            vec!["-c".to_string(), format!("0-{}", cpus - 1)]
+        };
+        list.push(harness().display().to_string());
+        list.extend(args(&[
+            "ws",
+            "--url",
+            &url,
+            "--calls",
+            "8",
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--warmup",
+            "300ms",
+            "--ramp",
+            "100ms",
+        ]));
+        list
+    };
+    let report = |list: Vec<String>| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("taskset").args(&list).output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON line")
+    };
+    let pinned = report(load(true)).await;
+    let busy = pinned["load_cpu_busy"]
+        .as_f64()
+        .expect("a pinned run reports it");
+    assert!(busy > 0.0 && busy <= 1.0, "{pinned}");
+    assert_eq!(pinned["errors"], 0, "{pinned}");
+    let free = report(load(false)).await;
+    assert!(free.get("load_cpu_busy").is_none(), "{free}");
+}

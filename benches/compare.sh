@@ -109,7 +109,8 @@ openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.p
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
 
 taskset -c "$LOAD_CPU" "$LOAD" backend >"$WORK/backend.out" &
-STARTED+=($!)
+BACKEND_PID=$!
+STARTED+=("$BACKEND_PID")
 for _ in $(seq 50); do [ -s "$WORK/backend.out" ] && grep -q '^ws ' "$WORK/backend.out" && break; sleep 0.1; done
 HTTP_BACKEND=$(awk '/^http /{print $2}' "$WORK/backend.out")
 WS_BACKEND=$(awk '/^ws /{print $2}' "$WORK/backend.out")
@@ -274,7 +275,8 @@ load() { # $1 peer, then harness arguments; appends one JSON line to $OUT
   local pids=()
   for pid in "${PEER_PIDS[@]}"; do pids+=(--pid "$pid"); done
   local line
-  line=$(taskset -c "$LOAD_CPU" "$LOAD" "$@" --label "$peer" ${CA:+--ca "$CA"} "${pids[@]}") || {
+  line=$(taskset -c "$LOAD_CPU" "$LOAD" "$@" --label "$peer" ${CA:+--ca "$CA"} "${pids[@]}" \
+    --load-pid "$BACKEND_PID") || {
     echo "load failed for $peer: $*" >&2; return 0; }
   line="${line%\}},\"round\":$ROUND}"
   echo "$line" >>"$OUT"

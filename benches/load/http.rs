@@ -65,7 +65,6 @@ struct Tally {
 pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.url, args.common.ca.as_deref())?;
     let mut window = Window::new(args.common.warmup, args.common.duration);
-    let pids = args.common.pids.clone();
     let signer = signer(&args, &target);
     let load = Arc::new(Load {
         target,
@@ -77,8 +76,8 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let workers: Vec<_> = (0..args.connections)
         .map(|i| tokio::spawn(worker(load.clone(), i as u64)))
         .collect();
-    window.begin(&pids).await;
-    let usage = window.finish(&pids).await;
+    window.begin(&args.common).await;
+    let usage = window.finish(&args.common).await;
     let mut hist = report::histogram();
     let (mut ok, mut errors) = (0, 0);
     for w in workers {

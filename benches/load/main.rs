@@ -55,6 +55,10 @@ pub struct Common {
     /// Processes whose CPU time and RSS are reported (the proxy; repeat for nginx's workers).
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
+    /// Processes on the load side (the backend): their CPU time and this generator's, over the
+    /// window, are reported as `load_cpu_busy`.
+    #[arg(long = "load-pid")]
+    pub load_pids: Vec<u32>,
 }
 
 fn main() -> anyhow::Result<()> {

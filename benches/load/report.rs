@@ -47,70 +47,6 @@ impl ProcSample {
     }
 }
 
-/// Busy and total time of the CPUs this process may run on, from `/proc/stat`. Under `compare.sh`
-/// that is the one core the load generator shares with the backend: when it is busy all the time,
-/// the generator's own delays (not the proxy) set the round trips' tail.
-#[derive(Clone, Copy, Default)]
-pub struct LoadCpus {
-    busy: u64,
-    total: u64,
-}
-
-impl LoadCpus {
-    /// `None` when the process may run on every CPU (then the figure would include the proxy's).
-    pub fn read() -> Option<Self> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-        let allowed = parse_cpu_list(list.trim())?;
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let mut sample = Self::default();
-        let mut cpus = 0;
-        for line in stat.lines() {
-            let mut fields = line.split_whitespace();
-            let Some(cpu) = fields
-                .next()
-                .and_then(|name| name.strip_prefix("cpu"))
-                .and_then(|n| n.parse::<usize>().ok())
-            else {
-                continue;
-            };
-            cpus += 1;
-            if !allowed.contains(&cpu) {
-                continue;
-            }
-            // user nice system idle iowait irq softirq steal (then guest time, already in user).
-            let ticks: Vec<u64> = fields.take(8).filter_map(|v| v.parse().ok()).collect();
-            if ticks.len() < 8 {
-                return None;
-            }
-            let idle = ticks[3] + ticks[4];
-            sample.total += ticks.iter().sum::<u64>();
-            sample.busy += ticks.iter().sum::<u64>() - idle;
-        }
-        (allowed.len() < cpus).then_some(sample)
-    }
-
-    /// The share of the time between `before` and `self` that the CPUs were busy.
-    pub fn busy_since(&self, before: &Self) -> Option<f64> {
-        let total = self.total.checked_sub(before.total)?;
-        (total > 0).then(|| self.busy.saturating_sub(before.busy) as f64 / total as f64)
-    }
-}
-
-/// `0-1,4` → [0, 1, 4].
-fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
-    let mut cpus = Vec::new();
-    for part in list.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
-            None => cpus.push(part.parse().ok()?),
-        }
-    }
-    Some(cpus)
-}
-
 /// The measured span of a run: from the end of the warm-up to the end of the run.
 #[derive(Clone, Copy)]
 pub struct Span {
@@ -129,13 +65,24 @@ impl Span {
 pub struct Window {
     pub span: Span,
     before: ProcSample,
-    load_before: Option<LoadCpus>,
+    load_before: ProcSample,
 }
 
-/// What the proxy used over the window, and how busy the load generator's own CPUs were.
+/// What the proxy used over the window, and what the load side used: this generator and the
+/// `--load-pid` processes (compare.sh: the backend, which shares the generator's core). Per-process
+/// times, not `/proc/stat`'s per-CPU ticks: a paced generator wakes on millisecond timers, in step
+/// with the tick, and the tick's samples then miss most of its work.
 pub struct Usage {
     pub proxy: (ProcSample, ProcSample),
-    pub load_cpu_busy: Option<f64>,
+    /// CPU seconds per second of the window (on one pinned core: the share of it that was busy).
+    pub load_cpu_busy: f64,
+}
+
+/// This process and the `--load-pid` processes.
+fn load_side(load_pids: &[u32]) -> Vec<u32> {
+    let mut pids = vec![std::process::id()];
+    pids.extend_from_slice(load_pids);
+    pids
 }
 
 impl Window {
@@ -147,27 +94,25 @@ impl Window {
                 end: start + duration,
             },
             before: ProcSample::default(),
-            load_before: None,
+            load_before: ProcSample::default(),
         }
     }
 
-    /// Waits for the warm-up to end and takes the first `/proc` sample.
-    pub async fn begin(&mut self, pids: &[u32]) {
+    /// Waits for the warm-up to end and takes the first `/proc` samples.
+    pub async fn begin(&mut self, common: &crate::Common) {
         tokio::time::sleep_until(self.span.start.into()).await;
-        self.before = ProcSample::read(pids);
-        self.load_before = LoadCpus::read();
+        self.before = ProcSample::read(&common.pids);
+        self.load_before = ProcSample::read(&load_side(&common.load_pids));
     }
 
     /// Waits for the run to end; the usage over the window.
-    pub async fn finish(&self, pids: &[u32]) -> Usage {
+    pub async fn finish(&self, common: &crate::Common) -> Usage {
         tokio::time::sleep_until(self.span.end.into()).await;
-        let load_after = LoadCpus::read();
+        let load = ProcSample::read(&load_side(&common.load_pids));
+        let seconds = (self.span.end - self.span.start).as_secs_f64();
         Usage {
-            proxy: (self.before, ProcSample::read(pids)),
-            load_cpu_busy: self
-                .load_before
-                .zip(load_after)
-                .and_then(|(before, after)| after.busy_since(&before)),
+            proxy: (self.before, ProcSample::read(&common.pids)),
+            load_cpu_busy: (load.cpu_seconds - self.load_before.cpu_seconds) / seconds,
         }
     }
 }
@@ -202,9 +147,7 @@ pub fn result(
         v["proxy_cpu_us_per_op"] = json!(if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 });
         v["proxy_rss_kib"] = json!(after.rss_kib);
     }
-    if let Some(busy) = usage.load_cpu_busy {
-        v["load_cpu_busy"] = json!(busy);
-    }
+    v["load_cpu_busy"] = json!(usage.load_cpu_busy);
     if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
         v.extend(extra);
     }

@@ -146,11 +146,11 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
-    window.begin(&pids).await;
+    window.begin(&args.common).await;
     // Memory with every call open, halfway through the run.
     tokio::time::sleep(args.common.duration / 2).await;
     let loaded = ProcSample::read(&pids);
-    let usage = window.finish(&pids).await;
+    let usage = window.finish(&args.common).await;
     let mut total = CallResult::new();
     for c in calls {
         total.add(c.await?)?;

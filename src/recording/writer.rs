@@ -25,8 +25,8 @@ use crate::keys::{KeyBytes, KeyRing, keyed_hash};
 use crate::metrics::RecordingMetrics;
 use crate::ws::protocols::{Audio, Direction, Track};
 use crate::ws::record::{
-    CallRecorder, CallStart, EncodedFrames, FRAME_ROOM, FrameBatch, QUEUE_EVENTS, RecordedEvent,
-    RecordingSink, ToRecorder,
+    CallRecorder, CallStart, FRAME_ROOM, FrameBatch, QUEUE_EVENTS, RecordedEvent, RecordingSink,
+    ToRecorder,
 };
 
 /// Plaintext gathered before a chunk is sealed early. With the buffer (at most `BUFFER_BYTES`, kept
@@ -468,15 +468,7 @@ fn apply(state: State, e: ToRecorder, sink: &FileSink, call: &CallStart) -> Stat
         State::Recording(mut open) => {
             match e {
                 ToRecorder::Event(e) => open.push(&e),
-                ToRecorder::Frames(f) => {
-                    let EncodedFrames {
-                        records,
-                        last_at,
-                        whole,
-                        ..
-                    } = *f;
-                    open.push_frames(records, last_at, whole)
-                }
+                ToRecorder::Frames(f) => open.push_frames(f.records, f.last_at, f.whole),
             }
             State::Recording(open)
         }
@@ -672,6 +664,7 @@ fn fail(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::record::EncodedFrames;
 
     fn media_event(i: u64) -> RecordedEvent {
         RecordedEvent {

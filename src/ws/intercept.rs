@@ -462,15 +462,9 @@ mod tests {
         while let Ok(entry) = rx.try_recv() {
             match entry {
                 ToRecorder::Frames(f) => {
-                    let EncodedFrames {
-                        records,
-                        count,
-                        whole,
-                        ..
-                    } = *f;
-                    batches.push((count, whole));
-                    let decoded = Record::decode_all(&records).unwrap();
-                    assert_eq!(decoded.len(), count as usize);
+                    batches.push((f.count, f.whole));
+                    let decoded = Record::decode_all(&f.records).unwrap();
+                    assert_eq!(decoded.len(), f.count as usize);
                     for r in decoded {
                         let RecordBody::Audio(audio) = r.body else {
                             panic!("frames are audio records");
@@ -527,10 +521,9 @@ mod tests {
                     seen.push(format!("{:?}", e.kind));
                 }
                 ToRecorder::Frames(f) => {
-                    let EncodedFrames { records, count, .. } = *f;
                     entries.push("batch");
-                    let decoded = Record::decode_all(&records).unwrap();
-                    assert_eq!(decoded.len(), count as usize);
+                    let decoded = Record::decode_all(&f.records).unwrap();
+                    assert_eq!(decoded.len(), f.count as usize);
                     for r in decoded {
                         seen.push(match r.body {
                             RecordBody::Audio(audio) => format!("frame {}", audio[0]),

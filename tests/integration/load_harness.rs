@@ -64,6 +64,25 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// `ws` mode: four calls paced at 50 messages/s each, measured for 1 s after `warmup`.
+fn four_paced_calls(url: &str, warmup: &str, ramp: &str) -> Vec<String> {
+    args(&[
+        "ws",
+        "--url",
+        url,
+        "--calls",
+        "4",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--warmup",
+        warmup,
+        "--ramp",
+        ramp,
+    ])
+}
+
 async fn proxy_for(backend: &Backend, media: &str) -> support::TestProxy {
     let http: std::net::SocketAddr = backend.http.parse().unwrap();
     let extra = format!(
@@ -190,28 +209,16 @@ async fn ws_mode_round_trips_every_message_through_the_media_pipeline() {
     let p = proxy_for(&b, "[route.media]\nprotocol = \"twilio\"").await;
     let url = format!("wss://{}/stream", p.tls);
     let pid = std::process::id().to_string();
-    let r = run(args(&[
-        "ws",
-        "--url",
-        &url,
-        "--calls",
-        "4",
-        "--rate",
-        "50",
-        "--duration",
-        "1s",
-        "--warmup",
-        "500ms",
-        "--ramp",
-        "200ms",
+    let mut list = four_paced_calls(&url, "500ms", "200ms");
+    list.extend(args(&[
         "--hold-frames",
         "4",
         "--ca",
         &ca_file(&p),
         "--pid",
         &pid,
-    ]))
-    .await;
+    ]));
+    let r = run(list).await;
     assert_eq!(r["mode"], "ws_paced");
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
@@ -311,21 +318,7 @@ async fn the_load_sides_cpu_counts_the_load_pids() {
         .spawn()
         .unwrap();
     let load = |extra: &[&str]| {
-        let mut list = args(&[
-            "ws",
-            "--url",
-            &url,
-            "--calls",
-            "4",
-            "--rate",
-            "50",
-            "--duration",
-            "1s",
-            "--warmup",
-            "300ms",
-            "--ramp",
-            "100ms",
-        ]);
+        let mut list = four_paced_calls(&url, "300ms", "100ms");
         list.extend(args(extra));
         run(list)
     };

@@ -121,6 +121,17 @@ struct Forwarded {
     media: Option<(StreamKey, u64, u64)>,
 }
 
+impl Forwarded {
+    /// The message as it goes out: the original, or re-encoded if a redactor changed it.
+    fn into_message(self, codec: &dyn FrameCodec) -> Message {
+        if self.dirty {
+            self.rewrite.encode(&self.original, codec)
+        } else {
+            self.original
+        }
+    }
+}
+
 /// How a held message is re-encoded if it turns out it must change. Kept small: every message of a
 /// call waits in a queue, and the decoded `Frame` (160 bytes) made each entry 280 bytes, moved in
 /// and out of the queue and touched cold, per message.
@@ -392,18 +403,34 @@ impl CallProcessor {
             },
             _ => Rewrite::Unchanged,
         };
-        self.queue(direction).push_back(Forwarded {
+        let forwarded = Forwarded {
             arrived: now,
             original: msg,
             rewrite,
             dirty,
             media,
-        });
-        self.recording.push_back(Recorded {
-            arrived: now,
-            event,
-            media,
-        });
+        };
+        // A message the tone detector does not delay (a text event, or any frame when tone
+        // redaction is off) goes straight out when nothing waits ahead of it: it would be queued
+        // and released at once, and a call that only ever sends such messages (connected, on
+        // hold) would keep queues it does not need.
+        if media.is_none() && self.queue(direction).is_empty() {
+            out.push(Output::Forward(
+                direction,
+                forwarded.into_message(&*self.s.codec),
+            ));
+        } else {
+            self.queue(direction).push_back(forwarded);
+        }
+        if media.is_none() && self.recording.is_empty() {
+            out.push(Output::Record(event));
+        } else {
+            self.recording.push_back(Recorded {
+                arrived: now,
+                event,
+                media,
+            });
+        }
         if let Some((key, _, _)) = media {
             self.apply_tone_masks(key);
         }
@@ -441,6 +468,23 @@ impl CallProcessor {
     /// A frame never waits longer than its delay plus two frames of wall-clock time.
     fn max_wait(&self) -> Duration {
         self.s.lookahead.max(CONFIRMATION_WAIT) + Duration::from_millis(40)
+    }
+
+    /// Frees the delay queues' buffers once nothing waits in them: a call that goes quiet (on
+    /// hold, or only connected) keeps none of the ~1.5 KiB they grew to. They grow again with
+    /// the next message.
+    pub fn free_queues(&mut self) {
+        if !self.holding() {
+            self.to_backend = VecDeque::new();
+            self.to_caller = VecDeque::new();
+            self.recording = VecDeque::new();
+        }
+    }
+
+    /// Elements the delay queues have room for (tests check that a quiet call frees them).
+    #[cfg(test)]
+    pub fn queue_capacity(&self) -> usize {
+        self.to_backend.capacity() + self.to_caller.capacity() + self.recording.capacity()
     }
 
     /// Whether anything waits in a delay.
@@ -542,12 +586,10 @@ impl CallProcessor {
                     break;
                 }
                 let item = self.queue(direction).pop_front().expect("a head");
-                let msg = if item.dirty {
-                    item.rewrite.encode(&item.original, &*self.s.codec)
-                } else {
-                    item.original
-                };
-                out.push(Output::Forward(direction, msg));
+                out.push(Output::Forward(
+                    direction,
+                    item.into_message(&*self.s.codec),
+                ));
             }
         }
         while let Some(head) = self.recording.front() {
@@ -690,6 +732,73 @@ pub(crate) mod tests {
         assert_eq!(
             out[0],
             Output::Forward(Direction::ToBackend, Message::text(speechless))
+        );
+    }
+
+    /// Text events go out and to the recording as they come when nothing waits ahead of them,
+    /// without passing through the delay queues (a call that is only connected holds none). Behind
+    /// a held frame, a text event waits its turn, in both.
+    #[test]
+    fn text_events_skip_empty_delays_and_wait_behind_held_frames() {
+        let mut p = CallProcessor::new(Arc::new(settings(40)), Instant::now());
+        let mut out = Vec::new();
+        let connected = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
+        let now = Instant::now();
+        for (direction, text) in [
+            (Direction::ToBackend, connected),
+            (Direction::ToBackend, START),
+            (Direction::ToCaller, connected),
+        ] {
+            p.process(direction, Message::text(text), now, &mut out)
+                .unwrap();
+        }
+        let kinds: Vec<_> = out
+            .iter()
+            .map(|o| match o {
+                Output::Forward(d, _) => format!("forward {d:?}"),
+                Output::Record(e) => format!("record {:?} {:?}", e.direction, e.kind),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "forward ToBackend",
+                "record ToBackend Connected",
+                "forward ToBackend",
+                "record ToBackend Start",
+                "forward ToCaller",
+                "record ToCaller Connected",
+            ]
+        );
+        assert_eq!(p.queue_capacity(), 0, "no delay queue was needed");
+        assert!(!p.holding());
+
+        out.clear();
+        let frame = media("inbound", &[0x7E; 160]);
+        p.process(Direction::ToBackend, Message::text(frame), now, &mut out)
+            .unwrap();
+        p.process(Direction::ToBackend, Message::text(DTMF), now, &mut out)
+            .unwrap();
+        assert!(out.is_empty(), "the event waits behind the held frame");
+        p.flush(&mut out);
+        let order: Vec<_> = out
+            .iter()
+            .map(|o| match o {
+                Output::Forward(_, m) => {
+                    let json: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+                    format!("forward {}", json["event"].as_str().unwrap())
+                }
+                Output::Record(e) => format!("record {:?}", e.kind),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "forward media",
+                "forward dtmf",
+                "record Media",
+                "record Dtmf",
+            ]
         );
     }
 

@@ -107,9 +107,12 @@ impl Frames {
     /// Encodes `event` into the batch; returns whether the batch is now whole (`batch` reached).
     fn push(&mut self, event: &RecordedEvent, batch: FrameBatch) -> bool {
         if self.count == 0 {
-            // A new batch (`take` left an unallocated buffer): the whole batch's buffer at once,
-            // never reallocated, which the recorder seals in place as the chunk.
             self.first_at = event.at;
+        }
+        if event.audio.is_some() && self.records.capacity() < batch.bytes {
+            // Audio starts a batch's worth (`take` left an unallocated buffer): the whole batch's
+            // buffer at once, never reallocated, which the recorder seals in place as the chunk.
+            // A text event alone (a quiet call's marks, its echoed `start`) takes only its size.
             self.records.reserve_exact(batch.bytes + FRAME_ROOM);
         }
         crate::recording::writer::encode_event(event, &mut self.records, |v, n| v.reserve(n));
@@ -210,7 +213,7 @@ impl MediaSession {
                 }
             }
         }
-        Ok(self.drain())
+        Ok(self.drain(true))
     }
 
     /// When `due` next has something to release (see `CallProcessor::next_due`).
@@ -219,12 +222,21 @@ impl MediaSession {
     }
 
     /// What waited past its delay in wall-clock time; `None` if nothing waits.
+    ///
+    /// The pump calls this only when the stream has been quiet for a delay's length. If that
+    /// released everything, the call is idle (on hold, or only connected): the delay queues and
+    /// the scratch list of outputs are freed, not kept for a next message that may be minutes
+    /// away. While audio flows, later frames release the held ones and this is not called.
     pub fn due(&mut self) -> Option<Sends<'_>> {
         if !self.processor.holding() {
             return None;
         }
         self.processor.release_due(Instant::now(), &mut self.outs);
-        Some(self.drain())
+        let quiet = !self.processor.holding();
+        if quiet {
+            self.processor.free_queues();
+        }
+        Some(self.drain(!quiet))
     }
 
     fn message_counter(
@@ -253,7 +265,7 @@ impl MediaSession {
     /// Everything still held in a delay (call end).
     pub fn finish(&mut self) -> Sends<'_> {
         self.processor.flush(&mut self.outs);
-        self.drain()
+        self.drain(true)
     }
 
     /// Media frames are encoded into the pending batch, handed over whole once it reaches the
@@ -293,7 +305,9 @@ impl MediaSession {
         }
     }
 
-    fn drain(&mut self) -> Sends<'_> {
+    /// Hands what the processor released to the recorder and the caller; `keep_outputs` keeps
+    /// the scratch list's allocation for the next message.
+    fn drain(&mut self, keep_outputs: bool) -> Sends<'_> {
         let mut sends = std::mem::take(&mut self.sends);
         let mut outs = std::mem::take(&mut self.outs);
         for out in outs.drain(..) {
@@ -313,7 +327,9 @@ impl MediaSession {
         if !self.processor.holding() {
             self.hand_frames(false);
         }
-        self.outs = outs; // keep the allocations
+        if keep_outputs {
+            self.outs = outs;
+        }
         self.sends = sends;
         self.sends.drain(..)
     }
@@ -488,6 +504,84 @@ mod tests {
             batches,
             [(6, true), (4, false), (3, false)],
             "frames go a batch to an entry, not one each"
+        );
+    }
+
+    /// A call that goes quiet gets what it held out on the pump's timer, in order, and then holds
+    /// no buffers for its delays: an idle call costs what its sockets cost. The next frame is
+    /// held and released as before.
+    #[test]
+    fn a_quiet_call_releases_what_it_held_and_frees_its_delay_buffers() {
+        let metrics = crate::metrics::Metrics::new();
+        let mut route = recorded_route(Unread::new(crate::ws::record::QUEUE_EVENTS));
+        // The default delay: forwarded frames wait 40 ms for the tone detector.
+        route.settings = Arc::new(crate::ws::call::tests::settings(40));
+        let mut s = MediaSession::start(&route, "media".into(), metrics.media.clone());
+        // Two 20 ms frames: neither has 40 ms of audio after it.
+        for i in 0..2u8 {
+            let sends = s.handle(Direction::ToBackend, frame(i)).unwrap();
+            assert_eq!(sends.len(), 0, "held in the tone detector's delay");
+        }
+        assert!(s.due().is_some_and(|sends| sends.len() == 0), "not due yet");
+        assert!(s.processor.queue_capacity() > 0);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let released: Vec<u8> = s
+            .due()
+            .expect("frames were held")
+            .map(|(d, m)| {
+                assert_eq!(d, Direction::ToBackend);
+                let json: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+                let payload = json["media"]["payload"].as_str().unwrap();
+                crate::ws::protocols::payload::decode(payload).unwrap()[0]
+            })
+            .collect();
+        assert_eq!(released, [0, 1]);
+        assert!(!s.processor.holding());
+        assert_eq!(
+            s.processor.queue_capacity(),
+            0,
+            "the delay queues are freed"
+        );
+        assert_eq!(s.outs.capacity(), 0, "and so is the scratch list");
+        assert!(s.due().is_none(), "nothing waits");
+        // The call goes on as before.
+        assert_eq!(s.handle(Direction::ToBackend, frame(2)).unwrap().len(), 0);
+        assert!(s.processor.holding());
+    }
+
+    /// A text event on a quiet call goes to the recorder in a buffer of its own size; the first
+    /// frame of audio gets a whole batch's buffer, which is then never reallocated.
+    #[test]
+    fn a_text_event_alone_takes_only_its_size_and_audio_a_whole_batch() {
+        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
+        let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
+        s.handle(
+            Direction::ToBackend,
+            Message::text(crate::ws::protocols::twilio::tests::START),
+        )
+        .unwrap();
+        s.handle(Direction::ToCaller, Message::text(mark)).unwrap();
+        let mut rx = sink.queue();
+        assert!(matches!(rx.try_recv(), Ok(ToRecorder::Event(_))), "start");
+        let Ok(ToRecorder::Frames(alone)) = rx.try_recv() else {
+            panic!("the mark is handed over at once: nothing is held");
+        };
+        assert_eq!(alone.count, 1);
+        assert!(
+            alone.records.capacity() < 256,
+            "a mark's record is small: {}",
+            alone.records.capacity()
+        );
+        s.handle(Direction::ToCaller, Message::text(mark)).unwrap();
+        let _ = rx.try_recv();
+        // The recording's delay holds a frame until ~40 ms of audio follows it.
+        for i in 1..=4 {
+            s.handle(Direction::ToBackend, frame(i)).unwrap();
+        }
+        assert!(s.frames.count > 0, "frames were released into the batch");
+        assert!(
+            s.frames.records.capacity() >= SIX_FRAMES.bytes + FRAME_ROOM,
+            "audio reserves the batch"
         );
     }
 

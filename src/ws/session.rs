@@ -85,28 +85,9 @@ pub fn run<K: Send>(
     keep: K,
 ) -> impl Future<Output = ()> {
     async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(route = &*settings.route, error = %e, "WebSocket upgrade failed");
-                return;
-            }
+        let Some((client, upstream)) = websockets(client, upstream, &settings).await else {
+            return;
         };
-        let config = |read_buffer| Some(ws_config(settings.max_message_bytes, read_buffer));
-        let client = WebSocketStream::from_raw_socket(
-            TokioIo::new(client),
-            Role::Server,
-            config(CLIENT_READ_BUFFER),
-        )
-        .await;
-        let upstream = WebSocketStream::from_raw_socket(
-            TokioIo::new(upstream),
-            Role::Client,
-            config(UPSTREAM_READ_BUFFER),
-        )
-        .await;
-        let client = StallGuard::new(client, settings.write_timeout);
-        let upstream = StallGuard::new(upstream, settings.write_timeout);
         metrics.active.inc();
         let counters = Counters {
             to_upstream: metrics
@@ -192,6 +173,43 @@ pub fn run<K: Send>(
     }
 }
 
+/// Both sides as WebSocket streams, once both upgrades are done; `None` (logged) if one failed.
+/// A function of its own so that its awaits' state is not kept in the session's future beside
+/// the relay's.
+async fn websockets(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    settings: &SessionSettings,
+) -> Option<(Side, Side)> {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(route = &*settings.route, error = %e, "WebSocket upgrade failed");
+            return None;
+        }
+    };
+    let config = |read_buffer| Some(ws_config(settings.max_message_bytes, read_buffer));
+    let client = WebSocketStream::from_raw_socket(
+        TokioIo::new(client),
+        Role::Server,
+        config(CLIENT_READ_BUFFER),
+    )
+    .await;
+    let upstream = WebSocketStream::from_raw_socket(
+        TokioIo::new(upstream),
+        Role::Client,
+        config(UPSTREAM_READ_BUFFER),
+    )
+    .await;
+    Some((
+        StallGuard::new(client, settings.write_timeout),
+        StallGuard::new(upstream, settings.write_timeout),
+    ))
+}
+
+/// One side of a relayed session.
+type Side = StallGuard<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+
 /// Message counters for both directions, resolved once per session.
 pub struct Counters {
     pub to_upstream: IntCounter,
@@ -239,11 +257,14 @@ where
     U: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + 'a,
 {
     async move {
-        // The idle timer is not re-armed per message (a timer-wheel update each time): it fires, and if
-        // a message came since, it is set again for `last_activity + idle_timeout`.
+        // One timer ends the session: set for the idle timeout after the last message or the
+        // maximum duration, whichever is sooner. It is not re-armed per message (a timer-wheel
+        // update each time): it fires, and if a message came since, it is set again.
         let mut last_activity = tokio::time::Instant::now();
-        let idle = tokio::time::sleep(settings.idle_timeout);
-        tokio::pin!(idle);
+        let max_end = settings.max_duration.map(|d| last_activity + d);
+        let end_timer =
+            tokio::time::sleep_until(sooner(last_activity + settings.idle_timeout, max_end));
+        tokio::pin!(end_timer);
         let draining = grace_over.cancelled();
         tokio::pin!(draining);
         let recorder_token = media.as_deref().map(|m| m.recorder_failed.clone());
@@ -254,12 +275,6 @@ where
             }
         };
         tokio::pin!(recorder_failed);
-        let deadline = tokio::time::sleep(
-            settings
-                .max_duration
-                .unwrap_or(Duration::from_secs(u32::MAX.into())),
-        );
-        tokio::pin!(deadline);
         // Frames held in a media delay go out on their own once they have waited long enough: the timer
         // is armed for the oldest one's deadline, not ticking every frame.
         let media_timer = tokio::time::sleep(Duration::ZERO);
@@ -277,7 +292,7 @@ where
         loop {
             if ready.is_none() {
                 if batched > 0 && flush_both(&mut client, &mut upstream).await.is_err() {
-                    close_both(&mut client, &mut upstream, "peer gone").await;
+                    Box::pin(close_both(&mut client, &mut upstream, "peer gone")).await;
                     return End::Error;
                 }
                 batched = 0;
@@ -294,8 +309,7 @@ where
                             media_timer: media_timer.as_mut(),
                             media_armed,
                             recorder_failed: recorder_failed.as_mut(),
-                            deadline: deadline.as_mut(),
-                            idle: idle.as_mut(),
+                            end_timer: end_timer.as_mut(),
                             draining: draining.as_mut(),
                         },
                     )
@@ -304,34 +318,49 @@ where
                         Woke::Message(from, next) => (from, next),
                         Woke::MediaDue => {
                             if let Some(sends) = media.as_deref_mut().and_then(MediaSession::due)
-                                && send_all(sends, &mut client, &mut upstream).await.is_err()
+                                && Box::pin(send_all(sends, &mut client, &mut upstream))
+                                    .await
+                                    .is_err()
                             {
-                                close_both(&mut client, &mut upstream, "peer gone").await;
+                                Box::pin(close_both(&mut client, &mut upstream, "peer gone")).await;
                                 return End::Error;
                             }
                             media_armed = arm_media_timer(media.as_deref(), media_timer.as_mut());
                             continue;
                         }
                         Woke::RecorderFailed => {
-                            close_both(&mut client, &mut upstream, "recording failed").await;
+                            Box::pin(close_both(&mut client, &mut upstream, "recording failed"))
+                                .await;
                             return End::Error;
                         }
-                        Woke::MaxDuration => {
-                            flush_media(&mut media, &mut client, &mut upstream).await;
-                            close_both(&mut client, &mut upstream, "maximum call duration").await;
+                        Woke::EndTimer
+                            if max_end.is_some_and(|end| end <= tokio::time::Instant::now()) =>
+                        {
+                            Box::pin(flush_media(&mut media, &mut client, &mut upstream)).await;
+                            Box::pin(close_both(
+                                &mut client,
+                                &mut upstream,
+                                "maximum call duration",
+                            ))
+                            .await;
                             return End::MaxDuration;
                         }
-                        Woke::IdleTimer => {
+                        Woke::EndTimer => {
                             let due = last_activity + settings.idle_timeout;
                             if due > tokio::time::Instant::now() {
-                                idle.as_mut().reset(due);
+                                end_timer.as_mut().reset(sooner(due, max_end));
                                 continue;
                             }
-                            close_both(&mut client, &mut upstream, "idle timeout").await;
+                            Box::pin(close_both(&mut client, &mut upstream, "idle timeout")).await;
                             return End::Idle;
                         }
                         Woke::Draining => {
-                            close_both(&mut client, &mut upstream, "server shutting down").await;
+                            Box::pin(close_both(
+                                &mut client,
+                                &mut upstream,
+                                "server shutting down",
+                            ))
+                            .await;
                             return End::Draining;
                         }
                     }
@@ -348,22 +377,13 @@ where
                         counter.inc();
                         let sends = match m.handle(direction, msg) {
                             Ok(sends) => sends,
-                            Err(CloseCall { code, reason }) => {
-                                let close = |code| {
-                                    Message::Close(Some(CloseFrame {
-                                        code,
-                                        reason: reason.into(),
-                                    }))
-                                };
-                                let _ = tokio::join!(
-                                    client.send(close(code)),
-                                    upstream.send(going_away(reason))
-                                );
+                            Err(close) => {
+                                Box::pin(close_malformed(close, &mut client, &mut upstream)).await;
                                 return End::Malformed;
                             }
                         };
                         if feed_all(sends, &mut client, &mut upstream).await.is_err() {
-                            close_both(&mut client, &mut upstream, "peer gone").await;
+                            Box::pin(close_both(&mut client, &mut upstream, "peer gone")).await;
                             return End::Error;
                         }
                         batched += 1;
@@ -378,7 +398,7 @@ where
                     }
                     // Whatever ends the call, what waits in a delay goes out first.
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        flush_media(&mut media, &mut client, &mut upstream).await;
+                        Box::pin(flush_media(&mut media, &mut client, &mut upstream)).await;
                     }
                     _ => {}
                 }
@@ -390,12 +410,32 @@ where
                 ready = peek_ready(&flags, from, &mut client, &mut upstream, batched);
                 continue;
             }
-            let step = match from {
-                From::Client => {
-                    relay(next, &mut client, &mut upstream, &counters.to_upstream).await
+            let step = match (next, from) {
+                (Some(Ok(msg)), From::Client) if !matches!(msg, Message::Close(_)) => {
+                    forward(msg, &mut client, &mut upstream, &counters.to_upstream).await
                 }
-                From::Upstream => {
-                    relay(next, &mut upstream, &mut client, &counters.to_client).await
+                (Some(Ok(msg)), From::Upstream) if !matches!(msg, Message::Close(_)) => {
+                    forward(msg, &mut upstream, &mut client, &counters.to_client).await
+                }
+                // A close, an error, a side gone: once a session, and with the most state of any
+                // step, so it is boxed and the session's future does not keep room for it.
+                (end, From::Client) => {
+                    Box::pin(relay_end(
+                        end,
+                        &mut client,
+                        &mut upstream,
+                        &counters.to_upstream,
+                    ))
+                    .await
+                }
+                (end, From::Upstream) => {
+                    Box::pin(relay_end(
+                        end,
+                        &mut upstream,
+                        &mut client,
+                        &counters.to_client,
+                    ))
+                    .await
                 }
             };
             match (step, from) {
@@ -477,7 +517,26 @@ fn violation(e: &WsError) -> Option<(CloseCode, &'static str)> {
     }
 }
 
-async fn relay<A, B>(
+/// Feeds a data, ping or pong message to the other side; it is flushed with the rest of its burst.
+async fn forward<A, B>(msg: Message, from: &mut A, to: &mut B, counter: &IntCounter) -> Step
+where
+    A: Sink<Message, Error = WsError> + Unpin,
+    B: Sink<Message, Error = WsError> + Unpin,
+{
+    if matches!(msg, Message::Frame(_)) {
+        return Step::Continue; // raw frames are never yielded when reading
+    }
+    counter.inc();
+    if to.feed(msg).await.is_err() {
+        let _ = from.send(going_away("upstream gone")).await;
+        return Step::Failed;
+    }
+    Step::Continue
+}
+
+/// What ends a session from one side: its close is relayed at once and the far side's reply
+/// awaited; a protocol violation is answered with its close code; a side gone is told to the other.
+async fn relay_end<A, B>(
     next: Option<Result<Message, WsError>>,
     from: &mut A,
     to: &mut B,
@@ -488,22 +547,11 @@ where
     B: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     match next {
-        Some(Ok(Message::Frame(_))) => Step::Continue, // raw frames are never yielded when reading
-        Some(Ok(msg)) => {
+        Some(Ok(close)) => {
             counter.inc();
-            let is_close = matches!(msg, Message::Close(_));
-            // Data is fed and flushed with the rest of its burst; a close goes out at once.
-            let sent = if is_close {
-                to.send(msg).await
-            } else {
-                to.feed(msg).await
-            };
-            if sent.is_err() {
+            if to.send(close).await.is_err() {
                 let _ = from.send(going_away("upstream gone")).await;
                 return Step::Failed;
-            }
-            if !is_close {
-                return Step::Continue;
             }
             // tungstenite already queued the echo to `from`; wait for the far side's reply, then flush.
             let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
@@ -623,13 +671,21 @@ where
     }
 }
 
+/// The idle timeout's instant, or the maximum duration's if that comes first.
+fn sooner(
+    idle_due: tokio::time::Instant,
+    max_end: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    max_end.map_or(idle_due, |end| end.min(idle_due))
+}
+
 /// What woke the pump.
 enum Woke {
     Message(From, Option<Result<Message, WsError>>),
     MediaDue,
     RecorderFailed,
-    MaxDuration,
-    IdleTimer,
+    /// The idle timeout or the maximum duration, whichever was set.
+    EndTimer,
     Draining,
 }
 
@@ -639,8 +695,7 @@ struct House<'a, R, D> {
     media_timer: Pin<&'a mut tokio::time::Sleep>,
     media_armed: bool,
     recorder_failed: Pin<&'a mut R>,
-    deadline: Pin<&'a mut tokio::time::Sleep>,
-    idle: Pin<&'a mut tokio::time::Sleep>,
+    end_timer: Pin<&'a mut tokio::time::Sleep>,
     draining: Pin<&'a mut D>,
 }
 
@@ -652,11 +707,8 @@ impl<R: Future<Output = ()>, D: Future<Output = ()>> House<'_, R, D> {
         if self.recorder_failed.as_mut().poll(cx).is_ready() {
             return Some(Woke::RecorderFailed);
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return Some(Woke::MaxDuration);
-        }
-        if self.idle.as_mut().poll(cx).is_ready() {
-            return Some(Woke::IdleTimer);
+        if self.end_timer.as_mut().poll(cx).is_ready() {
+            return Some(Woke::EndTimer);
         }
         if self.draining.as_mut().poll(cx).is_ready() {
             return Some(Woke::Draining);
@@ -767,6 +819,21 @@ fn going_away(reason: &'static str) -> Message {
     }))
 }
 
+/// The caller is told why its message ended the call (`on_malformed = "close"`); the backend
+/// that the call is going away.
+async fn close_malformed<C, U>(close: CloseCall, client: &mut C, upstream: &mut U)
+where
+    C: Sink<Message, Error = WsError> + Unpin,
+    U: Sink<Message, Error = WsError> + Unpin,
+{
+    let CloseCall { code, reason } = close;
+    let to_caller = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::join!(client.send(to_caller), upstream.send(going_away(reason)));
+}
+
 async fn close_both<C, U>(client: &mut C, upstream: &mut U, reason: &'static str)
 where
     C: Sink<Message, Error = WsError> + Unpin,
@@ -826,9 +893,10 @@ mod tests {
             (),
         );
         let size = std::mem::size_of_val(&session);
-        // 3,464 bytes in a debug build (2,904 in release); 4,528 while `run` and `pump` were
-        // `async fn`s that kept a second copy of their arguments. A `MediaSession` inline (688)
-        // takes it over the bound.
-        assert!(size <= 3_584, "the session future grew to {size} bytes");
+        // 2,760 bytes in a debug build. It was 4,528 while `run` and `pump` were `async fn`s
+        // (which keep a second copy of their arguments), kept the upgrades' and the close
+        // handshake's state inline, and had two timers where one serves. A `MediaSession` inline
+        // (688) takes it over the bound.
+        assert!(size <= 2_816, "the session future grew to {size} bytes");
     }
 }

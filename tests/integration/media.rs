@@ -429,6 +429,55 @@ async fn held_frames_of_a_quiet_direction_go_out_while_the_other_flows() {
     caller.abort();
 }
 
+/// One timer serves both of a session's limits: a call that keeps talking through several idle
+/// timeouts is not closed as idle, and is closed at its maximum duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_talking_call_outlives_its_idle_timeout_and_ends_at_max_duration() {
+    let backend = spawn_ws_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = "[[route]]\nname = \"media\"\npath_prefix = \"/media\"\nupstream = \"voice\"\nwebsocket_idle_timeout = \"200ms\"\n[route.media]\nprotocol = \"twilio\"\nmax_duration = \"1s\"\n";
+    let text = format!("{}\n{route}", config_text(dir.path(), backend.addr, "", ""));
+    let proxy = spawn_proxy_with(dir, &text).await;
+    let (mut ws, _) = ws_connect(proxy.tls, &proxy.ca_pem, "/media", &[])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seq = 0;
+    let close = loop {
+        seq += 1;
+        if ws.send(media_msg(seq, &hum(20))).await.is_err() {
+            break next_close(&mut ws).await;
+        }
+        // Read what the backend echoed for ~50 ms, then send again: never 200 ms quiet.
+        let until = tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut closed = None;
+        while let Ok(next) = tokio::time::timeout_at(until, ws.next()).await {
+            match next {
+                Some(Ok(Message::Close(frame))) => {
+                    closed = Some(frame);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    closed = Some(None);
+                    break;
+                }
+            }
+        }
+        if let Some(frame) = closed {
+            break frame;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never closed");
+    };
+    let frame = close.expect("a close frame");
+    assert_eq!(frame.reason.as_str(), "maximum call duration");
+    assert_eq!(u16::from(frame.code), 1001);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "not before the maximum duration"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_max_duration_is_closed_with_1001() {
     let (proxy, _backend) = proxy("max_duration = \"300ms\"\n").await;

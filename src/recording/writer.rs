@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::ws::record_queue;
 use arc_swap::ArcSwap;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::format::{Codec, Header, Record, RecordBody, seal_chunk_in_place};
@@ -153,7 +153,7 @@ pub fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
 
 impl RecordingSink for Arc<FileSink> {
     fn start_call(&self, call: &CallStart) -> CallRecorder {
-        let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
+        let (tx, rx) = record_queue::channel(QUEUE_EVENTS);
         let failed = CancellationToken::new();
         self.writers
             .spawn(write_call(self.clone(), call.clone(), rx, failed.clone()));
@@ -357,7 +357,7 @@ enum State {
 async fn write_call(
     sink: Arc<FileSink>,
     call: CallStart,
-    mut rx: mpsc::Receiver<ToRecorder>,
+    mut rx: record_queue::Receiver<ToRecorder>,
     failed: CancellationToken,
 ) {
     let mut state = State::Undecided(Vec::new());
@@ -737,7 +737,7 @@ mod tests {
     fn a_call_writer_future_stays_small() {
         let dir = tempfile::tempdir().unwrap();
         let (sink, call) = sink_in(dir.path());
-        let (_tx, rx) = mpsc::channel(1);
+        let (_tx, rx) = record_queue::channel(1);
         let writer = write_call(sink, call, rx, CancellationToken::new());
         let size = std::mem::size_of_val(&writer);
         // 376 bytes in a debug build; 928 with the batch's and the end's awaits inline.

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::record_queue;
 use prometheus::{Histogram, IntCounter};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -65,7 +65,7 @@ pub struct MediaSession {
     route: Arc<str>,
     metrics: MediaMetrics,
     on_malformed: OnMalformed,
-    recorder: Option<mpsc::Sender<ToRecorder>>,
+    recorder: Option<record_queue::Sender<ToRecorder>>,
     /// How many frames the recorder takes to an entry.
     batch: FrameBatch,
     /// Released media frames (and text events, once the recorder has the call's first event),
@@ -344,7 +344,7 @@ mod tests {
     /// test to look at.
     struct Unread {
         capacity: usize,
-        queues: std::sync::Mutex<Vec<mpsc::Receiver<ToRecorder>>>,
+        queues: std::sync::Mutex<Vec<record_queue::Receiver<ToRecorder>>>,
     }
 
     /// Six 20 ms μ-law frames as records (172 bytes each) make a whole batch.
@@ -361,7 +361,7 @@ mod tests {
             })
         }
 
-        fn queue(&self) -> mpsc::Receiver<ToRecorder> {
+        fn queue(&self) -> record_queue::Receiver<ToRecorder> {
             self.queues.lock().unwrap().pop().expect("a call started")
         }
     }
@@ -371,7 +371,7 @@ mod tests {
             &self,
             _call: &crate::ws::record::CallStart,
         ) -> crate::ws::record::CallRecorder {
-            let (tx, rx) = mpsc::channel(self.capacity);
+            let (tx, rx) = record_queue::channel(self.capacity);
             self.queues.lock().unwrap().push(rx);
             crate::ws::record::CallRecorder {
                 events: tx,

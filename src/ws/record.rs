@@ -32,13 +32,13 @@ pub struct RecordedEvent {
 pub enum ToRecorder {
     /// A text event, kept whole: the call's first event, which the recorder reads for consent and
     /// subject, and any text event before it. The recorder serialises them itself. Boxed: such
-    /// events are a few per call, and inline they would make every slot of the call's queue (its
-    /// blocks are allocated 32 slots at a time) 72 bytes instead of 16.
+    /// events are a few per call, and inline they would make every slot of the call's queue (and
+    /// of the recorder's batch) 72 bytes instead of 16.
     Event(Box<RecordedEvent>),
     /// Media frames, and the text events after the call's first event, already encoded (see
-    /// [`EncodedFrames`]). Boxed, like `Event`: the queue's blocks are allocated 32 slots at a time
-    /// and hold mostly nothing, so a 16-byte slot saves a KiB per recorded call, idle or not; the
-    /// box is one more allocation per batch, about once a second.
+    /// [`EncodedFrames`]). Boxed, like `Event`: the call's queue keeps the room its busiest moment
+    /// needed, idle or not, so its slots stay 16 bytes; the box is one more allocation per batch,
+    /// about once a second.
     Frames(Box<EncodedFrames>),
 }
 
@@ -87,7 +87,7 @@ pub struct CallStart {
 /// The sending side of a call's recording queue, and a token the recorder cancels when the call must
 /// end because it cannot be recorded (`on_error = "close"`).
 pub struct CallRecorder {
-    pub events: tokio::sync::mpsc::Sender<ToRecorder>,
+    pub events: super::record_queue::Sender<ToRecorder>,
     pub failed: tokio_util::sync::CancellationToken,
     /// How many encoded frames the session gathers into one `ToRecorder::Frames`.
     pub batch: FrameBatch,

@@ -80,12 +80,19 @@ pub struct MediaSession {
     processing: Histogram,
     /// `messages{route,direction,kind}` resolved once per session: it is bumped for every message.
     messages: [[Option<IntCounter>; KINDS]; 2],
+    /// What the last message released, for the recorder and the sockets. Room for two to start
+    /// with ([`SCRATCH`]), not the four a `Vec` grows to first: a paced call's message releases
+    /// one frame each way (forwarded, recorded), and an idle call keeps what it first allocated.
     outs: Vec<Output>,
-    /// What the last message released, handed out by reference: no allocation per message.
+    /// What the last message released for the sockets, handed out by reference: no allocation
+    /// per message.
     sends: Vec<(Direction, Message)>,
     redacted: crate::ws::redact::Report,
     stream: Option<String>,
 }
+
+/// Outputs a message usually releases: one forwarded, one recorded.
+const SCRATCH: usize = 2;
 
 /// A message that cannot be redacted ends the call (route `on_malformed = "close"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,8 +175,8 @@ impl MediaSession {
             frames: Frames::default(),
             recorder_told: false,
             messages: Default::default(),
-            outs: Vec::new(),
-            sends: Vec::new(),
+            outs: Vec::with_capacity(SCRATCH),
+            sends: Vec::with_capacity(SCRATCH),
             redacted: Default::default(),
             stream: None,
         }

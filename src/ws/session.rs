@@ -278,8 +278,8 @@ where
             }
         };
         tokio::pin!(recorder_failed);
-        // Frames held in a media delay go out on their own once they have waited long enough: the timer
-        // is armed for the oldest one's deadline, not ticking every frame.
+        // Frames held in a media delay go out on their own once they have waited long enough: the
+        // timer is armed for the oldest one's deadline, not ticking every frame.
         let media_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(media_timer);
         let mut media_armed = false;

@@ -413,6 +413,20 @@ mod tests {
         (session, sink, metrics)
     }
 
+    /// A Twilio `mark`, a text event that is not the call's first.
+    const MARK: &str = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
+
+    /// A recorded session (its recorder never reads) that has had the call's `start`.
+    fn started_session() -> (MediaSession, Arc<Unread>) {
+        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
+        s.handle(
+            Direction::ToBackend,
+            Message::text(crate::ws::protocols::twilio::tests::START),
+        )
+        .unwrap();
+        (s, sink)
+    }
+
     /// A 20 ms inbound μ-law frame whose samples are all `byte`.
     fn frame(byte: u8) -> Message {
         Message::text(crate::ws::protocols::twilio::tests::media(
@@ -469,8 +483,7 @@ mod tests {
             s.handle(Direction::ToBackend, frame(i)).unwrap();
         }
         past_the_delay();
-        let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
-        s.handle(Direction::ToBackend, Message::text(mark)).unwrap();
+        s.handle(Direction::ToBackend, Message::text(MARK)).unwrap();
         for i in 10..13u8 {
             s.handle(Direction::ToBackend, frame(i)).unwrap();
         }
@@ -560,14 +573,8 @@ mod tests {
     /// frame of audio gets a whole batch's buffer, which is then never reallocated.
     #[test]
     fn a_text_event_alone_takes_only_its_size_and_audio_a_whole_batch() {
-        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
-        let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
-        s.handle(
-            Direction::ToBackend,
-            Message::text(crate::ws::protocols::twilio::tests::START),
-        )
-        .unwrap();
-        s.handle(Direction::ToCaller, Message::text(mark)).unwrap();
+        let (mut s, sink) = started_session();
+        s.handle(Direction::ToCaller, Message::text(MARK)).unwrap();
         let mut rx = sink.queue();
         assert!(matches!(rx.try_recv(), Ok(ToRecorder::Event(_))), "start");
         let Ok(ToRecorder::Frames(alone)) = rx.try_recv() else {
@@ -579,7 +586,7 @@ mod tests {
             "a mark's record is small: {}",
             alone.records.capacity()
         );
-        s.handle(Direction::ToCaller, Message::text(mark)).unwrap();
+        s.handle(Direction::ToCaller, Message::text(MARK)).unwrap();
         let _ = rx.try_recv();
         // The recording's delay holds a frame until ~40 ms of audio follows it.
         for i in 1..=4 {
@@ -598,16 +605,10 @@ mod tests {
     #[test]
     fn text_events_after_the_first_event_join_the_batch_in_order() {
         use crate::recording::format::{Record, RecordBody};
-        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
-        let mark = r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"x"}}"#;
-        s.handle(
-            Direction::ToBackend,
-            Message::text(crate::ws::protocols::twilio::tests::START),
-        )
-        .unwrap();
+        let (mut s, sink) = started_session();
         for i in 0..4u8 {
             s.handle(Direction::ToBackend, frame(i)).unwrap();
-            s.handle(Direction::ToBackend, Message::text(mark)).unwrap();
+            s.handle(Direction::ToBackend, Message::text(MARK)).unwrap();
         }
         s.finish(); // releases what the tone delay still holds
         drop(s);
@@ -629,7 +630,7 @@ mod tests {
                         seen.push(match r.body {
                             RecordBody::Audio(audio) => format!("frame {}", audio[0]),
                             RecordBody::Event(json) => {
-                                assert_eq!(json, mark.as_bytes());
+                                assert_eq!(json, MARK.as_bytes());
                                 "Mark".into()
                             }
                         });

@@ -470,15 +470,17 @@ impl CallProcessor {
         self.s.lookahead.max(CONFIRMATION_WAIT) + Duration::from_millis(40)
     }
 
-    /// Frees the delay queues' buffers once nothing waits in them: a call that goes quiet (on
-    /// hold, or only connected) keeps none of the ~1.5 KiB they grew to. They grow again with
-    /// the next message.
-    pub fn free_queues(&mut self) {
-        if !self.holding() {
+    /// Frees the delay queues' buffers if nothing waits in them, and says whether it did: a call
+    /// that goes quiet (on hold, or only connected) keeps none of the ~1.5 KiB they grew to. They
+    /// grow again with the next message.
+    pub fn free_queues_if_empty(&mut self) -> bool {
+        let empty = !self.holding();
+        if empty {
             self.to_backend = VecDeque::new();
             self.to_caller = VecDeque::new();
             self.recording = VecDeque::new();
         }
+        empty
     }
 
     /// Elements the delay queues have room for (tests check that a quiet call frees them).

@@ -239,10 +239,7 @@ impl MediaSession {
             return None;
         }
         self.processor.release_due(Instant::now(), &mut self.outs);
-        let quiet = !self.processor.holding();
-        if quiet {
-            self.processor.free_queues();
-        }
+        let quiet = self.processor.free_queues_if_empty();
         Some(self.drain(!quiet))
     }
 

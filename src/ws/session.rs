@@ -295,7 +295,7 @@ where
         loop {
             if ready.is_none() {
                 if batched > 0 && flush_both(&mut client, &mut upstream).await.is_err() {
-                    Box::pin(close_both(&mut client, &mut upstream, "peer gone")).await;
+                    close_both(&mut client, &mut upstream, "peer gone").await;
                     return End::Error;
                 }
                 batched = 0;
@@ -325,27 +325,21 @@ where
                                     .await
                                     .is_err()
                             {
-                                Box::pin(close_both(&mut client, &mut upstream, "peer gone")).await;
+                                close_both(&mut client, &mut upstream, "peer gone").await;
                                 return End::Error;
                             }
                             media_armed = arm_media_timer(media.as_deref(), media_timer.as_mut());
                             continue;
                         }
                         Woke::RecorderFailed => {
-                            Box::pin(close_both(&mut client, &mut upstream, "recording failed"))
-                                .await;
+                            close_both(&mut client, &mut upstream, "recording failed").await;
                             return End::Error;
                         }
                         Woke::EndTimer
                             if max_end.is_some_and(|end| end <= tokio::time::Instant::now()) =>
                         {
-                            Box::pin(flush_media(&mut media, &mut client, &mut upstream)).await;
-                            Box::pin(close_both(
-                                &mut client,
-                                &mut upstream,
-                                "maximum call duration",
-                            ))
-                            .await;
+                            flush_media(&mut media, &mut client, &mut upstream).await;
+                            close_both(&mut client, &mut upstream, "maximum call duration").await;
                             return End::MaxDuration;
                         }
                         Woke::EndTimer => {
@@ -354,16 +348,11 @@ where
                                 end_timer.as_mut().reset(sooner(due, max_end));
                                 continue;
                             }
-                            Box::pin(close_both(&mut client, &mut upstream, "idle timeout")).await;
+                            close_both(&mut client, &mut upstream, "idle timeout").await;
                             return End::Idle;
                         }
                         Woke::Draining => {
-                            Box::pin(close_both(
-                                &mut client,
-                                &mut upstream,
-                                "server shutting down",
-                            ))
-                            .await;
+                            close_both(&mut client, &mut upstream, "server shutting down").await;
                             return End::Draining;
                         }
                     }
@@ -381,12 +370,12 @@ where
                         let sends = match m.handle(direction, msg) {
                             Ok(sends) => sends,
                             Err(close) => {
-                                Box::pin(close_malformed(close, &mut client, &mut upstream)).await;
+                                close_malformed(close, &mut client, &mut upstream).await;
                                 return End::Malformed;
                             }
                         };
                         if feed_all(sends, &mut client, &mut upstream).await.is_err() {
-                            Box::pin(close_both(&mut client, &mut upstream, "peer gone")).await;
+                            close_both(&mut client, &mut upstream, "peer gone").await;
                             return End::Error;
                         }
                         batched += 1;
@@ -401,7 +390,7 @@ where
                     }
                     // Whatever ends the call, what waits in a delay goes out first.
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        Box::pin(flush_media(&mut media, &mut client, &mut upstream)).await;
+                        flush_media(&mut media, &mut client, &mut upstream).await;
                     }
                     _ => {}
                 }
@@ -420,25 +409,12 @@ where
                 (Some(Ok(msg)), From::Upstream) if !matches!(msg, Message::Close(_)) => {
                     forward(msg, &mut upstream, &mut client, &counters.to_client).await
                 }
-                // A close, an error, a side gone: once a session, and with the most state of any
-                // step, so it is boxed and the session's future does not keep room for it.
+                // A close, an error, a side gone: once a session (`relay_end` is boxed).
                 (end, From::Client) => {
-                    Box::pin(relay_end(
-                        end,
-                        &mut client,
-                        &mut upstream,
-                        &counters.to_upstream,
-                    ))
-                    .await
+                    relay_end(end, &mut client, &mut upstream, &counters.to_upstream).await
                 }
                 (end, From::Upstream) => {
-                    Box::pin(relay_end(
-                        end,
-                        &mut upstream,
-                        &mut client,
-                        &counters.to_client,
-                    ))
-                    .await
+                    relay_end(end, &mut upstream, &mut client, &counters.to_client).await
                 }
             };
             match (step, from) {
@@ -539,55 +515,59 @@ where
 
 /// What ends a session from one side: its close is relayed at once and the far side's reply
 /// awaited; a protocol violation is answered with its close code; a side gone is told to the other.
-async fn relay_end<A, B>(
+/// Boxed, like `close_both`.
+fn relay_end<'a, A, B>(
     next: Option<Result<Message, WsError>>,
-    from: &mut A,
-    to: &mut B,
-    counter: &IntCounter,
-) -> Step
+    from: &'a mut A,
+    to: &'a mut B,
+    counter: &'a IntCounter,
+) -> Pin<Box<impl Future<Output = Step> + 'a>>
 where
     A: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     B: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    match next {
-        Some(Ok(close)) => {
-            counter.inc();
-            if to.send(close).await.is_err() {
-                let _ = from.send(going_away("upstream gone")).await;
-                return Step::Failed;
-            }
-            // tungstenite already queued the echo to `from`; wait for the far side's reply, then flush.
-            let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
-                while let Some(Ok(m)) = to.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
+    Box::pin(async move {
+        match next {
+            Some(Ok(close)) => {
+                counter.inc();
+                if to.send(close).await.is_err() {
+                    let _ = from.send(going_away("upstream gone")).await;
+                    return Step::Failed;
                 }
-            })
-            .await;
-            let _ = from.close().await;
-            Step::Closed
-        }
-        Some(Err(e)) if let Some((code, reason)) = violation(&e) => {
-            // The offender is told why (RFC 6455 §7.4.1); the other side just sees the call end.
-            let _ = from
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                })))
+                // tungstenite already queued the echo to `from`; wait for the far side's reply,
+                // then flush.
+                let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
+                    while let Some(Ok(m)) = to.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
                 .await;
-            let _ = to.send(going_away("peer broke the protocol")).await;
-            if code == CloseCode::Size {
-                Step::TooLarge
-            } else {
-                Step::Violation
+                let _ = from.close().await;
+                Step::Closed
+            }
+            Some(Err(e)) if let Some((code, reason)) = violation(&e) => {
+                // The offender is told why (RFC 6455 §7.4.1); the other side just sees the call end.
+                let _ = from
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                let _ = to.send(going_away("peer broke the protocol")).await;
+                if code == CloseCode::Size {
+                    Step::TooLarge
+                } else {
+                    Step::Violation
+                }
+            }
+            Some(Err(_)) | None => {
+                let _ = to.send(going_away("peer went away")).await;
+                Step::Failed
             }
         }
-        Some(Err(_)) | None => {
-            let _ = to.send(going_away("peer went away")).await;
-            Step::Failed
-        }
-    }
+    })
 }
 
 /// Sets the media timer for the oldest held frame's deadline, but never sooner than a frame from now
@@ -805,14 +785,22 @@ where
     flush_both(client, upstream).await
 }
 
-async fn flush_media<C, U>(media: &mut Option<&mut MediaSession>, client: &mut C, upstream: &mut U)
+/// Sends what the media session still holds in its delays (the call is ending). Boxed, like
+/// `close_both`.
+fn flush_media<'a, C, U>(
+    media: &'a mut Option<&mut MediaSession>,
+    client: &'a mut C,
+    upstream: &'a mut U,
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
 where
     C: Sink<Message, Error = WsError> + Unpin,
     U: Sink<Message, Error = WsError> + Unpin,
 {
-    if let Some(m) = media.as_deref_mut() {
-        let _ = send_all(m.finish(), client, upstream).await;
-    }
+    Box::pin(async move {
+        if let Some(m) = media.as_deref_mut() {
+            let _ = send_all(m.finish(), client, upstream).await;
+        }
+    })
 }
 
 fn going_away(reason: &'static str) -> Message {
@@ -824,28 +812,44 @@ fn going_away(reason: &'static str) -> Message {
 
 /// The caller is told why its message ended the call (`on_malformed = "close"`); the backend
 /// that the call is going away.
-async fn close_malformed<C, U>(close: CloseCall, client: &mut C, upstream: &mut U)
+/// Boxed, like `close_both`.
+fn close_malformed<'a, C, U>(
+    close: CloseCall,
+    client: &'a mut C,
+    upstream: &'a mut U,
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
 where
     C: Sink<Message, Error = WsError> + Unpin,
     U: Sink<Message, Error = WsError> + Unpin,
 {
-    let CloseCall { code, reason } = close;
-    let to_caller = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }));
-    let _ = tokio::join!(client.send(to_caller), upstream.send(going_away(reason)));
+    Box::pin(async move {
+        let CloseCall { code, reason } = close;
+        let to_caller = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::join!(client.send(to_caller), upstream.send(going_away(reason)));
+    })
 }
 
-async fn close_both<C, U>(client: &mut C, upstream: &mut U, reason: &'static str)
+/// Tells both sides the session is going away. This and the session's other ends
+/// (`flush_media`, `close_malformed`, `relay_end`) return boxed futures: each runs once a session,
+/// and inline they would make the session's future keep room for them all the time.
+fn close_both<'a, C, U>(
+    client: &'a mut C,
+    upstream: &'a mut U,
+    reason: &'static str,
+) -> Pin<Box<impl Future<Output = ()> + 'a>>
 where
     C: Sink<Message, Error = WsError> + Unpin,
     U: Sink<Message, Error = WsError> + Unpin,
 {
-    let _ = tokio::join!(
-        client.send(going_away(reason)),
-        upstream.send(going_away(reason))
-    );
+    Box::pin(async move {
+        let _ = tokio::join!(
+            client.send(going_away(reason)),
+            upstream.send(going_away(reason))
+        );
+    })
 }
 
 #[cfg(test)]

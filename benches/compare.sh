@@ -17,6 +17,7 @@
 #                                      # on a noisy machine, where CPU time swings by half between runs)
 #
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
+# IDLE_CONNS (1000 idle keep-alive HTTPS connections),
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), ROUNDS (1), PEERS ("direct nginx haproxy voxguard
 # voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir),
 # VOXGUARD_BIN (a voxguard binary to measure instead of the one built here: A/B runs of two builds).
@@ -44,7 +45,7 @@ if [ -n "$INSTRUCTIONS" ]; then
 fi
 if [ -n "$SMOKE" ]; then
   DURATION=${DURATION:-1s}; PACED_DURATION=${PACED_DURATION:-1s}; CONNS=${CONNS:-4}; CALLS=${CALLS:-4}
-  IDLE_CALLS=${IDLE_CALLS:-20}; PACED_STEPS=${PACED_STEPS:-20}; WS_WARMUP=${WS_WARMUP:-1s}; RAMP=${RAMP:-500ms}
+  IDLE_CALLS=${IDLE_CALLS:-20}; IDLE_CONNS=${IDLE_CONNS:-20}; PACED_STEPS=${PACED_STEPS:-20}; WS_WARMUP=${WS_WARMUP:-1s}; RAMP=${RAMP:-500ms}
   PROFILE=${PROFILE:-debug}
 fi
 WS_WARMUP=${WS_WARMUP:-3s}
@@ -55,6 +56,7 @@ PACED_DURATION=${PACED_DURATION:-$([ -n "$QUICK" ] && echo 3s || echo 5s)}
 CONNS=${CONNS:-64}
 CALLS=${CALLS:-64}
 IDLE_CALLS=${IDLE_CALLS:-1000}
+IDLE_CONNS=${IDLE_CONNS:-1000}
 PACED_STEPS=${PACED_STEPS:-$([ -n "$QUICK" ] && echo "500" || echo "250 500 750 1000")}
 PEERS=${PEERS:-"direct nginx haproxy voxguard voxguard-webhook voxguard-media"}
 LOADS=${LOADS:-"http ws"}
@@ -361,6 +363,8 @@ for ROUND in $(seq "${ROUNDS:-1}"); do
         --post-bytes 2048 --sign-twilio "$SECRET" --public-url https://voice.example.com
       if [ "$peer" != direct ]; then
         fresh "$peer"; load "$peer" http --url "$HTTP/" --connections 16 --duration "$DURATION" --new-connections
+        fresh "$peer"; load "$peer" http --url "$HTTP/" --connections "$IDLE_CONNS" --idle \
+          --duration 2s --warmup "$WS_WARMUP"
       fi
     fi
     if [ "$peer" != voxguard-webhook ] && [[ " $LOADS " == *" ws "* ]]; then

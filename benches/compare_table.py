@@ -96,6 +96,8 @@ TABLE = [
     ("  proxy CPU per request, µs", per_peer(field("http_twilio_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
     ("new TLS connections (resumed), per s", per_peer(field("http_new_connection", "ops_per_s")), "{:,.0f}", True),
     ("  proxy CPU per connection, µs", per_peer(field("http_new_connection", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    # One GET each, then quiet: what the keep-alive connections an edge leaves open cost.
+    ("RSS per idle keep-alive HTTPS connection, KiB", per_peer(field("http_idle", "rss_per_connection_kib")), "{:.1f}", False),
     ("WebSocket media messages relayed per s (flat out)", per_peer(relayed("ws_flat")), "{:,.0f}", True),
     ("  round trip p50 / p99, ms", None, "lat:ws_flat", None),
     ("  proxy CPU per relayed message, µs", per_peer(cpu_per_relayed("ws_flat")), "{:.2f}", False),
@@ -231,10 +233,10 @@ if len(rounds) > 1 and ours and peers:
 if CHECK:
     expected = {
         "direct": ["http_get", "http_signed_post", "http_twilio_post", "ws_flat", "ws_paced"],
-        "nginx": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
-        "haproxy": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced"],
-        "voxguard": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "ws_flat", "ws_idle", "ws_paced", "startup"],
-        "voxguard-webhook": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection"],
+        "nginx": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "ws_flat", "ws_idle", "ws_paced"],
+        "haproxy": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "ws_flat", "ws_idle", "ws_paced"],
+        "voxguard": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "ws_flat", "ws_idle", "ws_paced", "startup"],
+        "voxguard-webhook": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle"],
         "voxguard-media": ["ws_flat", "ws_idle", "ws_paced"],
     }
     problems = []

@@ -3,7 +3,8 @@
 //! session cache). `--post-bytes` sends a Twilio-like form body; `--sign-github SECRET` signs each
 //! (unique) body as GitHub does, and `--sign-twilio TOKEN` as Twilio does (HMAC-SHA1 of
 //! `--public-url` + path + the sorted form, with an idempotency token), so a signed route verifies
-//! every request and none is a replay.
+//! every request and none is a replay. `--idle` measures memory instead: each connection sends one
+//! GET and then nothing, as the keep-alive connections a busy edge leaves open between requests.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use serde_json::json;
 
 use crate::Common;
 use crate::net::Target;
-use crate::report::{self, Span, Window};
+use crate::report::{self, ProcSample, Span, Window};
 
 #[derive(Args)]
 pub struct HttpArgs {
@@ -30,6 +31,11 @@ pub struct HttpArgs {
     /// A new connection for every request instead of keep-alive.
     #[arg(long)]
     new_connections: bool,
+    /// Open the connections over the first half of the warm-up, one GET each, then send nothing
+    /// until the run ends: the proxy's memory per idle keep-alive connection. After the run each
+    /// connection sends one more GET; one the proxy closed meanwhile counts as an error.
+    #[arg(long, conflicts_with_all = ["new_connections", "post_bytes"])]
+    idle: bool,
     /// POST a form body of about this many bytes instead of GET.
     #[arg(long)]
     post_bytes: Option<usize>,
@@ -64,6 +70,9 @@ struct Tally {
 
 pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.url, args.common.ca.as_deref())?;
+    if args.idle {
+        return run_idle(&args, Arc::new(target)).await;
+    }
     let mut window = Window::new(args.common.warmup, args.common.duration);
     let signer = signer(&args, &target);
     let load = Arc::new(Load {
@@ -108,6 +117,74 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
         json!({"connections": args.connections}),
     );
     println!("{v}");
+    Ok(())
+}
+
+/// `--idle`: the RSS the proxy gained per open connection, halfway through the run, against its RSS
+/// before the first one opened.
+async fn run_idle(args: &HttpArgs, target: Arc<Target>) -> anyhow::Result<()> {
+    let pids = args.common.pids.clone();
+    let baseline = ProcSample::read(&pids);
+    let mut window = Window::new(args.common.warmup, args.common.duration);
+    let opened = Instant::now();
+    let ramp = args.common.warmup / 2;
+    let count = args.connections.max(1);
+    let connections: Vec<_> = (0..args.connections)
+        .map(|i| {
+            let target = target.clone();
+            let at = opened + ramp.mul_f64(i as f64 / count as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                let mut sender = connect(&target).await?;
+                get(&mut sender, &target).await?;
+                anyhow::Ok(sender)
+            })
+        })
+        .collect();
+    window.begin(&args.common).await;
+    tokio::time::sleep(args.common.duration / 2).await;
+    let loaded = ProcSample::read(&pids);
+    let usage = window.finish(&args.common).await;
+    let (mut held, mut errors) = (0, 0);
+    for c in connections {
+        let still_open = match c.await? {
+            Ok(mut sender) => get(&mut sender, &target).await.is_ok(),
+            Err(_) => false,
+        };
+        if still_open {
+            held += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    let rss_per_connection =
+        loaded.rss_kib.saturating_sub(baseline.rss_kib) as f64 / args.connections.max(1) as f64;
+    let v = report::result(
+        "http_idle",
+        &args.common,
+        (held, errors),
+        &report::histogram(),
+        usage,
+        json!({
+            "connections": args.connections,
+            "rss_per_connection_kib": if pids.is_empty() { serde_json::Value::Null } else { rss_per_connection.into() },
+        }),
+    );
+    println!("{v}");
+    Ok(())
+}
+
+/// One GET on an open connection, its body read to the end; `Err` unless it answered 2xx.
+async fn get(sender: &mut SendRequest<Full<Bytes>>, target: &Target) -> anyhow::Result<()> {
+    sender.ready().await?;
+    let request = hyper::Request::builder()
+        .uri(target.path_and_query.as_str())
+        .header(hyper::header::HOST, target.authority.as_str())
+        .body(Full::default())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    anyhow::ensure!(status.is_success(), "answered {status}");
     Ok(())
 }
 

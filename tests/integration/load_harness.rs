@@ -331,3 +331,52 @@ async fn the_load_sides_cpu_counts_the_load_pids() {
     assert!(busy(&with) >= 0.5, "a busy loop is most of a core: {with}");
     assert!(busy(&without) < 0.5, "four paced calls are not: {without}");
 }
+
+/// `http --idle` holds its connections open and idle through the run, and counts one the proxy
+/// closed meanwhile as an error: compare.sh's memory per idle keep-alive connection rests on every
+/// connection still being open when the proxy's RSS is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_idle_mode_holds_every_connection_and_counts_those_the_proxy_closed() {
+    let b = backend();
+    let http: std::net::SocketAddr = b.http.parse().unwrap();
+    let pid = std::process::id().to_string();
+    let idle = |p: &support::TestProxy| {
+        let url = format!("https://{}/", p.tls);
+        let ca = ca_file(p);
+        args(&[
+            "http",
+            "--url",
+            &url,
+            "--idle",
+            "--connections",
+            "8",
+            "--duration",
+            "1s",
+            "--warmup",
+            "400ms",
+            "--ca",
+            &ca,
+            "--pid",
+            &pid,
+        ])
+    };
+
+    let patient = support::spawn_proxy(http, "", "").await;
+    let r = run(idle(&patient)).await;
+    assert_eq!(r["mode"], "http_idle");
+    assert_eq!(
+        (r["ops"].as_u64(), r["errors"].as_u64()),
+        (Some(8), Some(0)),
+        "{r}"
+    );
+    assert!(r["rss_per_connection_kib"].is_number(), "{r}");
+
+    // A proxy that closes a connection after 300 ms of quiet closes all eight during the run.
+    let hasty = support::spawn_proxy(http, "keepalive_timeout = \"300ms\"\n", "").await;
+    let r = run(idle(&hasty)).await;
+    assert_eq!(
+        (r["ops"].as_u64(), r["errors"].as_u64()),
+        (Some(0), Some(8)),
+        "{r}"
+    );
+}

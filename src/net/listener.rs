@@ -2,11 +2,13 @@
 //! optional plain-HTTP listener that only redirects to https.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -151,13 +153,48 @@ fn admit_connection(
     }
 }
 
-async fn handle_tls(
+/// One accepted connection, from admission to its last response. A plain function returning the
+/// future, so that its arguments are kept once, not twice; the task lives as long as the connection,
+/// and every keep-alive connection pays for its size.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments in its future"
+)]
+fn handle_tls(
     conn: Accepted,
     acceptor: TlsAcceptor,
     pipeline: Arc<Pipeline>,
     settings: TlsListenerSettings,
     per_ip: Option<Arc<PerIpCounter>>,
-) {
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Boxed: the PROXY header's read and the TLS handshake are ~1.4 KB of futures that a
+        // connection being served no longer needs room for.
+        let handshake = admit_and_handshake(conn, &acceptor, &pipeline, &settings, per_ip);
+        let Some(ready) = Box::pin(handshake).await else {
+            return;
+        };
+        serve_tls(ready, pipeline, settings.http).await
+    }
+}
+
+/// A connection through admission and its TLS handshake.
+struct Handshaken {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+    over_limit: bool,
+}
+
+/// The PROXY header (when configured), admission, and the TLS handshake under its timeout; `None`
+/// when the connection is refused or the handshake fails (counted, and the socket closed).
+async fn admit_and_handshake(
+    conn: Accepted,
+    acceptor: &TlsAcceptor,
+    pipeline: &Pipeline,
+    settings: &TlsListenerSettings,
+    per_ip: Option<Arc<PerIpCounter>>,
+) -> Option<Handshaken> {
     let Accepted {
         mut tcp,
         mut peer,
@@ -174,62 +211,89 @@ async fn handle_tls(
                     .with_label_values(&["proxy_protocol", "_accept"])
                     .inc();
                 tracing::debug!(peer = %peer.ip(), reason, "bad PROXY protocol header; closing");
-                return;
+                return None;
             }
         }
     }
-    match admit_connection(&pipeline, peer.ip(), per_ip.as_ref()) {
+    match admit_connection(pipeline, peer.ip(), per_ip.as_ref()) {
         Ok(slot) => guard._per_ip = slot,
         Err(reason) => {
             refusals.with_label_values(&[reason, "_accept"]).inc();
-            return; // dropping `tcp` closes it before the TLS handshake
+            return None; // dropping `tcp` closes it before the TLS handshake
         }
     }
-    let guard = Arc::new(guard);
     let net: &NetMetrics = &pipeline.metrics.net;
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+    match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Handshaken {
+            tls,
+            peer,
+            guard: Arc::new(guard),
+            over_limit,
+        }),
         Ok(Err(e)) => {
             let reason = handshake_failure_reason(&e);
             net.tls_handshake_failures
                 .with_label_values(&[reason])
                 .inc();
             tracing::debug!(client = %peer.ip(), reason, error = %e, "TLS handshake failed");
-            return;
+            None
         }
         Err(_) => {
             net.tls_handshake_failures
                 .with_label_values(&["timeout"])
                 .inc();
             tracing::debug!(client = %peer.ip(), "TLS handshake timed out");
-            return;
+            None
         }
-    };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    }
+}
+
+/// HTTP on a handshaken connection, then its malformed-request metric. A plain function: the TLS
+/// stream goes straight into the connection, and the future keeps no copy of it.
+fn serve_tls(
+    ready: Handshaken,
+    pipeline: Arc<Pipeline>,
+    http: HttpSettings,
+) -> impl Future<Output = ()> + Send {
+    let h2 = ready.tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let flooded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let io = TokioIo::new(super::h2_flood::FloodGuard::new(tls, h2, flooded.clone()));
+    let io = TokioIo::new(super::h2_flood::FloodGuard::new(
+        ready.tls,
+        h2,
+        flooded.clone(),
+    ));
     let activity = Activity::new(h2);
     let drain_started = pipeline.drain.started.clone();
-    if over_limit {
+    let malformed = pipeline.metrics.http.malformed.clone();
+    // The connection counts against the limits until it closes: the service's context holds the
+    // guard, and the refusing service has none, so this future holds it then.
+    let mut refused_guard = None;
+    let serving = if ready.over_limit {
+        refused_guard = Some(ready.guard);
         // Answer 503 + Retry-After instead of a bare reset, so clients back off correctly.
         let svc = hyper::service::service_fn(|_req| async {
             Ok::<_, Infallible>(Rejection::Overloaded.response())
         });
-        conn::serve(io, h2, svc, settings.http, activity, drain_started).await;
-        return;
-    }
-    let ctx = ConnCtx {
-        peer,
-        activity: activity.clone(),
-        keep: guard,
+        Either::Left(conn::serve(io, h2, svc, http, activity, drain_started))
+    } else {
+        let ctx = ConnCtx {
+            peer: ready.peer,
+            activity: activity.clone(),
+            keep: ready.guard,
+        };
+        let svc = hyper::service::service_fn(move |req| pipeline.clone().handle(req, ctx.clone()));
+        Either::Right(conn::serve(io, h2, svc, http, activity, drain_started))
     };
-    let malformed = pipeline.metrics.http.malformed.clone();
-    let svc = hyper::service::service_fn(move |req| pipeline.clone().handle(req, ctx.clone()));
-    let fault = conn::serve(io, h2, svc, settings.http, activity, drain_started).await;
-    if flooded.load(std::sync::atomic::Ordering::Relaxed) {
-        malformed.with_label_values(&["h2_flood"]).inc();
-    } else if let Some(reason) = fault {
-        malformed.with_label_values(&[reason]).inc();
+    async move {
+        let fault = serving.await;
+        if refused_guard.is_some() {
+            return;
+        }
+        if flooded.load(std::sync::atomic::Ordering::Relaxed) {
+            malformed.with_label_values(&["h2_flood"]).inc();
+        } else if let Some(reason) = fault {
+            malformed.with_label_values(&[reason]).inc();
+        }
     }
 }
 

@@ -502,6 +502,43 @@ async fn over_the_connection_limit_is_503_with_retry_after() {
     );
 }
 
+/// A connection refused with 503 still counts against the limit until it closes: a client that
+/// finished its handshake and has not sent its request yet must not free a place for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_counts_against_the_limit_until_it_closes() {
+    let proxy = spawn_proxy(spawn_backend().await, "max_connections = 1", "").await;
+    let active = |n: u32| {
+        let admin = proxy.admin;
+        async move {
+            for _ in 0..100 {
+                let (_, metrics) = admin_get(admin, "/metrics").await;
+                if metrics.contains(&format!("voxguard_active_connections {n}\n")) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("voxguard_active_connections never reached {n}");
+        }
+    };
+    let mut first = h1(proxy.tls, &proxy.ca_pem).await;
+    let (status, _, _) = read(first.send_request(get("/headers")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    // Over the limit: handshaken, its request not sent yet.
+    let refused = h1(proxy.tls, &proxy.ca_pem).await;
+    active(2).await;
+    drop(first);
+    active(1).await;
+    let (status, _, _) = https_get(proxy.tls, &proxy.ca_pem, "/headers").await;
+    assert_eq!(
+        status, 503,
+        "the refused connection still holds the only place"
+    );
+    drop(refused);
+    active(0).await;
+    let (status, _, _) = https_get(proxy.tls, &proxy.ca_pem, "/headers").await;
+    assert_eq!(status, 200, "and gives it back when it closes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_are_closed() {
     let proxy = spawn_proxy(spawn_backend().await, "keepalive_timeout = \"300ms\"", "").await;

@@ -280,109 +280,119 @@ impl Pipeline {
     }
 
     /// Handles one request; never fails (every failure is a response).
-    pub async fn handle<K: Clone + Send + Sync + 'static>(
+    ///
+    /// A plain function returning the future: an `async fn` would keep its arguments (the request's
+    /// head, ~260 bytes) twice in a future that hyper moves into place for every request and keeps
+    /// allocated for every connection.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
+    pub fn handle<K: Clone + Send + Sync + 'static>(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnCtx<K>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        let in_flight = conn.activity.enter();
-        let rt = self.runtime.load_full();
-        let request_id = self.ids.next();
-        // The client's Host (h2: `:authority`), kept as a header value: forwarding reuses its bytes
-        // for `Host` and `X-Forwarded-Host` instead of copying them twice.
-        let host_value = req
-            .headers()
-            .get(header::HOST)
-            .filter(|h| h.to_str().is_ok())
-            .cloned()
-            .or_else(|| {
-                let authority = req.uri().authority()?;
-                http::HeaderValue::from_str(authority.as_str()).ok()
-            });
-        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
-        let method = req.method().clone();
-        let peer = conn.peer.ip().to_canonical();
-        let decided = client_ip(peer, req.headers(), &rt.trusted_proxies);
-        if decided.malformed_forwarded_for {
-            self.metrics.admission.malformed_forwarded_for.inc();
-        }
-        let client = decided.ip;
-
-        let bad_host =
-            crate::proxy::headers::check_host(req.version(), req.uri(), req.headers()).err();
-        let selected = match bad_host {
-            Some(_) => None,
-            None => rt.routes.select_indexed(host, req.uri().path()),
-        };
-        let route_metrics = selected.map_or(&rt.unrouted, |(i, _)| &rt.route_state[i].http);
-        let route_metrics = route_metrics.clone();
-        let mut response = match selected {
-            None if bad_host.is_some() => {
-                tracing::debug!(reason = ?bad_host, "ambiguous Host; refused");
-                self.refuse(Rejection::BadHost)
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+        async move {
+            let started = Instant::now();
+            let in_flight = conn.activity.enter();
+            let rt = self.runtime.load_full();
+            let request_id = self.ids.next();
+            // The client's Host (h2: `:authority`), kept as a header value: forwarding reuses its bytes
+            // for `Host` and `X-Forwarded-Host` instead of copying them twice.
+            let host_value = req
+                .headers()
+                .get(header::HOST)
+                .filter(|h| h.to_str().is_ok())
+                .cloned()
+                .or_else(|| {
+                    let authority = req.uri().authority()?;
+                    http::HeaderValue::from_str(authority.as_str()).ok()
+                });
+            let host = host_value.as_ref().and_then(|h| h.to_str().ok());
+            let method = req.method().clone();
+            let peer = conn.peer.ip().to_canonical();
+            let decided = client_ip(peer, req.headers(), &rt.trusted_proxies);
+            if decided.malformed_forwarded_for {
+                self.metrics.admission.malformed_forwarded_for.inc();
             }
-            None => Rejection::NoRoute.response(),
-            Some((index, route)) => match self.admit(&rt, route, client, &req) {
-                Err(rejection) => rejection.response(),
-                Ok(session_slot) => {
-                    let ctx = ForwardCtx {
-                        peer,
-                        original_host: host_value.as_ref(),
-                        request_id: request_id.as_str(),
-                        activity: &conn.activity,
-                    };
-                    let state = &rt.route_state[index];
-                    let upstream = &state.upstream;
-                    match &state.webhook {
-                        None => {
-                            self.proxy(&rt, (route, upstream), req, ctx, &conn, session_slot)
-                                .await
-                        }
-                        Some(signed) => {
-                            let (parts, body) = req.into_parts();
-                            let id = request_id.as_str();
-                            match self
-                                .verify_webhook(signed, route, (&parts, body), client, id)
-                                .await
-                            {
-                                Err(rejection) => self.refuse(rejection),
-                                Ok((body, claim)) => {
-                                    let body = http_body_util::Full::new(body);
-                                    let req = Request::from_parts(parts, body);
-                                    let res = self
-                                        .proxy(
-                                            &rt,
-                                            (route, upstream),
-                                            req,
-                                            ctx,
-                                            &conn,
-                                            session_slot,
-                                        )
-                                        .await;
-                                    if let Some(claim) = claim {
-                                        claim.settle(res.status());
+            let client = decided.ip;
+
+            let bad_host =
+                crate::proxy::headers::check_host(req.version(), req.uri(), req.headers()).err();
+            let selected = match bad_host {
+                Some(_) => None,
+                None => rt.routes.select_indexed(host, req.uri().path()),
+            };
+            let route_metrics = selected.map_or(&rt.unrouted, |(i, _)| &rt.route_state[i].http);
+            let route_metrics = route_metrics.clone();
+            let mut response = match selected {
+                None if bad_host.is_some() => {
+                    tracing::debug!(reason = ?bad_host, "ambiguous Host; refused");
+                    self.refuse(Rejection::BadHost)
+                }
+                None => Rejection::NoRoute.response(),
+                Some((index, route)) => match self.admit(&rt, route, client, &req) {
+                    Err(rejection) => rejection.response(),
+                    Ok(session_slot) => {
+                        let ctx = ForwardCtx {
+                            peer,
+                            original_host: host_value.as_ref(),
+                            request_id: request_id.as_str(),
+                            activity: &conn.activity,
+                        };
+                        let state = &rt.route_state[index];
+                        let upstream = &state.upstream;
+                        match &state.webhook {
+                            None => {
+                                self.proxy(&rt, (route, upstream), req, ctx, &conn, session_slot)
+                                    .await
+                            }
+                            Some(signed) => {
+                                let (parts, body) = req.into_parts();
+                                let id = request_id.as_str();
+                                match self
+                                    .verify_webhook(signed, route, (&parts, body), client, id)
+                                    .await
+                                {
+                                    Err(rejection) => self.refuse(rejection),
+                                    Ok((body, claim)) => {
+                                        let body = http_body_util::Full::new(body);
+                                        let req = Request::from_parts(parts, body);
+                                        let res = self
+                                            .proxy(
+                                                &rt,
+                                                (route, upstream),
+                                                req,
+                                                ctx,
+                                                &conn,
+                                                session_slot,
+                                            )
+                                            .await;
+                                        if let Some(claim) = claim {
+                                            claim.settle(res.status());
+                                        }
+                                        res
                                     }
-                                    res
                                 }
                             }
                         }
                     }
-                }
-            },
-        };
-        harden_response(response.headers_mut(), rt.hsts.as_ref());
-        let record = AccessRecord {
-            route: route_metrics,
-            method,
-            status: response.status().as_u16(),
-            client,
-            request_id,
-            started,
-        };
-        Ok(response.map(|body| {
-            http_body_util::BodyExt::boxed(Tracked::new(body, record, Some(in_flight)))
-        }))
+                },
+            };
+            harden_response(response.headers_mut(), rt.hsts.as_ref());
+            let record = AccessRecord {
+                route: route_metrics,
+                method,
+                status: response.status().as_u16(),
+                client,
+                request_id,
+                started,
+            };
+            Ok(response.map(|body| {
+                http_body_util::BodyExt::boxed(Tracked::new(body, record, Some(in_flight)))
+            }))
+        }
     }
 
     /// Admission after routing: the route's allow/deny list, then its rate limits. Records refusals.

@@ -157,8 +157,7 @@ async fn run_idle(args: &HttpArgs, target: Arc<Target>) -> anyhow::Result<()> {
             errors += 1;
         }
     }
-    let rss_per_connection =
-        loaded.rss_kib.saturating_sub(baseline.rss_kib) as f64 / args.connections.max(1) as f64;
+    let rss_per_connection = loaded.rss_kib.saturating_sub(baseline.rss_kib) as f64 / count as f64;
     let v = report::result(
         "http_idle",
         &args.common,
@@ -177,11 +176,9 @@ async fn run_idle(args: &HttpArgs, target: Arc<Target>) -> anyhow::Result<()> {
 /// One GET on an open connection, its body read to the end; `Err` unless it answered 2xx.
 async fn get(sender: &mut SendRequest<Full<Bytes>>, target: &Target) -> anyhow::Result<()> {
     sender.ready().await?;
-    let request = hyper::Request::builder()
-        .uri(target.path_and_query.as_str())
-        .header(hyper::header::HOST, target.authority.as_str())
-        .body(Full::default())?;
-    let response = sender.send_request(request).await?;
+    let response = sender
+        .send_request(request_to(target).body(Full::default())?)
+        .await?;
     let status = response.status();
     response.into_body().collect().await?;
     anyhow::ensure!(status.is_success(), "answered {status}");
@@ -247,9 +244,7 @@ async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 
 impl Load {
     fn request(&self, n: u64) -> hyper::Request<Full<Bytes>> {
-        let builder = hyper::Request::builder()
-            .uri(self.target.path_and_query.as_str())
-            .header(hyper::header::HOST, self.target.authority.as_str());
+        let builder = request_to(&self.target);
         let Some(size) = self.post_bytes else {
             return builder.body(Full::default()).expect("valid request");
         };
@@ -282,6 +277,13 @@ impl Load {
             .body(Full::new(Bytes::from(form.body)))
             .expect("valid request")
     }
+}
+
+/// A request to the target's path with its `Host`: a GET until a method and body are set.
+fn request_to(target: &Target) -> hyper::http::request::Builder {
+    hyper::Request::builder()
+        .uri(target.path_and_query.as_str())
+        .header(hyper::header::HOST, target.authority.as_str())
 }
 
 /// How each POST is signed.

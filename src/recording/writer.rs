@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -354,50 +355,82 @@ enum State {
     Off,
 }
 
-async fn write_call(
+/// The call's writer: takes the queue's entries into the recording until the session is gone,
+/// then finishes it.
+///
+/// A function returning an `async move` block, not an `async fn`: an `async fn` keeps its
+/// arguments twice, and this future is held by every recorded call (`a_call_writer_future_stays_small`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds its arguments twice"
+)]
+fn write_call(
     sink: Arc<FileSink>,
     call: CallStart,
     mut rx: record_queue::Receiver<ToRecorder>,
     failed: CancellationToken,
-) {
-    let mut state = State::Undecided(Vec::new());
-    let mut tick = tokio::time::interval(sink.config.flush_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Grows as batches need it (one or two entries for a paced call): an idle call holds 4 slots,
-    // not 64.
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH_EVENTS) => {
-                if n == 0 {
-                    break;
+) -> impl Future<Output = ()> {
+    async move {
+        let mut state = State::Undecided(Vec::new());
+        // Armed while a partial chunk waits to be written, at most `flush_interval` after it began
+        // to gather. An idle call holds no timer and is never woken (a ticking interval held a
+        // boxed timer for every call and woke each one every `flush_interval`).
+        let mut flush_due: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // Grows as batches need it (one or two entries for a paced call): an idle call holds 4
+        // slots, not 64.
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH_EVENTS) => {
+                    if n == 0 {
+                        break;
+                    }
+                    // Boxed, like the call's end below: the task's future is as large as its
+                    // largest await, and a call waits in `select!` almost all the time (one
+                    // allocation a batch, about one a second, keeps ~600 bytes off every recorded
+                    // call).
+                    state = Box::pin(take_batch(state, &mut batch, &sink, &call, &failed)).await;
+                    // Let entries gather before waking again: a call's text events (and the frames
+                    // each hands over ahead of it) come in bursts. The queue holds over a minute of
+                    // audio; the call never waits on this. A big batch means the call is sending
+                    // faster than real time: keep draining. Boxed for the same reason as above.
+                    if n < BATCH_EVENTS / 4 && matches!(state, State::Recording(_)) {
+                        Box::pin(tokio::time::sleep(BATCH_WAIT.min(sink.config.flush_interval)))
+                            .await;
+                    }
                 }
-                // Boxed, like the call's end below: the task's future is as large as its largest
-                // await, and a call waits in `select!` almost all the time (one allocation a batch,
-                // about one a second, keeps ~600 bytes off every recorded call).
-                state = Box::pin(take_batch(state, &mut batch, &sink, &call, &failed)).await;
-                // Let entries gather before waking again: a call's text events (and the frames
-                // each hands over ahead of it) come in bursts. The queue holds over a minute of
-                // audio; the call never waits on this. A big batch means the call is sending
-                // faster than real time: keep draining.
-                if n < BATCH_EVENTS / 4 && matches!(state, State::Recording(_)) {
-                    tokio::time::sleep(BATCH_WAIT.min(sink.config.flush_interval)).await;
+                () = expiry(&mut flush_due) => {
+                    flush_due = None;
+                    if let State::Recording(open) = &mut state
+                        && !open.plain.is_empty()
+                        && let Err(why) = Box::pin(open.write_chunk(false, &sink)).await
+                    {
+                        let id = open.id.clone();
+                        state = fail(&sink, &call, Some(open), &why.to_string(), &failed);
+                        tracing::debug!(recording = %id, "recording stopped after a write error");
+                    }
                 }
             }
-            _ = tick.tick() => {
-                if let State::Recording(open) = &mut state
-                    && !open.plain.is_empty()
-                    && let Err(why) = Box::pin(open.write_chunk(false, &sink)).await
-                {
-                    let id = open.id.clone();
-                    state = fail(&sink, &call, Some(open), &why.to_string(), &failed);
-                    tracing::debug!(recording = %id, "recording stopped after a write error");
+            match &state {
+                State::Recording(open) if !open.plain.is_empty() => {
+                    if flush_due.is_none() {
+                        flush_due = Some(Box::pin(tokio::time::sleep(sink.config.flush_interval)));
+                    }
                 }
+                _ => flush_due = None,
             }
         }
+        if let State::Recording(open) = state {
+            Box::pin(finish(open, &sink, &call, &failed)).await;
+        }
     }
-    if let State::Recording(open) = state {
-        Box::pin(finish(open, &sink, &call, &failed)).await;
+}
+
+/// Completes when `timer` fires; never, when there is none.
+async fn expiry(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -740,9 +773,58 @@ mod tests {
         let (_tx, rx) = record_queue::channel(1);
         let writer = write_call(sink, call, rx, CancellationToken::new());
         let size = std::mem::size_of_val(&writer);
-        // 424 bytes in a debug build (376 with tokio's channel; the queue's wait holds a
-        // `Notified`); 928 with the batch's and the end's awaits inline.
-        assert!(size <= 512, "the call writer's future grew to {size} bytes");
+        // 328 bytes in a debug build. 424 as an `async fn` (its arguments kept twice) with a
+        // ticking interval, which in a release build made the task 640 bytes instead of 512
+        // (tokio rounds a task to 128); 928 with the batch's and the end's awaits inline.
+        assert!(size <= 384, "the call writer's future grew to {size} bytes");
+    }
+
+    /// Frames a call handed over early (it went quiet) are written `flush_interval` after they
+    /// came, not before, and again for the next ones: the timer is armed only while a partial
+    /// chunk waits. Without it they would wait for the call's end.
+    #[tokio::test]
+    async fn a_partial_chunk_is_written_one_flush_interval_after_it_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, call) = sink_in(dir.path());
+        let interval = sink.config.flush_interval;
+        let (tx, rx) = record_queue::channel(QUEUE_EVENTS);
+        let writer = tokio::spawn(write_call(sink.clone(), call, rx, CancellationToken::new()));
+        let quiet_batch = |from: u64| {
+            let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
+            for i in from..from + 3 {
+                encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
+            }
+            ToRecorder::Frames(Box::new(EncodedFrames {
+                records,
+                count: 3,
+                last_at: std::time::Duration::from_millis(from * 10 + 20),
+                whole: false,
+            }))
+        };
+        let written = || sink.metrics.chunks.get();
+        let until_written = |n: u64| async move {
+            tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                while written() < n {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .is_ok()
+        };
+        for (round, from) in [(1, 0), (2, 10)] {
+            let came = std::time::Instant::now();
+            tx.try_send(quiet_batch(from)).unwrap();
+            tokio::time::sleep(interval / 2).await;
+            assert_eq!(written(), round - 1, "not written before its time");
+            assert!(
+                until_written(round).await,
+                "batch {round} was never written"
+            );
+            assert!(came.elapsed() >= interval, "written after a whole interval");
+        }
+        drop(tx);
+        writer.await.unwrap();
+        assert_eq!(written(), 3, "and the call's end is the last chunk");
     }
 
     /// Frames the session encoded start the recording like any audio, and land in the chunk as

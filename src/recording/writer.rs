@@ -741,8 +741,12 @@ mod tests {
 
     /// A file sink in `dir`, and a Twilio call that needs no consent.
     fn sink_in(dir: &std::path::Path) -> (Arc<FileSink>, CallStart) {
+        sink_flushing_every(dir, "1s")
+    }
+
+    fn sink_flushing_every(dir: &std::path::Path, flush: &str) -> (Arc<FileSink>, CallStart) {
         let text = format!(
-            "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
+            "[server]\ndata_dir = {:?}\n[recording]\ndir = {:?}\nflush_interval = {flush:?}\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nname = \"media\"\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\n",
             dir.join("data"),
             dir.join("rec"),
         );
@@ -825,6 +829,48 @@ mod tests {
         drop(tx);
         writer.await.unwrap();
         assert_eq!(written(), 3, "and the call's end is the last chunk");
+    }
+
+    /// Once what a call sent is written, its writer sleeps until the next entry: an idle recorded
+    /// call costs no wake-ups (a ticking interval woke every call's writer every
+    /// `flush_interval`, and kept a timer per call).
+    #[tokio::test]
+    async fn an_idle_recorded_calls_writer_is_not_woken() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, call) = sink_flushing_every(dir.path(), "50ms");
+        let interval = sink.config.flush_interval;
+        let (tx, rx) = record_queue::channel(QUEUE_EVENTS);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut writer = Box::pin(write_call(sink.clone(), call, rx, CancellationToken::new()));
+        let counted = polls.clone();
+        let writer = tokio::spawn(std::future::poll_fn(move |cx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            writer.as_mut().poll(cx)
+        }));
+        let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
+        encode_event(&media_event(0), &mut records, |v, n| v.reserve(n));
+        tx.try_send(ToRecorder::Frames(Box::new(EncodedFrames {
+            records,
+            count: 1,
+            last_at: std::time::Duration::from_millis(20),
+            whole: false,
+        })))
+        .unwrap();
+        while sink.metrics.chunks.get() < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(interval).await;
+        let settled = polls.load(Ordering::SeqCst);
+        tokio::time::sleep(interval * 10).await;
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            settled,
+            "the writer of an idle call was woken"
+        );
+        drop(tx);
+        writer.await.unwrap();
+        assert_eq!(sink.metrics.chunks.get(), 2, "the call's end is written");
     }
 
     /// Frames the session encoded start the recording like any audio, and land in the chunk as

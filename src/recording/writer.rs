@@ -857,9 +857,15 @@ mod tests {
             whole: false,
         })))
         .unwrap();
-        while sink.metrics.chunks.get() < 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let first_written = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while sink.metrics.chunks.get() < 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert!(
+            first_written.await.is_ok(),
+            "the partial chunk was never written"
+        );
         tokio::time::sleep(interval).await;
         let settled = polls.load(Ordering::SeqCst);
         tokio::time::sleep(interval * 10).await;

@@ -768,6 +768,21 @@ mod tests {
         (sink, call)
     }
 
+    /// A session's batch of `count` encoded media frames from the `from`th, allocated with a
+    /// chunk's capacity as the session allocates it.
+    fn encoded_batch(from: u64, count: u64, whole: bool) -> ToRecorder {
+        let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
+        for i in from..from + count {
+            encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
+        }
+        ToRecorder::Frames(Box::new(EncodedFrames {
+            records,
+            count: count as u32,
+            last_at: media_event(from + count - 1).at,
+            whole,
+        }))
+    }
+
     /// Every recorded call has one of these tasks, waiting on its queue almost all the time; the
     /// task is as large as its future (an idle recorded call is ~19 KiB in all, docs/PERFORMANCE.md).
     #[test]
@@ -793,18 +808,6 @@ mod tests {
         let interval = sink.config.flush_interval;
         let (tx, rx) = record_queue::channel(QUEUE_EVENTS);
         let writer = tokio::spawn(write_call(sink.clone(), call, rx, CancellationToken::new()));
-        let quiet_batch = |from: u64| {
-            let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
-            for i in from..from + 3 {
-                encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
-            }
-            ToRecorder::Frames(Box::new(EncodedFrames {
-                records,
-                count: 3,
-                last_at: std::time::Duration::from_millis(from * 10 + 20),
-                whole: false,
-            }))
-        };
         let written = || sink.metrics.chunks.get();
         let until_written = |n: u64| async move {
             tokio::time::timeout(std::time::Duration::from_secs(20), async {
@@ -817,7 +820,7 @@ mod tests {
         };
         for (round, from) in [(1, 0), (2, 10)] {
             let came = std::time::Instant::now();
-            tx.try_send(quiet_batch(from)).unwrap();
+            tx.try_send(encoded_batch(from, 3, false)).unwrap();
             tokio::time::sleep(interval / 2).await;
             assert_eq!(written(), round - 1, "not written before its time");
             assert!(
@@ -848,15 +851,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             writer.as_mut().poll(cx)
         }));
-        let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
-        encode_event(&media_event(0), &mut records, |v, n| v.reserve(n));
-        tx.try_send(ToRecorder::Frames(Box::new(EncodedFrames {
-            records,
-            count: 1,
-            last_at: std::time::Duration::from_millis(20),
-            whole: false,
-        })))
-        .unwrap();
+        tx.try_send(encoded_batch(0, 1, false)).unwrap();
         let first_written = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             while sink.metrics.chunks.get() < 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -923,18 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sink, call) = sink_in(dir.path());
         let failed = CancellationToken::new();
-        let batch = |from: u64, whole: bool| {
-            let mut records = Vec::with_capacity(CHUNK_BYTES + FRAME_ROOM);
-            for i in from..from + 6 {
-                encode_event(&media_event(i), &mut records, |v, n| v.reserve(n));
-            }
-            ToRecorder::Frames(Box::new(EncodedFrames {
-                records,
-                count: 6,
-                last_at: std::time::Duration::from_millis((from + 5) * 10),
-                whole,
-            }))
-        };
+        let batch = |from: u64, whole: bool| encoded_batch(from, 6, whole);
         let state = take(
             State::Undecided(Vec::new()),
             batch(0, false),

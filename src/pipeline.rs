@@ -298,8 +298,8 @@ impl Pipeline {
             let in_flight = conn.activity.enter();
             let rt = self.runtime.load_full();
             let request_id = self.ids.next();
-            // The client's Host (h2: `:authority`), kept as a header value: forwarding reuses its bytes
-            // for `Host` and `X-Forwarded-Host` instead of copying them twice.
+            // The client's Host (h2: `:authority`), kept as a header value: forwarding reuses its
+            // bytes for `Host` and `X-Forwarded-Host` instead of copying them twice.
             let host_value = req
                 .headers()
                 .get(header::HOST)

@@ -154,8 +154,8 @@ fn admit_connection(
 }
 
 /// One accepted connection, from admission to its last response. A plain function returning the
-/// future, so that its arguments are kept once, not twice; the task lives as long as the connection,
-/// and every keep-alive connection pays for its size.
+/// future, so that its arguments are kept once, not twice; the task lives as long as the
+/// connection, and every keep-alive connection pays for its size.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps a second copy of its arguments in its future"

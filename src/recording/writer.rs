@@ -359,7 +359,8 @@ enum State {
 /// then finishes it.
 ///
 /// A function returning an `async move` block, not an `async fn`: an `async fn` keeps its
-/// arguments twice, and this future is held by every recorded call (`a_call_writer_future_stays_small`).
+/// arguments twice, and this future is held by every recorded call
+/// (`a_call_writer_future_stays_small`).
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn's future holds its arguments twice"

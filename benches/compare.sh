@@ -94,6 +94,7 @@ STARTED=()
 cleanup() {
   for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  rm -rf "$WORK"/voxguard-*.*/
 }
 trap cleanup EXIT
 
@@ -173,8 +174,14 @@ HAPROXY
 }
 
 voxguard_conf() { # $1 port, $2 admin port, $3 plain|webhook|media
-  local dir=$WORK/voxguard-$3
-  rm -rf "$dir"; mkdir -p "$dir"
+  # Each start gets a new data directory. The earlier ones' recordings are emptied, not deleted, until
+  # the run ends: on ext4 without a journal (as on the reference machine) the kernel skips inodes
+  # freed in the last one to six minutes when it allocates one, so creating a recording right after
+  # deleting thousands cost ~1 ms of kernel CPU on the proxy's core instead of ~0.1 ms, and the next
+  # load measured that (docs/PERFORMANCE.md, nineteenth session).
+  find "$WORK" -path "$WORK/voxguard-*/recordings/*" -type f -size +0 -exec truncate -s 0 {} + 2>/dev/null || true
+  local dir
+  dir=$(mktemp -d "$WORK/voxguard-$3.XXXXXX")
   local hook="" twilio="" media=""
   if [ "$3" = webhook ]; then
     hook=$'[route.webhook]\nscheme = "github"\nsecret_env = "COMPARE_WEBHOOK_SECRET"'

@@ -164,12 +164,13 @@ impl App {
             config.bans.ipv6_prefix,
         );
         bans.set_exempt(config.bans.exempt.clone());
+        let audit_with_key = (audit.clone(), audit_key.clone());
         let pipeline = Pipeline::new(
-            Runtime::build(config, None, &sink, &metrics)?,
+            Runtime::build(config, None, &sink, &metrics, Some(&audit_with_key))?,
             bans,
             metrics.clone(),
             drain.clone(),
-            Some((audit.clone(), audit_key.clone())),
+            Some(audit_with_key),
             crate::alerts::Alerts::new(
                 &config.alerts,
                 metrics.alert_events.clone(),
@@ -270,6 +271,7 @@ impl App {
             Some(&self.pipeline.runtime.load()),
             &sink,
             &self.pipeline.metrics,
+            self.pipeline.audit.as_ref(),
         )?;
         self.pipeline.runtime.store(Arc::new(runtime));
         self.pipeline.bans.set_rules(config.bans.rules.clone());

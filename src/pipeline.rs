@@ -58,8 +58,6 @@ pub struct Runtime {
     /// Per-route signature verifiers, only for routes with `[route.webhook]`; replay caches are
     /// kept across reloads while unchanged.
     pub webhooks: std::collections::HashMap<String, Arc<WebhookVerifier>>,
-    /// Media interception per route (routes with a `[route.media]` codec).
-    media: std::collections::HashMap<String, MediaRoute>,
     /// Route-wide media session caps (`[route.media] max_sessions`), one key per route; live
     /// counts survive reloads.
     media_sessions: std::collections::HashMap<String, Arc<PerIpCounter>>,
@@ -71,6 +69,8 @@ struct RouteState {
     http: Arc<RouteHttpMetrics>,
     /// The route's verifier when it is signed (the same one `Runtime::webhooks` keeps by name).
     webhook: Option<SignedRoute>,
+    /// What each of the route's WebSocket sessions runs with, shared by them all.
+    sessions: Arc<SessionSettings>,
 }
 
 /// A signed route's verifier and its `verified` counter, resolved once: looking a counter up by
@@ -88,6 +88,7 @@ impl Runtime {
         previous: Option<&Runtime>,
         recorder: &Arc<dyn RecordingSink>,
         metrics: &Metrics,
+        audit: Option<&(AuditLog, crate::keys::KeyBytes)>,
     ) -> Result<Self, UpstreamError> {
         let http_metrics = &metrics.http;
         let mut upstreams = std::collections::HashMap::new();
@@ -145,6 +146,18 @@ impl Runtime {
         let route_state = routes
             .iter()
             .map(|r| RouteState {
+                sessions: Arc::new(SessionSettings {
+                    route: r.name.as_str().into(),
+                    idle_timeout: r.websocket_idle_timeout,
+                    max_message_bytes: r.websocket_max_message_bytes,
+                    write_timeout: r.websocket_write_timeout,
+                    media: r
+                        .media
+                        .as_ref()
+                        .and_then(|m| MediaRoute::from_config(m, recorder)),
+                    max_duration: r.media.as_ref().map(|m| m.max_duration),
+                    audit: audit.cloned(),
+                }),
                 upstream: upstreams[&r.upstream].clone(),
                 http: Arc::new(RouteHttpMetrics::new(http_metrics, &r.name)),
                 webhook: webhooks
@@ -156,16 +169,6 @@ impl Runtime {
                             .verified
                             .with_label_values(&[&r.name, verifier.scheme.name()]),
                     }),
-            })
-            .collect();
-        let media = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.name.clone(),
-                    MediaRoute::from_config(r.media.as_ref()?, recorder)?,
-                ))
             })
             .collect();
         let media_sessions = config
@@ -181,7 +184,6 @@ impl Runtime {
             limiters,
             ws_sessions,
             webhooks,
-            media,
             media_sessions,
             route_state,
             unrouted: Arc::new(RouteHttpMetrics::new(http_metrics, "none")),
@@ -342,10 +344,9 @@ impl Pipeline {
                             activity: &conn.activity,
                         };
                         let state = &rt.route_state[index];
-                        let upstream = &state.upstream;
                         match &state.webhook {
                             None => {
-                                self.proxy(&rt, (route, upstream), req, ctx, &conn, session_slot)
+                                self.proxy((route, state), req, ctx, &conn, session_slot)
                                     .await
                             }
                             Some(signed) => {
@@ -360,14 +361,7 @@ impl Pipeline {
                                         let body = http_body_util::Full::new(body);
                                         let req = Request::from_parts(parts, body);
                                         let res = self
-                                            .proxy(
-                                                &rt,
-                                                (route, upstream),
-                                                req,
-                                                ctx,
-                                                &conn,
-                                                session_slot,
-                                            )
+                                            .proxy((route, state), req, ctx, &conn, session_slot)
                                             .await;
                                         if let Some(claim) = claim {
                                             claim.settle(res.status());
@@ -626,8 +620,7 @@ impl Pipeline {
     /// Forwards to the route's upstream; starts the WebSocket session on a 101.
     async fn proxy<K: Clone + Send + Sync + 'static, B>(
         &self,
-        rt: &Runtime,
-        (route, upstream): (&RouteConfig, &Upstream),
+        (route, state): (&RouteConfig, &RouteState),
         req: Request<B>,
         ctx: ForwardCtx<'_>,
         conn: &ConnCtx<K>,
@@ -637,22 +630,13 @@ impl Pipeline {
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<crate::proxy::body::BoxError>,
     {
-        match forward(route, upstream, req, ctx).await {
+        match forward(route, &state.upstream, req, ctx).await {
             Ok(fwd) => {
                 if let Some((client_up, upstream_up)) = fwd.websocket {
-                    let settings = SessionSettings {
-                        route: route.name.as_str().into(),
-                        idle_timeout: route.websocket_idle_timeout,
-                        max_message_bytes: route.websocket_max_message_bytes,
-                        write_timeout: route.websocket_write_timeout,
-                        media: rt.media.get(&route.name).cloned(),
-                        max_duration: route.media.as_ref().map(|m| m.max_duration),
-                        audit: self.audit.clone(),
-                    };
                     self.drain.tasks.spawn(session::run(
                         client_up,
                         upstream_up,
-                        settings,
+                        state.sessions.clone(),
                         self.metrics.ws.clone(),
                         self.metrics.media.clone(),
                         self.drain.grace_over.clone(),
@@ -666,7 +650,7 @@ impl Pipeline {
                     self.metrics
                         .http
                         .upstream_errors
-                        .with_label_values(&[&upstream.name, reason])
+                        .with_label_values(&[&state.upstream.name, reason])
                         .inc();
                 }
                 self.refuse(rejection)

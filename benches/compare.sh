@@ -78,11 +78,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y "${missing[@]}" >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y "${missing[@]}" >/dev/null; }
 fi
 PATH=$PATH:/usr/sbin
-if [ "$PROFILE" = release ]; then
-  (cd "$ROOT" && cargo build --release --quiet --bin voxguard --example voxguard-load)
-else
-  (cd "$ROOT" && cargo build --quiet --bin voxguard --example voxguard-load)
-fi
+# The proxy and the harness are built apart: built together, cargo unifies the features of the
+# dependencies they share, and the harness's dev-dependencies (tokio-tungstenite's client `connect`,
+# which turns on tungstenite's `handshake`) changed the proxy's own types. That binary's session task
+# was 512 bytes larger than the one `cargo build --release --bin voxguard` (the README, the
+# Dockerfile) makes (docs/PERFORMANCE.md, nineteenth session).
+PROFILE_FLAG=(); [ "$PROFILE" != release ] || PROFILE_FLAG=(--release)
+(cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" --quiet --bin voxguard)
+(cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" --quiet --example voxguard-load)
 VOXGUARD=${VOXGUARD_BIN:-$ROOT/target/$PROFILE/voxguard}
 LOAD=$ROOT/target/$PROFILE/examples/voxguard-load
 ulimit -n "$(ulimit -Hn)"

@@ -910,7 +910,7 @@ mod tests {
         );
         let size = std::mem::size_of_val(&session);
         // 2,448 bytes in a debug build; 2,648 with the route's settings held by value (208)
-        // instead of shared, which in a release build made the session's task 2,816 bytes instead
+        // instead of shared, which in a release build made the session's task 2,432 bytes instead
         // of 2,176 (heaptrack; tokio rounds a task to 128), and 2,760 with the media timer inline.
         // It was 4,528 while `run` and `pump` were `async fn`s (which keep a second copy of their
         // arguments), kept the upgrades' and the close handshake's state inline, and had two

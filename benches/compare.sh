@@ -384,9 +384,10 @@ for ROUND in $(seq "${ROUNDS:-1}"); do
           --duration 2s --warmup "$WS_WARMUP" --ramp "$RAMP"
       fi
       # The media route holds each frame until 2 more have come (dtmf_lookahead_ms, 40 ms) each way:
-      # the harness also times each round trip from the send of the frame that ended its hold.
-      hold=()
-      [ "$peer" != voxguard-media ] || hold=(--hold-frames 4)
+      # the harness also times each round trip from the send of the frame that ended its hold. Its
+      # bound for the tail windows is the table's: 20 ms plus the 80 ms hold.
+      hold=(--tail-bound 20ms)
+      [ "$peer" != voxguard-media ] || hold=(--hold-frames 4 --tail-bound 100ms)
       for calls in $PACED_STEPS; do
         fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$calls" --rate 50 \
           --duration "$PACED_DURATION" --warmup "$WS_WARMUP" --ramp "$RAMP" "${hold[@]}"

@@ -65,6 +65,14 @@ def cpu_per_relayed(mode, calls=None):
     return f
 
 
+def tail_windows(calls):
+    # The share of the paced run's 100 ms windows that were in its tail (voxguard-load's tail_windows).
+    def f(p):
+        r = get(p, "ws_paced", calls)
+        return None if r is None or not r.get("windows") else 100.0 * r["tail_windows"] / r["windows"]
+    return f
+
+
 def relayed(mode):
     def f(p):
         r = get(p, mode)
@@ -111,6 +119,13 @@ TABLE = [
      per_peer(field("ws_paced", "after_hold_p99_us", 0.001, calls=PACED_CPU_CALLS)), "{:.2f}", False),
     (f"  load generator's send lateness p99 at {PACED_CPU_CALLS} calls, ms",
      per_peer(field("ws_paced", "send_late_p99_us", 0.001, calls=PACED_CPU_CALLS)), "{:.2f}", False),
+    # Where the p99 came from: the 100 ms windows in which more than 1 % of the round trips were over
+    # the bound (20 ms, plus the hold), and the share of all over-bound round trips inside them. Few
+    # windows holding most of them: the tail came in episodes, every call late at once.
+    (f"  100 ms windows with > 1 % of round trips over {PACED_P99_MS} ms (+hold) at {PACED_CPU_CALLS} calls, %",
+     per_peer(tail_windows(PACED_CPU_CALLS)), "{:.0f}", False),
+    (f"  share of the over-bound round trips inside those windows at {PACED_CPU_CALLS} calls, %",
+     per_peer(field("ws_paced", "over_bound_in_tail_windows", 100.0, calls=PACED_CPU_CALLS)), "{:.0f}", False),
     # The core the generator shares with the backend: near 100 %, the generator's own delays set the tail.
     (f"  load generator's core busy at {PACED_CPU_CALLS} calls, %",
      per_peer(field("ws_paced", "load_cpu_busy", 100.0, calls=PACED_CPU_CALLS)), "{:.0f}", False),

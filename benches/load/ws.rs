@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -50,6 +50,11 @@ pub struct WsArgs {
     /// the rest; only media messages are timed.
     #[arg(long, default_value_t = 0)]
     mark_every: u64,
+    /// Paced: the round trip a call may take (the hold included), for `tail_windows`: which 100 ms
+    /// windows of the run had more than 1 % of their round trips over it. compare.sh passes 20 ms,
+    /// plus the 80 ms hold for the media route.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    tail_bound: Duration,
     #[command(flatten)]
     common: Common,
 }
@@ -67,6 +72,7 @@ struct Shared {
     drain: Duration,
     hold_frames: u64,
     mark_every: u64,
+    tail_bound: Duration,
 }
 
 struct CallResult {
@@ -82,7 +88,16 @@ struct CallResult {
     /// With `--hold-frames`: echoes that came back before the frames completing their hold were
     /// sent (released by the proxy's wall-clock limit).
     released_early: u64,
+    /// Per `WINDOW` of the measured span: round trips, and those over `tail_bound`.
+    windows: Vec<[u32; 2]>,
 }
+
+/// The width of the windows that `tail_windows` counts: short enough to tell a stall of the whole
+/// machine (every call late at once, for a few hundred milliseconds) from a cost every message pays.
+const WINDOW: Duration = Duration::from_millis(100);
+
+/// A window is in the tail when more than this share of its round trips are over the bound.
+const TAIL_SHARE: f64 = 0.01;
 
 impl CallResult {
     fn new() -> Self {
@@ -95,6 +110,7 @@ impl CallResult {
             late: report::histogram(),
             after_hold: report::histogram(),
             released_early: 0,
+            windows: Vec::new(),
         }
     }
 
@@ -107,7 +123,47 @@ impl CallResult {
         self.hist.add(r.hist)?;
         self.late.add(r.late)?;
         self.after_hold.add(r.after_hold)?;
+        if self.windows.len() < r.windows.len() {
+            self.windows.resize(r.windows.len(), [0, 0]);
+        }
+        for (mine, theirs) in self.windows.iter_mut().zip(&r.windows) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
+        }
         Ok(())
+    }
+
+    /// Counts a round trip that completed `since_start` into the measured span.
+    fn window(&mut self, since_start: Duration, rtt: Duration, bound: Duration, span: Duration) {
+        if self.windows.is_empty() {
+            self.windows = vec![[0, 0]; span.div_duration_f64(WINDOW).ceil() as usize];
+        }
+        let i = (since_start.as_millis() / WINDOW.as_millis()) as usize;
+        if let Some(w) = self.windows.get_mut(i) {
+            w[0] += 1;
+            w[1] += u32::from(rtt > bound);
+        }
+    }
+
+    /// `tail_windows` and its companions: how many windows had more than `TAIL_SHARE` of their
+    /// round trips over the bound, and what share of all those over it fell in them. Most of the
+    /// over-bound round trips in a few windows: the tail came in episodes, all calls at once.
+    fn tail(&self, bound: Duration) -> serde_json::Value {
+        let in_tail = |w: &&[u32; 2]| w[0] > 0 && f64::from(w[1]) > TAIL_SHARE * f64::from(w[0]);
+        let over: u64 = self.windows.iter().map(|w| u64::from(w[1])).sum();
+        let over_in_tail: u64 = self
+            .windows
+            .iter()
+            .filter(in_tail)
+            .map(|w| u64::from(w[1]))
+            .sum();
+        json!({
+            "tail_bound_us": bound.as_micros() as u64,
+            "windows": self.windows.len(),
+            "tail_windows": self.windows.iter().filter(in_tail).count(),
+            "over_bound": over,
+            "over_bound_in_tail_windows": if over > 0 { Some(over_in_tail as f64 / over as f64) } else { None },
+        })
     }
 }
 
@@ -134,6 +190,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         drain: args.drain,
         hold_frames: args.hold_frames,
         mark_every: args.mark_every,
+        tail_bound: args.tail_bound,
     });
     let opened = Instant::now();
     let calls: Vec<_> = (0..args.calls)
@@ -179,6 +236,9 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     if args.rate > 0 && !args.idle {
         v["send_late_p50_us"] = total.late.value_at_quantile(0.50).into();
         v["send_late_p99_us"] = total.late.value_at_quantile(0.99).into();
+        if let (Value::Object(v), Value::Object(tail)) = (&mut v, total.tail(args.tail_bound)) {
+            v.extend(tail);
+        }
     }
     if args.hold_frames > 0 {
         v["hold_frames"] = args.hold_frames.into();
@@ -277,6 +337,10 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                         r.counted += 1;
                         let rtt = now - sent_at[n as usize % RING];
                         let _ = r.hist.record(rtt.as_micros() as u64);
+                        if paced {
+                            let span = &shared.span;
+                            r.window(now - span.start, rtt, shared.tail_bound, span.end - span.start);
+                        }
                         if shared.hold_frames > 0 {
                             let completing = n + shared.hold_frames;
                             if completing <= seq {

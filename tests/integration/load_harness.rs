@@ -233,6 +233,22 @@ async fn ws_mode_round_trips_every_message_through_the_media_pipeline() {
     let after_hold = r["after_hold_p50_us"].as_u64().unwrap();
     assert!(after_hold + 60_000 < r["p50_us"].as_u64().unwrap(), "{r}");
     assert!(r["send_late_p99_us"].is_u64(), "{r}");
+    // Every round trip took the 80 ms hold, over the default 20 ms bound: each of the measured
+    // second's ten windows is in the tail, and holds all of the over-bound round trips.
+    assert_eq!(r["tail_bound_us"], 20_000, "{r}");
+    assert_eq!(r["windows"], 10, "{r}");
+    assert_eq!(r["tail_windows"], 10, "{r}");
+    assert_eq!(r["over_bound"], r["ops"], "{r}");
+    assert_eq!(r["over_bound_in_tail_windows"], 1.0, "{r}");
+    // Under a bound no round trip reaches, no window is.
+    let mut list = four_paced_calls(&url, "500ms", "200ms");
+    list.extend(args(&["--tail-bound", "10s", "--ca", &ca_file(&p)]));
+    let calm = run(list).await;
+    assert_eq!(calm["errors"], 0, "{calm}");
+    assert_eq!(calm["windows"], 10, "{calm}");
+    assert_eq!(calm["tail_windows"], 0, "{calm}");
+    assert_eq!(calm["over_bound"], 0, "{calm}");
+    assert!(calm["over_bound_in_tail_windows"].is_null(), "{calm}");
 
     let flat = run(args(&[
         "ws",

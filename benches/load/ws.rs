@@ -73,6 +73,8 @@ struct Shared {
     hold_frames: u64,
     mark_every: u64,
     tail_bound: Duration,
+    /// `WINDOW`s in the measured span when paced (0 otherwise): each call's `windows` has this many.
+    windows: usize,
 }
 
 struct CallResult {
@@ -100,7 +102,7 @@ const WINDOW: Duration = Duration::from_millis(100);
 const TAIL_SHARE: f64 = 0.01;
 
 impl CallResult {
-    fn new() -> Self {
+    fn new(windows: usize) -> Self {
         Self {
             sent: 0,
             received: 0,
@@ -110,7 +112,7 @@ impl CallResult {
             late: report::histogram(),
             after_hold: report::histogram(),
             released_early: 0,
-            windows: Vec::new(),
+            windows: vec![[0, 0]; windows],
         }
     }
 
@@ -123,9 +125,6 @@ impl CallResult {
         self.hist.add(r.hist)?;
         self.late.add(r.late)?;
         self.after_hold.add(r.after_hold)?;
-        if self.windows.len() < r.windows.len() {
-            self.windows.resize(r.windows.len(), [0, 0]);
-        }
         for (mine, theirs) in self.windows.iter_mut().zip(&r.windows) {
             mine[0] += theirs[0];
             mine[1] += theirs[1];
@@ -133,15 +132,13 @@ impl CallResult {
         Ok(())
     }
 
-    /// Counts a round trip that completed `since_start` into the measured span.
-    fn window(&mut self, since_start: Duration, rtt: Duration, bound: Duration, span: Duration) {
-        if self.windows.is_empty() {
-            self.windows = vec![[0, 0]; span.div_duration_f64(WINDOW).ceil() as usize];
-        }
+    /// Counts a round trip that completed `since_start` into the measured span, and whether it
+    /// was over the bound.
+    fn window(&mut self, since_start: Duration, over: bool) {
         let i = (since_start.as_millis() / WINDOW.as_millis()) as usize;
         if let Some(w) = self.windows.get_mut(i) {
             w[0] += 1;
-            w[1] += u32::from(rtt > bound);
+            w[1] += u32::from(over);
         }
     }
 
@@ -150,17 +147,18 @@ impl CallResult {
     /// over-bound round trips in a few windows: the tail came in episodes, all calls at once.
     fn tail(&self, bound: Duration) -> serde_json::Value {
         let in_tail = |w: &&[u32; 2]| w[0] > 0 && f64::from(w[1]) > TAIL_SHARE * f64::from(w[0]);
-        let over: u64 = self.windows.iter().map(|w| u64::from(w[1])).sum();
-        let over_in_tail: u64 = self
-            .windows
-            .iter()
-            .filter(in_tail)
-            .map(|w| u64::from(w[1]))
-            .sum();
+        let (mut over, mut over_in_tail, mut tail_windows) = (0u64, 0u64, 0usize);
+        for w in &self.windows {
+            over += u64::from(w[1]);
+            if in_tail(&w) {
+                over_in_tail += u64::from(w[1]);
+                tail_windows += 1;
+            }
+        }
         json!({
             "tail_bound_us": bound.as_micros() as u64,
             "windows": self.windows.len(),
-            "tail_windows": self.windows.iter().filter(in_tail).count(),
+            "tail_windows": tail_windows,
             "over_bound": over,
             "over_bound_in_tail_windows": if over > 0 { Some(over_in_tail as f64 / over as f64) } else { None },
         })
@@ -191,6 +189,16 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         hold_frames: args.hold_frames,
         mark_every: args.mark_every,
         tail_bound: args.tail_bound,
+        windows: if args.rate > 0 && !args.idle {
+            window
+                .span
+                .end
+                .duration_since(window.span.start)
+                .div_duration_f64(WINDOW)
+                .ceil() as usize
+        } else {
+            0
+        },
     });
     let opened = Instant::now();
     let calls: Vec<_> = (0..args.calls)
@@ -208,7 +216,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     tokio::time::sleep(args.common.duration / 2).await;
     let loaded = ProcSample::read(&pids);
     let usage = window.finish(&args.common).await;
-    let mut total = CallResult::new();
+    let mut total = CallResult::new(shared.windows);
     for c in calls {
         total.add(c.await?)?;
     }
@@ -254,7 +262,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
 }
 
 async fn call(shared: &Shared, index: usize) -> CallResult {
-    let mut result = CallResult::new();
+    let mut result = CallResult::new(shared.windows);
     if let Err(e) = drive(shared, index, &mut result).await {
         result.errors += 1;
         if result.errors == 1 && index < 3 {
@@ -337,10 +345,7 @@ async fn drive(shared: &Shared, index: usize, r: &mut CallResult) -> anyhow::Res
                         r.counted += 1;
                         let rtt = now - sent_at[n as usize % RING];
                         let _ = r.hist.record(rtt.as_micros() as u64);
-                        if paced {
-                            let span = &shared.span;
-                            r.window(now - span.start, rtt, shared.tail_bound, span.end - span.start);
-                        }
+                        r.window(now - shared.span.start, rtt > shared.tail_bound);
                         if shared.hold_frames > 0 {
                             let completing = n + shared.hold_frames;
                             if completing <= seq {

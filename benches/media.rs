@@ -6,6 +6,10 @@
 //! detector can tell from a block's energy alone that no digit is there. `media_payload_decode`
 //! compares the payload decoder with the `base64` crate's on one 20 ms payload;
 //! `media_twilio_decode` is one `media` message's decoding alone (scan and payload).
+//! `media_calls_round_robin` is a whole media session's handling (`MediaSession::handle`: the
+//! processor, the recording's frame encoding, the metrics) of one message each way, for 1 call and
+//! for 500 calls taken in turn, as a paced load reaches them: the gap between the two is what cold
+//! per-call state costs (the live proxy's is larger: the kernel's network path runs in between).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,5 +134,89 @@ fn payload(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, payload);
+/// Keeps every call's recording queue and empties it now and then, as the recorder would.
+struct DrainedSink {
+    queues: std::sync::Mutex<
+        Vec<voxguard::ws::record_queue::Receiver<voxguard::ws::record::ToRecorder>>,
+    >,
+}
+
+impl voxguard::ws::record::RecordingSink for DrainedSink {
+    fn start_call(
+        &self,
+        _: &voxguard::ws::record::CallStart,
+    ) -> voxguard::ws::record::CallRecorder {
+        let (events, rx) = voxguard::ws::record_queue::channel(voxguard::ws::record::QUEUE_EVENTS);
+        self.queues.lock().unwrap().push(rx);
+        voxguard::ws::record::CallRecorder {
+            events,
+            failed: Default::default(),
+            batch: voxguard::ws::record::FrameBatch {
+                bytes: voxguard::recording::writer::CHUNK_BYTES,
+                wait: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// Many calls at once, each sent one message each way in turn, as a paced load does: between two
+/// messages of a call, every other call's state has passed through the caches. Per pair of messages.
+fn many_calls(c: &mut Criterion) {
+    let text = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\nrecord = true\ndtmf_events = \"both\"";
+    let config = voxguard::Config::parse(text, "bench", &|_| None).unwrap();
+    let sink = Arc::new(DrainedSink {
+        queues: Default::default(),
+    });
+    let as_sink: Arc<dyn voxguard::ws::record::RecordingSink> = sink.clone();
+    let route = voxguard::ws::intercept::MediaRoute::from_config(
+        config.routes[0].media.as_ref().unwrap(),
+        &as_sink,
+    )
+    .unwrap();
+    let metrics = voxguard::metrics::Metrics::new();
+    let messages = twilio_messages(1);
+    let start = Message::text(
+        r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZ1"}"#,
+    );
+    let mut group = c.benchmark_group("media_calls_round_robin");
+    for calls in [1usize, 500] {
+        let mut sessions: Vec<_> = (0..calls)
+            .map(|_| {
+                let mut s = voxguard::ws::intercept::MediaSession::start(
+                    &route,
+                    "media".into(),
+                    metrics.media.clone(),
+                );
+                s.handle(Direction::ToBackend, start.clone())
+                    .unwrap()
+                    .for_each(drop);
+                s
+            })
+            .collect();
+        let mut i = 0usize;
+        let mut drained = Vec::new();
+        group.bench_function(calls.to_string(), |b| {
+            b.iter(|| {
+                let call = i % calls;
+                let m = &messages[(i / calls) % 50];
+                let s = &mut sessions[call];
+                for direction in [Direction::ToBackend, Direction::ToCaller] {
+                    s.handle(direction, m.clone()).unwrap().for_each(drop);
+                }
+                i += 1;
+                if i % 1024 == 0 {
+                    for q in sink.queues.lock().unwrap().iter_mut() {
+                        while let Ok(e) = q.try_recv() {
+                            drained.push(e);
+                        }
+                    }
+                    drained.clear();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, payload, many_calls);
 criterion_main!(benches);

@@ -7,9 +7,10 @@
 //! compares the payload decoder with the `base64` crate's on one 20 ms payload;
 //! `media_twilio_decode` is one `media` message's decoding alone (scan and payload).
 //! `media_calls_round_robin` is a whole media session's handling (`MediaSession::handle`: the
-//! processor, the recording's frame encoding, the metrics) of one message each way, for 1 call and
-//! for 500 calls taken in turn, as a paced load reaches them: the gap between the two is what cold
-//! per-call state costs (the live proxy's is larger: the kernel's network path runs in between).
+//! processor, the recording's frame encoding, the metrics) of one message each way, for 1, 500 and
+//! 5,000 calls taken in turn, as a paced load reaches them. 500 calls' state still fits the L2
+//! cache; 5,000 calls' does not, so that case shows what cold per-call state costs (the live
+//! proxy's state is colder still: the kernel's network path runs between two messages of a call).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,7 +180,7 @@ fn many_calls(c: &mut Criterion) {
         r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZ1"}"#,
     );
     let mut group = c.benchmark_group("media_calls_round_robin");
-    for calls in [1usize, 500] {
+    for calls in [1usize, 500, 5000] {
         let mut sessions: Vec<_> = (0..calls)
             .map(|_| {
                 let mut s = voxguard::ws::intercept::MediaSession::start(

@@ -145,7 +145,7 @@ impl CallResult {
     /// `tail_windows` and its companions: how many windows had more than `TAIL_SHARE` of their
     /// round trips over the bound, and what share of all those over it fell in them. Most of the
     /// over-bound round trips in a few windows: the tail came in episodes, all calls at once.
-    fn tail(&self, bound: Duration) -> serde_json::Value {
+    fn tail_into(&self, bound: Duration, v: &mut Value) {
         let in_tail = |w: &&[u32; 2]| w[0] > 0 && f64::from(w[1]) > TAIL_SHARE * f64::from(w[0]);
         let (mut over, mut over_in_tail, mut tail_windows) = (0u64, 0u64, 0usize);
         for w in &self.windows {
@@ -155,13 +155,12 @@ impl CallResult {
                 tail_windows += 1;
             }
         }
-        json!({
-            "tail_bound_us": bound.as_micros() as u64,
-            "windows": self.windows.len(),
-            "tail_windows": tail_windows,
-            "over_bound": over,
-            "over_bound_in_tail_windows": if over > 0 { Some(over_in_tail as f64 / over as f64) } else { None },
-        })
+        v["tail_bound_us"] = (bound.as_micros() as u64).into();
+        v["windows"] = self.windows.len().into();
+        v["tail_windows"] = tail_windows.into();
+        v["over_bound"] = over.into();
+        v["over_bound_in_tail_windows"] =
+            (over > 0).then(|| over_in_tail as f64 / over as f64).into();
     }
 }
 
@@ -178,6 +177,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
     let pids = args.common.pids.clone();
     let baseline = ProcSample::read(&pids);
     let mut window = Window::new(args.common.warmup, args.common.duration);
+    let paced = args.rate > 0 && !args.idle;
     let shared = Arc::new(Shared {
         target,
         frames: crate::audio::call_frames(),
@@ -189,7 +189,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         hold_frames: args.hold_frames,
         mark_every: args.mark_every,
         tail_bound: args.tail_bound,
-        windows: if args.rate > 0 && !args.idle {
+        windows: if paced {
             window
                 .span
                 .end
@@ -241,12 +241,10 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             "rss_per_call_kib": if pids.is_empty() { serde_json::Value::Null } else { rss_per_call.into() },
         }),
     );
-    if args.rate > 0 && !args.idle {
+    if paced {
         v["send_late_p50_us"] = total.late.value_at_quantile(0.50).into();
         v["send_late_p99_us"] = total.late.value_at_quantile(0.99).into();
-        if let (Value::Object(v), Value::Object(tail)) = (&mut v, total.tail(args.tail_bound)) {
-            v.extend(tail);
-        }
+        total.tail_into(args.tail_bound, &mut v);
     }
     if args.hold_frames > 0 {
         v["hold_frames"] = args.hold_frames.into();

@@ -60,6 +60,74 @@ const ULAW_F32: [f32; 256] = {
     t
 };
 
+/// The longest block (204 samples, at 16 kHz): a finished block is widened to `f32` on the stack.
+const MAX_BLOCK_LEN: usize = 204;
+
+/// A block's samples as the wire carried them, widened to the filters' `f32` once the block is
+/// complete. Every call's block is written once per frame and read once per block, and cold each
+/// time (the other calls' state and the kernel's network path ran since): a μ-law byte is a
+/// quarter of the cache lines an `f32` is, and the widening is the same table lookup per sample
+/// that storing `f32` took (docs/PERFORMANCE.md, twenty-second session).
+enum Pending {
+    Ulaw(Vec<u8>),
+    Linear(Vec<i16>),
+}
+
+impl Pending {
+    /// The block as `f32`, `block.len()` samples.
+    fn widen_into(&self, block: &mut [f32]) {
+        match self {
+            Pending::Ulaw(bytes) => {
+                for (wide, &b) in block.iter_mut().zip(bytes) {
+                    *wide = ULAW_F32[usize::from(b)];
+                }
+            }
+            Pending::Linear(samples) => {
+                for (wide, &s) in block.iter_mut().zip(samples) {
+                    *wide = f32::from(s);
+                }
+            }
+        }
+    }
+}
+
+/// What a block can hold: μ-law bytes as they are, linear samples as `i16`. A stream carries one
+/// encoding; if another comes mid-block, the samples so far are converted to linear.
+trait Sample: Copy {
+    fn store(pending: &mut Pending, at: usize, block_len: usize, samples: &[Self]);
+}
+
+impl Sample for u8 {
+    fn store(pending: &mut Pending, at: usize, block_len: usize, samples: &[u8]) {
+        match pending {
+            Pending::Ulaw(bytes) => {
+                bytes.resize(block_len, 0);
+                bytes[at..at + samples.len()].copy_from_slice(samples);
+            }
+            Pending::Linear(linear) => {
+                linear.resize(block_len, 0);
+                for (slot, &b) in linear[at..].iter_mut().zip(samples) {
+                    *slot = ulaw_to_linear(b);
+                }
+            }
+        }
+    }
+}
+
+impl Sample for i16 {
+    fn store(pending: &mut Pending, at: usize, block_len: usize, samples: &[i16]) {
+        if let Pending::Ulaw(bytes) = pending {
+            let so_far = bytes.iter().take(at).map(|&b| ulaw_to_linear(b)).collect();
+            *pending = Pending::Linear(so_far);
+        }
+        let Pending::Linear(linear) = pending else {
+            unreachable!("converted above")
+        };
+        linear.resize(block_len, 0);
+        linear[at..at + samples.len()].copy_from_slice(samples);
+    }
+}
+
 /// What one finished block said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockVerdict {
@@ -144,10 +212,10 @@ pub struct DtmfDetector {
     cols: [f32; 4],
     block_len: usize,
     threshold: f32,
-    /// One block's samples, `filled` of them so far. Sized once, so that filling it is plain stores.
-    buf: Vec<f32>,
+    /// One block's samples as they came, `filled` of them so far.
+    pending: Pending,
     filled: usize,
-    /// Samples consumed before `buf`.
+    /// Samples consumed before `pending`.
     position: u64,
     candidate: Option<char>,
     hits: u8,
@@ -168,7 +236,7 @@ impl DtmfDetector {
             block_len,
             // Goertzel power grows with the square of the block length.
             threshold: THRESHOLD_AT_102 * scale * scale,
-            buf: vec![0.0; block_len],
+            pending: Pending::Ulaw(Vec::new()),
             filled: 0,
             position: 0,
             candidate: None,
@@ -194,11 +262,7 @@ impl DtmfDetector {
         mut on_block: impl FnMut(BlockVerdict),
     ) {
         for s in samples {
-            self.buf[self.filled] = f32::from(s);
-            self.filled += 1;
-            if self.filled == self.block_len {
-                on_block(self.finish_block());
-            }
+            self.feed_slice(&[s], &mut on_block);
         }
     }
 
@@ -206,26 +270,16 @@ impl DtmfDetector {
     /// calls for every frame, without a per-sample iterator.
     pub fn feed_audio(&mut self, audio: &Audio, mut on_block: impl FnMut(BlockVerdict)) {
         match audio {
-            Audio::Ulaw(bytes) => {
-                self.feed_slice(bytes, |b| ULAW_F32[usize::from(b)], &mut on_block)
-            }
-            Audio::Pcm16(samples) => self.feed_slice(samples, f32::from, &mut on_block),
+            Audio::Ulaw(bytes) => self.feed_slice(bytes, &mut on_block),
+            Audio::Pcm16(samples) => self.feed_slice(samples, &mut on_block),
         }
     }
 
-    fn feed_slice<T: Copy>(
-        &mut self,
-        mut rest: &[T],
-        to_f32: impl Fn(T) -> f32,
-        on_block: &mut impl FnMut(BlockVerdict),
-    ) {
+    fn feed_slice<T: Sample>(&mut self, mut rest: &[T], on_block: &mut impl FnMut(BlockVerdict)) {
         while !rest.is_empty() {
             let take = (self.block_len - self.filled).min(rest.len());
             let (now, later) = rest.split_at(take);
-            let into = &mut self.buf[self.filled..self.filled + take];
-            for (sample, &s) in into.iter_mut().zip(now) {
-                *sample = to_f32(s);
-            }
+            T::store(&mut self.pending, self.filled, self.block_len, now);
             self.filled += take;
             rest = later;
             if self.filled == self.block_len {
@@ -236,23 +290,26 @@ impl DtmfDetector {
 
     fn finish_block(&mut self) -> BlockVerdict {
         let start = self.position;
-        let hit = self.classify();
+        let mut widened = [0.0f32; MAX_BLOCK_LEN];
+        let block = &mut widened[..self.block_len];
+        self.pending.widen_into(block);
+        let hit = self.classify(block);
         let verdict = self.advance(start, hit);
         self.position += self.block_len as u64;
         self.filled = 0;
         verdict
     }
 
-    fn classify(&self) -> Option<char> {
-        let energy = energy(&self.buf);
+    fn classify(&self, block: &[f32]) -> Option<char> {
+        let energy = energy(block);
         if self.too_quiet(energy) {
             return None;
         }
-        let cols = powers(&self.cols, &self.buf);
+        let cols = powers(&self.cols, block);
         if self.no_column_can_win(&cols, energy) {
             return None;
         }
-        self.classify_powers(&powers(&self.rows, &self.buf), &cols, energy)
+        self.classify_powers(&powers(&self.rows, block), &cols, energy)
     }
 
     /// No column tone is strong enough for a digit (`COLUMN_GATE`), whatever the rows hold.
@@ -347,14 +404,14 @@ pub(crate) mod tests {
     }
 
     /// The verdict with every filter run and no early exit: what the gates must never change.
-    fn ungated(d: &DtmfDetector) -> Option<char> {
-        let energy = energy(&d.buf);
-        d.classify_powers(&powers(&d.rows, &d.buf), &powers(&d.cols, &d.buf), energy)
+    fn ungated(d: &DtmfDetector, block: &[f32]) -> Option<char> {
+        let energy = energy(block);
+        d.classify_powers(&powers(&d.rows, block), &powers(&d.cols, block), energy)
     }
 
     #[test]
     fn quiet_blocks_skip_the_filters_and_get_the_verdict_the_filters_give() {
-        let mut d = DtmfDetector::new(8000);
+        let d = DtmfDetector::new(8000);
         let len = d.block_len();
         let (mut skipped, mut hits) = (0, 0);
         // Digits from far below the threshold to well above it, twisted both ways, over low noise.
@@ -362,16 +419,20 @@ pub(crate) mod tests {
             for (digit, twist) in [('1', 0.0), ('5', -7.0), ('#', 3.5), ('D', 0.0)] {
                 let signal = tone(digit, 30, 8000, level as f32, twist, 0.0);
                 let mut seed = level as u32;
-                d.buf = signal[..len]
+                let block: Vec<f32> = signal[..len]
                     .iter()
                     .map(|&x| {
                         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
                         f32::from(x) + f32::from((seed >> 16) as i16) / 3000.0
                     })
                     .collect();
-                let full = ungated(&d);
-                assert_eq!(d.classify(), full, "{digit} at {level} dBFS, twist {twist}");
-                skipped += usize::from(d.too_quiet(energy(&d.buf)));
+                let full = ungated(&d, &block);
+                assert_eq!(
+                    d.classify(&block),
+                    full,
+                    "{digit} at {level} dBFS, twist {twist}"
+                );
+                skipped += usize::from(d.too_quiet(energy(&block)));
                 hits += usize::from(full.is_some());
             }
         }
@@ -403,11 +464,10 @@ pub(crate) mod tests {
         let len = d.block_len();
         let (mut speech, mut speech_gated, mut hits) = (0, 0, 0);
         let check = |d: &mut DtmfDetector, block: Vec<f32>| {
-            d.buf = block;
-            let full = ungated(d);
-            assert_eq!(d.classify(), full);
-            let e = energy(&d.buf);
-            let gated = !d.too_quiet(e) && d.no_column_can_win(&powers(&d.cols, &d.buf), e);
+            let full = ungated(d, &block);
+            assert_eq!(d.classify(&block), full);
+            let e = energy(&block);
+            let gated = !d.too_quiet(e) && d.no_column_can_win(&powers(&d.cols, &block), e);
             (gated, full.is_some())
         };
         // Vowels: first formant 300–900 Hz, second 800–2400 Hz (across the column band), pitch
@@ -496,6 +556,20 @@ pub(crate) mod tests {
                 "both digits found"
             );
         }
+        // A stream that switches encoding mid-block: the μ-law samples held so far are converted.
+        let mut want = Vec::new();
+        let expanded = ulaw.iter().map(|&b| ulaw_to_linear(b));
+        DtmfDetector::new(8000).feed(expanded, |v| want.push(v));
+        let mut got = Vec::new();
+        let mut d = DtmfDetector::new(8000);
+        for (i, bytes) in ulaw.chunks(37).enumerate() {
+            let frame = match i % 3 {
+                2 => Audio::Pcm16(bytes.iter().map(|&b| ulaw_to_linear(b)).collect()),
+                _ => Audio::Ulaw(bytes.to_vec()),
+            };
+            d.feed_audio(&frame, |v| got.push(v));
+        }
+        assert_eq!(got, want, "mixed encodings");
     }
 
     #[test]

@@ -80,12 +80,10 @@ pub struct MediaSession {
     processing: Histogram,
     /// `messages{route,direction,kind}` resolved once per session: it is bumped for every message.
     messages: [[Option<IntCounter>; KINDS]; 2],
-    /// What the last message released, for the recorder and the sockets. Room for two to start
-    /// with ([`SCRATCH`]), not the four a `Vec` grows to first: a paced call's message releases
-    /// one frame each way (forwarded, recorded), and an idle call keeps what it first allocated.
-    outs: Vec<Output>,
     /// What the last message released for the sockets, handed out by reference: no allocation
-    /// per message.
+    /// per message. Room for two to start with ([`SCRATCH`]), not the four a `Vec` grows to
+    /// first: a paced call's message releases one frame each way, and an idle call keeps what it
+    /// first allocated.
     sends: Vec<(Direction, Message)>,
     redacted: crate::ws::redact::Report,
     stream: Option<String>,
@@ -93,6 +91,30 @@ pub struct MediaSession {
 
 /// Outputs a message usually releases: one forwarded, one recorded.
 const SCRATCH: usize = 2;
+
+thread_local! {
+    /// What the processor released for the message in hand, before `drain` sorts it out: one list
+    /// per runtime thread, not one per session. It is filled and emptied within one synchronous
+    /// call, so every session on the thread can share it, and it stays in the CPU's cache: a
+    /// session's own list was a cold cache line written and read again for every output
+    /// (docs/PERFORMANCE.md, twenty-second session).
+    static OUTPUTS: std::cell::Cell<Vec<Output>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The thread's output list, empty; give it back with [`put_outputs`].
+fn take_outputs() -> Vec<Output> {
+    OUTPUTS.take()
+}
+
+/// Returns the output list to the thread, keeping its room unless something unusual (a call's
+/// end flushing a long delay) grew it.
+fn put_outputs(mut outs: Vec<Output>) {
+    debug_assert!(outs.is_empty(), "drained before it is put back");
+    if outs.capacity() > 64 {
+        outs = Vec::new();
+    }
+    OUTPUTS.set(outs);
+}
 
 /// A message that cannot be redacted ends the call (route `on_malformed = "close"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +197,6 @@ impl MediaSession {
             frames: Frames::default(),
             recorder_told: false,
             messages: Default::default(),
-            outs: Vec::with_capacity(SCRATCH),
             sends: Vec::with_capacity(SCRATCH),
             redacted: Default::default(),
             stream: None,
@@ -185,9 +206,8 @@ impl MediaSession {
     /// Processes one text or binary message; returns what to send, in order.
     pub fn handle(&mut self, direction: Direction, msg: Message) -> Result<Sends<'_>, CloseCall> {
         let started = Instant::now();
-        let decoded = self
-            .processor
-            .process(direction, msg, started, &mut self.outs);
+        let mut outs = take_outputs();
+        let decoded = self.processor.process(direction, msg, started, &mut outs);
         self.processing.observe(started.elapsed().as_secs_f64());
         match decoded {
             Ok(report) => {
@@ -210,6 +230,7 @@ impl MediaSession {
                     "malformed media message dropped"
                 );
                 if self.on_malformed == OnMalformed::Close {
+                    self.sort(outs);
                     return Err(CloseCall {
                         code: match malformed {
                             Malformed::UnexpectedBinary => CloseCode::Policy,
@@ -220,7 +241,7 @@ impl MediaSession {
                 }
             }
         }
-        Ok(self.drain(true))
+        Ok(self.drain(outs))
     }
 
     /// When `due` next has something to release (see `CallProcessor::next_due`).
@@ -231,16 +252,17 @@ impl MediaSession {
     /// What waited past its delay in wall-clock time; `None` if nothing waits.
     ///
     /// The pump calls this only when the stream has been quiet for a delay's length. If that
-    /// released everything, the call is idle (on hold, or only connected): the delay queues and
-    /// the scratch list of outputs are freed, not kept for a next message that may be minutes
-    /// away. While audio flows, later frames release the held ones and this is not called.
+    /// released everything, the call is idle (on hold, or only connected): the delay queues are
+    /// freed, not kept for a next message that may be minutes away. While audio flows, later
+    /// frames release the held ones and this is not called.
     pub fn due(&mut self) -> Option<Sends<'_>> {
         if !self.processor.holding() {
             return None;
         }
-        self.processor.release_due(Instant::now(), &mut self.outs);
-        let quiet = self.processor.free_queues_if_empty();
-        Some(self.drain(!quiet))
+        let mut outs = take_outputs();
+        self.processor.release_due(Instant::now(), &mut outs);
+        self.processor.free_queues_if_empty();
+        Some(self.drain(outs))
     }
 
     fn message_counter(
@@ -268,8 +290,9 @@ impl MediaSession {
 
     /// Everything still held in a delay (call end).
     pub fn finish(&mut self) -> Sends<'_> {
-        self.processor.flush(&mut self.outs);
-        self.drain(true)
+        let mut outs = take_outputs();
+        self.processor.flush(&mut outs);
+        self.drain(outs)
     }
 
     /// Media frames are encoded into the pending batch, handed over whole once it reaches the
@@ -309,14 +332,18 @@ impl MediaSession {
         }
     }
 
-    /// Hands what the processor released to the recorder and the caller; `keep_outputs` keeps
-    /// the scratch list's allocation for the next message.
-    fn drain(&mut self, keep_outputs: bool) -> Sends<'_> {
-        let mut sends = std::mem::take(&mut self.sends);
-        let mut outs = std::mem::take(&mut self.outs);
+    /// Hands what the processor released to the recorder, and returns what goes to the sockets.
+    fn drain(&mut self, outs: Vec<Output>) -> Sends<'_> {
+        self.sort(outs);
+        self.sends.drain(..)
+    }
+
+    /// Hands what the processor released to the recorder and queues what goes to the sockets;
+    /// gives the output list back to the thread.
+    fn sort(&mut self, mut outs: Vec<Output>) {
         for out in outs.drain(..) {
             match out {
-                Output::Forward(d, m) => sends.push((d, m)),
+                Output::Forward(d, m) => self.sends.push((d, m)),
                 Output::Record(event) => {
                     if self.stream.is_none() {
                         self.stream = event.call.as_ref().and_then(|c| c.stream.clone());
@@ -331,11 +358,7 @@ impl MediaSession {
         if !self.processor.holding() {
             self.hand_frames(false);
         }
-        if keep_outputs {
-            self.outs = outs;
-        }
-        self.sends = sends;
-        self.sends.drain(..)
+        put_outputs(outs);
     }
 }
 
@@ -559,7 +582,9 @@ mod tests {
             0,
             "the delay queues are freed"
         );
-        assert_eq!(s.outs.capacity(), 0, "and so is the scratch list");
+        let outs = take_outputs();
+        assert!(outs.is_empty(), "the thread's output list is left empty");
+        put_outputs(outs);
         assert!(s.due().is_none(), "nothing waits");
         // The call goes on as before.
         assert_eq!(s.handle(Direction::ToBackend, frame(2)).unwrap().len(), 0);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use tokio_tungstenite::tungstenite::Message;
 use voxguard::ws::call::{CallProcessor, MediaSettings};
 use voxguard::ws::protocols::Direction;
@@ -136,11 +136,12 @@ fn payload(c: &mut Criterion) {
 }
 
 /// Keeps each call's recording queue, in the order the calls started, for the bench to empty as
-/// the recorder would.
+/// the recorder would. A batch of frames goes to the recorder when it is full or has waited `wait`.
 struct DrainedSink {
     queues: std::sync::Mutex<
         Vec<voxguard::ws::record_queue::Receiver<voxguard::ws::record::ToRecorder>>,
     >,
+    wait: Duration,
 }
 
 impl voxguard::ws::record::RecordingSink for DrainedSink {
@@ -155,34 +156,41 @@ impl voxguard::ws::record::RecordingSink for DrainedSink {
             failed: Default::default(),
             batch: voxguard::ws::record::FrameBatch {
                 bytes: voxguard::recording::writer::CHUNK_BYTES,
-                wait: Duration::from_secs(1),
+                wait: self.wait,
             },
         }
     }
 }
 
-/// Many calls at once, each sent one message each way in turn, as a paced load does: between two
-/// messages of a call, every other call's state has passed through the caches. Per pair of messages.
-fn many_calls(c: &mut Criterion) {
-    let text = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\nrecord = true\ndtmf_events = \"both\"";
-    let config = voxguard::Config::parse(text, "bench", &|_| None).unwrap();
-    let sink = Arc::new(DrainedSink {
-        queues: Default::default(),
-    });
-    let as_sink: Arc<dyn voxguard::ws::record::RecordingSink> = sink.clone();
-    let route = voxguard::ws::intercept::MediaRoute::from_config(
-        config.routes[0].media.as_ref().unwrap(),
-        &as_sink,
-    )
-    .unwrap();
-    let metrics = voxguard::metrics::Metrics::new();
-    let messages = twilio_messages(1);
-    let start = Message::text(
-        r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZ1"}"#,
-    );
-    let mut group = c.benchmark_group("media_calls_round_robin");
-    for calls in [1usize, 500, 5000] {
-        let mut sessions: Vec<_> = (0..calls)
+/// `calls` media sessions on a recorded route, each past its `start` event, and their recording
+/// queues (session k's is the k-th), with the Twilio messages they are sent in turn.
+struct RoundRobin {
+    sessions: Vec<voxguard::ws::intercept::MediaSession>,
+    queues: Vec<voxguard::ws::record_queue::Receiver<voxguard::ws::record::ToRecorder>>,
+    messages: Vec<Message>,
+    step: usize,
+}
+
+impl RoundRobin {
+    /// `batch_wait`: the recorder's `FrameBatch::wait`.
+    fn new(calls: usize, batch_wait: Duration) -> Self {
+        let text = "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\nupstream = \"a\"\n[route.media]\nprotocol = \"twilio\"\nrecord = true\ndtmf_events = \"both\"";
+        let config = voxguard::Config::parse(text, "bench", &|_| None).unwrap();
+        let sink = Arc::new(DrainedSink {
+            queues: Default::default(),
+            wait: batch_wait,
+        });
+        let as_sink: Arc<dyn voxguard::ws::record::RecordingSink> = sink.clone();
+        let route = voxguard::ws::intercept::MediaRoute::from_config(
+            config.routes[0].media.as_ref().unwrap(),
+            &as_sink,
+        )
+        .unwrap();
+        let metrics = voxguard::metrics::Metrics::new();
+        let start = Message::text(
+            r#"{"event":"start","sequenceNumber":"1","start":{"streamSid":"MZ1","accountSid":"AC1","callSid":"CA1","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZ1"}"#,
+        );
+        let sessions: Vec<_> = (0..calls)
             .map(|_| {
                 let mut s = voxguard::ws::intercept::MediaSession::start(
                     &route,
@@ -195,28 +203,75 @@ fn many_calls(c: &mut Criterion) {
                 s
             })
             .collect();
-        // Session k's queue is the k-th one started. Each step empties its own call's queue, so
-        // every case pays the same for it, however many calls there are.
-        let mut queues = std::mem::take(&mut *sink.queues.lock().unwrap());
+        let queues = std::mem::take(&mut *sink.queues.lock().unwrap());
         assert_eq!(queues.len(), calls);
-        let mut i = 0usize;
-        group.bench_function(calls.to_string(), |b| {
-            b.iter(|| {
-                let call = i % calls;
-                let m = &messages[(i / calls) % 50];
-                let s = &mut sessions[call];
-                for direction in [Direction::ToBackend, Direction::ToCaller] {
-                    s.handle(direction, m.clone()).unwrap().for_each(drop);
-                }
-                while let Ok(entry) = queues[call].try_recv() {
-                    drop(entry);
-                }
-                i += 1;
-            })
-        });
+        Self {
+            sessions,
+            queues,
+            messages: twilio_messages(1),
+            step: 0,
+        }
+    }
+
+    /// The next call in turn handles one message each way, and its recording queue is emptied, so
+    /// every case pays the same for that, however many calls there are.
+    fn step(&mut self) {
+        let calls = self.sessions.len();
+        let call = self.step % calls;
+        let m = &self.messages[(self.step / calls) % 50];
+        let s = &mut self.sessions[call];
+        for direction in [Direction::ToBackend, Direction::ToCaller] {
+            s.handle(direction, m.clone()).unwrap().for_each(drop);
+        }
+        while let Ok(entry) = self.queues[call].try_recv() {
+            drop(entry);
+        }
+        self.step += 1;
+    }
+}
+
+/// Many calls at once, each sent one message each way in turn, as a paced load does: between two
+/// messages of a call, every other call's state has passed through the caches. Per pair of messages.
+fn many_calls(c: &mut Criterion) {
+    let mut group = c.benchmark_group("media_calls_round_robin");
+    for calls in [1usize, 500, 5000] {
+        let mut calls_in_turn = RoundRobin::new(calls, Duration::from_secs(1));
+        group.bench_function(calls.to_string(), |b| b.iter(|| calls_in_turn.step()));
     }
     group.finish();
 }
 
+/// `VOXGUARD_BENCH_STEPS=N` runs `media_calls_round_robin/5000` for exactly N steps after two
+/// rounds of every call, instead of criterion: for a cache simulator, whose counts do not depend
+/// on how busy the machine is (docs/PERFORMANCE.md, twenty-second session, has the command). Only
+/// `measured_steps` is to be counted (`--toggle-collect`).
+fn fixed_steps(steps: usize) {
+    // Batches go when full (~0.8 s of a paced call's audio), as they do live, not after a second
+    // of the simulator's slowed clock.
+    let mut calls_in_turn = RoundRobin::new(5000, Duration::from_secs(3600));
+    for _ in 0..2 * 5000 {
+        calls_in_turn.step();
+    }
+    measured_steps(&mut calls_in_turn, steps);
+}
+
+#[inline(never)]
+fn measured_steps(calls_in_turn: &mut RoundRobin, steps: usize) {
+    for _ in 0..steps {
+        calls_in_turn.step();
+    }
+}
+
 criterion_group!(benches, bench, payload, many_calls);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(steps) = std::env::var("VOXGUARD_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        fixed_steps(steps);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

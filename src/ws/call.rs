@@ -112,13 +112,42 @@ impl Masks {
 const CONFIRMATION_WAIT: Duration = Duration::from_millis(40);
 
 struct Forwarded {
-    arrived: Instant,
+    arrived: Arrival,
     original: Message,
     /// What is forwarded is `original` or, once `dirty`, this rewritten.
     rewrite: Rewrite,
     dirty: bool,
     /// The media stream and sample range, for frames that wait in the delay.
-    media: Option<(StreamKey, u64, u64)>,
+    media: Option<Span>,
+}
+
+/// When a held entry arrived, in milliseconds since the call started: an `Instant` is 16 bytes, and
+/// every message of a call waits in a queue whose entries are written and read cold
+/// (docs/PERFORMANCE.md, twenty-second session). A `u32` lasts 49 days.
+type Arrival = u32;
+
+/// A media frame's stream and samples `[start, start + len)`, kept small for the same reason.
+#[derive(Clone, Copy)]
+struct Span {
+    key: StreamKey,
+    len: u32,
+    start: u64,
+}
+
+/// Time since the call started as an `Arrival`, rounded down (without `as_millis`' 128-bit
+/// arithmetic: this runs for every message).
+fn arrival(since_start: Duration) -> Arrival {
+    let ms = since_start
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(since_start.subsec_millis()));
+    Arrival::try_from(ms).unwrap_or(Arrival::MAX)
+}
+
+impl Span {
+    fn end(self) -> u64 {
+        self.start + u64::from(self.len)
+    }
 }
 
 impl Forwarded {
@@ -201,30 +230,34 @@ impl Rewrite {
 #[derive(Clone, Copy)]
 struct Shape {
     pcm: bool,
-    len: usize,
+    /// A frame's samples (a `u32`, like `Span::len`: a frame is milliseconds of audio).
+    len: u32,
 }
 
 impl Shape {
     fn of(audio: &Audio) -> Self {
         Self {
             pcm: matches!(audio, Audio::Pcm16(_)),
-            len: audio.len(),
+            len: u32::try_from(audio.len()).unwrap_or(u32::MAX),
         }
     }
 
     fn silence(self) -> Audio {
         if self.pcm {
-            Audio::Pcm16(vec![0; self.len])
+            Audio::Pcm16(vec![0; self.len as usize])
         } else {
-            Audio::Ulaw(vec![super::protocols::audio::ULAW_SILENCE; self.len])
+            Audio::Ulaw(vec![
+                super::protocols::audio::ULAW_SILENCE;
+                self.len as usize
+            ])
         }
     }
 }
 
 struct Recorded {
-    arrived: Instant,
+    arrived: Arrival,
     event: RecordedEvent,
-    media: Option<(StreamKey, u64, u64)>,
+    media: Option<Span>,
 }
 
 pub struct CallProcessor {
@@ -287,6 +320,8 @@ impl CallProcessor {
     ) -> Result<Report, Malformed> {
         let mut frame = self.s.codec.decode(&msg, direction)?;
         let mut report = Report::default();
+        let since_start = now.saturating_duration_since(self.started);
+        let arrived = arrival(since_start);
         if frame.kind == Kind::Mark && direction == Direction::ToCaller {
             let name = frame.json.as_ref().and_then(|j| str_at(j, "/mark/name"));
             let pause = name.is_some() && name == self.s.pause_mark.as_deref();
@@ -299,9 +334,9 @@ impl CallProcessor {
                 }
                 // Consumed: the caller's side never sees it; the recording's timeline does.
                 self.recording.push_back(Recorded {
-                    arrived: now,
+                    arrived,
                     event: RecordedEvent {
-                        at: now.saturating_duration_since(self.started),
+                        at: since_start,
                         direction,
                         kind: Kind::Mark,
                         track: frame.track,
@@ -311,13 +346,13 @@ impl CallProcessor {
                     },
                     media: None,
                 });
-                self.release(out, now, false);
+                self.release(out, arrived, false);
                 return Ok(report);
             }
         }
         let paused = self.pause.active(now);
         let mut event = RecordedEvent {
-            at: now.saturating_duration_since(self.started),
+            at: since_start,
             direction,
             kind: frame.kind,
             track: frame.track,
@@ -335,7 +370,11 @@ impl CallProcessor {
         match frame.kind {
             Kind::Media => {
                 let (key, start, end) = self.feed_tones(direction, &frame, now, &mut report);
-                media = key.map(|k| (k, start, end));
+                media = key.map(|key| Span {
+                    key,
+                    start,
+                    len: u32::try_from(end - start).unwrap_or(u32::MAX),
+                });
                 // The samples move to the recording (no copy per frame); the forwarded side keeps
                 // the original message and, if it must be silenced, the shape of its audio.
                 let mut recorded = frame.audio.take().expect("media frames carry audio");
@@ -404,7 +443,7 @@ impl CallProcessor {
             _ => Rewrite::Unchanged,
         };
         let forwarded = Forwarded {
-            arrived: now,
+            arrived,
             original: msg,
             rewrite,
             dirty,
@@ -426,27 +465,28 @@ impl CallProcessor {
             out.push(Output::Record(event));
         } else {
             self.recording.push_back(Recorded {
-                arrived: now,
+                arrived,
                 event,
                 media,
             });
         }
-        if let Some((key, _, _)) = media {
-            self.apply_tone_masks(key);
+        if let Some(span) = media {
+            self.apply_tone_masks(span.key);
         }
         // `stop` ends the stream: nothing more will come to complete a delay.
-        self.release(out, now, ends_stream);
+        self.release(out, arrived, ends_stream);
         Ok(report)
     }
 
     /// Everything still waiting in a delay, at the end of the call.
     pub fn flush(&mut self, out: &mut Vec<Output>) {
-        self.release(out, Instant::now(), true);
+        self.release(out, Arrival::MAX, true);
     }
 
     /// Releases frames that waited past their delay in wall-clock time (the stream went quiet, so no
     /// later samples will come to release them). The pump calls this on a timer.
     pub fn release_due(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let now = arrival(now.saturating_duration_since(self.started));
         self.release(out, now, false);
     }
 
@@ -462,7 +502,7 @@ impl CallProcessor {
             .into_iter()
             .flatten()
             .min()
-            .map(|t| t + self.max_wait())
+            .map(|ms| self.started + Duration::from_millis(u64::from(ms)) + self.max_wait())
     }
 
     /// A frame never waits longer than its delay plus two frames of wall-clock time.
@@ -530,8 +570,8 @@ impl CallProcessor {
         let Some(mask) = self.masks.get(&key) else {
             return;
         };
-        let covered = |m: &Option<(StreamKey, u64, u64)>| {
-            m.is_some_and(|(k, a, b)| k == key && mask.covers(a, b))
+        let covered = |m: &Option<Span>| {
+            m.is_some_and(|span| span.key == key && mask.covers(span.start, span.end()))
         };
         // A stream's frames wait in the order of their samples, so its first waiting frame starts
         // earliest: when no tone range reaches it, none reaches a later one, and the scan (most
@@ -561,19 +601,21 @@ impl CallProcessor {
         }
     }
 
-    fn release(&mut self, out: &mut Vec<Output>, now: Instant, all: bool) {
+    /// Releases what is ready at `now` (milliseconds since the call started); everything if `all`.
+    fn release(&mut self, out: &mut Vec<Output>, now: Arrival, all: bool) {
         let rate = u64::from(self.s.sample_rate);
         let forward_delay = self.s.lookahead.as_millis() as u64 * rate / 1000;
-        // Frames that arrived by this instant have waited their longest (one subtraction per call,
-        // not one per held frame).
-        let overdue_if_by = now.checked_sub(self.max_wait());
-        let ready =
-            |masks: &Masks, media: &Option<(StreamKey, u64, u64)>, arrived: Instant, delay: u64| {
-                all || overdue_if_by.is_some_and(|t| arrived <= t)
-                    || media.is_none_or(|(k, _, end)| {
-                        masks.get(&k).is_some_and(|m| m.position() >= end + delay)
-                    })
-            };
+        // Frames that arrived by this millisecond have waited their longest (one subtraction per
+        // call, not one per held frame; to the millisecond, so up to 1 ms early).
+        let overdue_if_by = now.checked_sub(arrival(self.max_wait()));
+        let ready = |masks: &Masks, media: &Option<Span>, arrived: Arrival, delay: u64| {
+            all || overdue_if_by.is_some_and(|t| arrived <= t)
+                || media.is_none_or(|span| {
+                    masks
+                        .get(&span.key)
+                        .is_some_and(|m| m.position() >= span.end() + delay)
+                })
+        };
         for direction in [Direction::ToBackend, Direction::ToCaller] {
             loop {
                 let head_ready = {
@@ -597,7 +639,7 @@ impl CallProcessor {
         while let Some(head) = self.recording.front() {
             let delay = head
                 .media
-                .and_then(|(k, _, _)| self.masks.get(&k))
+                .and_then(|span| self.masks.get(&span.key))
                 .map_or(0, |m| forward_delay.max(m.confirmation_delay()));
             if !ready(&self.masks, &head.media, head.arrived, delay) {
                 break;
@@ -609,13 +651,10 @@ impl CallProcessor {
 }
 
 /// The first sample of `key`'s earliest waiting frame.
-fn first_start<'a>(
-    media: impl Iterator<Item = &'a Option<(StreamKey, u64, u64)>>,
-    key: StreamKey,
-) -> Option<u64> {
+fn first_start<'a>(media: impl Iterator<Item = &'a Option<Span>>, key: StreamKey) -> Option<u64> {
     media
-        .filter_map(|m| m.filter(|(k, _, _)| *k == key))
-        .map(|(_, start, _)| start)
+        .filter_map(|m| m.filter(|span| span.key == key))
+        .map(|span| span.start)
         .next()
 }
 
@@ -1068,5 +1107,50 @@ pub(crate) mod tests {
         );
         assert!(out.is_empty());
         let _ = Audio::Ulaw(Vec::new());
+    }
+
+    /// Every message of a call waits in one of these queues, written and read cold: they must not
+    /// grow back unnoticed (docs/PERFORMANCE.md, twenty-second session).
+    /// A frame that comes a second after the last (a stalled caller) releases the frames that
+    /// waited past their longest, and is itself held: its delay starts when it came.
+    #[test]
+    fn a_late_frame_releases_the_overdue_ones_and_waits_itself() {
+        let start = Instant::now();
+        let mut p = CallProcessor::new(Arc::new(settings(40)), start);
+        let frame = |b: u8| Message::text(media("inbound", &[b; 160]));
+        let mut out = Vec::new();
+        p.process(Direction::ToBackend, frame(1), start, &mut out)
+            .unwrap();
+        assert!(out.is_empty(), "held for the tone detector");
+        let later = start + Duration::from_secs(1);
+        p.process(Direction::ToBackend, frame(2), later, &mut out)
+            .unwrap();
+        let forwarded = out
+            .iter()
+            .filter(|o| matches!(o, Output::Forward(..)))
+            .count();
+        assert_eq!(forwarded, 1, "the first frame, overdue");
+        assert!(p.holding(), "the second waits");
+        assert_eq!(
+            p.next_due(),
+            Some(later + p.max_wait()),
+            "until its own longest wait"
+        );
+    }
+
+    #[test]
+    fn arrivals_are_whole_milliseconds_since_the_start_and_saturate() {
+        assert_eq!(arrival(Duration::from_micros(10_999)), 10);
+        assert_eq!(arrival(Duration::from_millis(86_400_000)), 86_400_000);
+        assert_eq!(arrival(Duration::from_secs(50 * 86_400)), Arrival::MAX);
+        assert_eq!(arrival(Duration::MAX), Arrival::MAX);
+    }
+
+    #[test]
+    fn delay_queue_entries_stay_small() {
+        let forwarded = std::mem::size_of::<Forwarded>();
+        let recorded = std::mem::size_of::<Recorded>();
+        assert!(forwarded <= 104, "Forwarded grew to {forwarded} bytes");
+        assert!(recorded <= 96, "Recorded grew to {recorded} bytes");
     }
 }

@@ -2,6 +2,7 @@
 //! [`CallProcessor`], hands recorded events to the recorder without ever waiting for it, and records
 //! metrics. Says what to send where; the pump does the sending.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +17,49 @@ use super::record::{EncodedFrames, FRAME_ROOM, FrameBatch, RecordedEvent, ToReco
 use crate::config::media::OnMalformed;
 use crate::metrics::MediaMetrics;
 
-/// What to send where, in order; borrowed from the session's reused buffer.
-pub type Sends<'a> = std::vec::Drain<'a, (Direction, Message)>;
+/// What to send where, in order. Built in the runtime thread's send list, which it gives back
+/// when dropped: every session on the thread shares one list, kept in the CPU's cache, instead of
+/// writing a cold one of its own for every message (docs/PERFORMANCE.md, twenty-second session).
+/// While one session's sends wait on a slow socket, another session on the thread builds its own.
+pub struct Sends {
+    list: VecDeque<(Direction, Message)>,
+}
+
+thread_local! {
+    static SEND_LIST: std::cell::Cell<VecDeque<(Direction, Message)>> =
+        const { std::cell::Cell::new(VecDeque::new()) };
+}
+
+impl Sends {
+    fn new(list: VecDeque<(Direction, Message)>) -> Self {
+        Self { list }
+    }
+}
+
+impl Iterator for Sends {
+    type Item = (Direction, Message);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.list.pop_front()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.list.len(), Some(self.list.len()))
+    }
+}
+
+impl ExactSizeIterator for Sends {}
+
+impl Drop for Sends {
+    fn drop(&mut self) {
+        // Unless something unusual (a call's end flushing a long delay) grew it. A list another
+        // session gave back meanwhile is the one dropped.
+        if self.list.capacity() <= 64 {
+            self.list.clear();
+            SEND_LIST.set(std::mem::take(&mut self.list));
+        }
+    }
+}
 
 /// Message kinds (`protocols::Kind` variants; `Other` is the last).
 const KINDS: usize = crate::ws::protocols::Kind::Other as usize + 1;
@@ -80,17 +122,9 @@ pub struct MediaSession {
     processing: Histogram,
     /// `messages{route,direction,kind}` resolved once per session: it is bumped for every message.
     messages: [[Option<IntCounter>; KINDS]; 2],
-    /// What the last message released for the sockets, handed out by reference: no allocation
-    /// per message. Room for two to start with ([`SCRATCH`]), not the four a `Vec` grows to
-    /// first: a paced call's message releases one frame each way, and an idle call keeps what it
-    /// first allocated.
-    sends: Vec<(Direction, Message)>,
     redacted: crate::ws::redact::Report,
     stream: Option<String>,
 }
-
-/// Outputs a message usually releases: one forwarded, one recorded.
-const SCRATCH: usize = 2;
 
 thread_local! {
     /// What the processor released for the message in hand, before `drain` sorts it out: one list
@@ -197,14 +231,13 @@ impl MediaSession {
             frames: Frames::default(),
             recorder_told: false,
             messages: Default::default(),
-            sends: Vec::with_capacity(SCRATCH),
             redacted: Default::default(),
             stream: None,
         }
     }
 
     /// Processes one text or binary message; returns what to send, in order.
-    pub fn handle(&mut self, direction: Direction, msg: Message) -> Result<Sends<'_>, CloseCall> {
+    pub fn handle(&mut self, direction: Direction, msg: Message) -> Result<Sends, CloseCall> {
         let started = Instant::now();
         let mut outs = take_outputs();
         let decoded = self.processor.process(direction, msg, started, &mut outs);
@@ -230,7 +263,7 @@ impl MediaSession {
                     "malformed media message dropped"
                 );
                 if self.on_malformed == OnMalformed::Close {
-                    self.sort(outs);
+                    drop(self.drain(outs));
                     return Err(CloseCall {
                         code: match malformed {
                             Malformed::UnexpectedBinary => CloseCode::Policy,
@@ -255,7 +288,7 @@ impl MediaSession {
     /// released everything, the call is idle (on hold, or only connected): the delay queues are
     /// freed, not kept for a next message that may be minutes away. While audio flows, later
     /// frames release the held ones and this is not called.
-    pub fn due(&mut self) -> Option<Sends<'_>> {
+    pub fn due(&mut self) -> Option<Sends> {
         if !self.processor.holding() {
             return None;
         }
@@ -289,7 +322,7 @@ impl MediaSession {
     }
 
     /// Everything still held in a delay (call end).
-    pub fn finish(&mut self) -> Sends<'_> {
+    pub fn finish(&mut self) -> Sends {
         let mut outs = take_outputs();
         self.processor.flush(&mut outs);
         self.drain(outs)
@@ -332,18 +365,13 @@ impl MediaSession {
         }
     }
 
-    /// Hands what the processor released to the recorder, and returns what goes to the sockets.
-    fn drain(&mut self, outs: Vec<Output>) -> Sends<'_> {
-        self.sort(outs);
-        self.sends.drain(..)
-    }
-
-    /// Hands what the processor released to the recorder and queues what goes to the sockets;
+    /// Hands what the processor released to the recorder, and returns what goes to the sockets;
     /// gives the output list back to the thread.
-    fn sort(&mut self, mut outs: Vec<Output>) {
+    fn drain(&mut self, mut outs: Vec<Output>) -> Sends {
+        let mut sends = SEND_LIST.take();
         for out in outs.drain(..) {
             match out {
-                Output::Forward(d, m) => self.sends.push((d, m)),
+                Output::Forward(d, m) => sends.push_back((d, m)),
                 Output::Record(event) => {
                     if self.stream.is_none() {
                         self.stream = event.call.as_ref().and_then(|c| c.stream.clone());
@@ -359,6 +387,7 @@ impl MediaSession {
             self.hand_frames(false);
         }
         put_outputs(outs);
+        Sends::new(sends)
     }
 }
 
@@ -406,6 +435,25 @@ mod tests {
                 batch: SIX_FRAMES,
             }
         }
+    }
+
+    /// Two lists out at once (one session's sends waiting on a socket while another's are built)
+    /// each keep their order; the last one dropped goes back to the thread for the next message.
+    #[test]
+    fn sends_keep_their_order_and_give_their_list_back() {
+        let msg = |n: u8| (Direction::ToCaller, Message::binary(vec![n]));
+        let first = Sends::new([msg(1), msg(2), msg(3)].into());
+        let second = Sends::new([msg(4)].into());
+        assert_eq!(first.len(), 3);
+        let order: Vec<Message> = second.map(|(_, m)| m).collect();
+        assert_eq!(order, [msg(4).1]);
+        let order: Vec<Message> = first.map(|(_, m)| m).collect();
+        assert_eq!(order, [1, 2, 3].map(|n| msg(n).1));
+        let list = SEND_LIST.take();
+        assert!(
+            list.is_empty() && list.capacity() >= 3,
+            "the list is given back"
+        );
     }
 
     fn recorded_route(sink: Arc<Unread>) -> MediaRoute {

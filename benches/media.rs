@@ -11,6 +11,9 @@
 //! 5,000 calls taken in turn, as a paced load reaches them. 500 calls' state still fits the L2
 //! cache; 5,000 calls' does not, so that case shows what cold per-call state costs (the live
 //! proxy's state is colder still: the kernel's network path runs between two messages of a call).
+//! With `VOXGUARD_BENCH_STEPS=N` the binary runs the 5,000-call case for exactly N steps instead,
+//! for a cache simulator (`valgrind --tool=callgrind --cache-sim=yes`), whose counts do not move
+//! with the host's load the way times do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -54,9 +54,11 @@ impl Drop for Sends {
     fn drop(&mut self) {
         // Unless something unusual (a call's end flushing a long delay) grew it. A list another
         // session gave back meanwhile is the one dropped.
+        // A thread that is ending (its locals already gone) keeps nothing.
         if self.list.capacity() <= 64 {
             self.list.clear();
-            SEND_LIST.set(std::mem::take(&mut self.list));
+            let list = std::mem::take(&mut self.list);
+            let _ = SEND_LIST.try_with(|kept| kept.set(list));
         }
     }
 }
@@ -137,7 +139,7 @@ thread_local! {
 
 /// The thread's output list, empty; give it back with [`put_outputs`].
 fn take_outputs() -> Vec<Output> {
-    OUTPUTS.take()
+    OUTPUTS.try_with(std::cell::Cell::take).unwrap_or_default()
 }
 
 /// Returns the output list to the thread, keeping its room unless something unusual (a call's
@@ -147,7 +149,7 @@ fn put_outputs(mut outs: Vec<Output>) {
     if outs.capacity() > 64 {
         outs = Vec::new();
     }
-    OUTPUTS.set(outs);
+    let _ = OUTPUTS.try_with(|kept| kept.set(outs));
 }
 
 /// A message that cannot be redacted ends the call (route `on_malformed = "close"`).
@@ -368,7 +370,9 @@ impl MediaSession {
     /// Hands what the processor released to the recorder, and returns what goes to the sockets;
     /// gives the output list back to the thread.
     fn drain(&mut self, mut outs: Vec<Output>) -> Sends {
-        let mut sends = SEND_LIST.take();
+        let mut sends = SEND_LIST
+            .try_with(std::cell::Cell::take)
+            .unwrap_or_default();
         for out in outs.drain(..) {
             match out {
                 Output::Forward(d, m) => sends.push_back((d, m)),

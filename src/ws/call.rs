@@ -134,6 +134,12 @@ struct Span {
     start: u64,
 }
 
+impl Span {
+    fn end(self) -> u64 {
+        self.start + u64::from(self.len)
+    }
+}
+
 /// Time since the call started as an `Arrival`, rounded down (without `as_millis`' 128-bit
 /// arithmetic: this runs for every message).
 fn arrival(since_start: Duration) -> Arrival {
@@ -142,12 +148,6 @@ fn arrival(since_start: Duration) -> Arrival {
         .saturating_mul(1000)
         .saturating_add(u64::from(since_start.subsec_millis()));
     Arrival::try_from(ms).unwrap_or(Arrival::MAX)
-}
-
-impl Span {
-    fn end(self) -> u64 {
-        self.start + u64::from(self.len)
-    }
 }
 
 impl Forwarded {

@@ -1109,8 +1109,6 @@ pub(crate) mod tests {
         let _ = Audio::Ulaw(Vec::new());
     }
 
-    /// Every message of a call waits in one of these queues, written and read cold: they must not
-    /// grow back unnoticed (docs/PERFORMANCE.md, twenty-second session).
     /// A frame that comes a second after the last (a stalled caller) releases the frames that
     /// waited past their longest, and is itself held: its delay starts when it came.
     #[test]
@@ -1146,6 +1144,8 @@ pub(crate) mod tests {
         assert_eq!(arrival(Duration::MAX), Arrival::MAX);
     }
 
+    /// Every message of a call waits in one of these queues, written and read cold: they must not
+    /// grow back unnoticed (docs/PERFORMANCE.md, twenty-second session).
     #[test]
     fn delay_queue_entries_stay_small() {
         let forwarded = std::mem::size_of::<Forwarded>();

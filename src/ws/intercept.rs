@@ -51,17 +51,20 @@ impl Iterator for Sends {
 impl ExactSizeIterator for Sends {}
 
 impl Drop for Sends {
+    /// Gives the list back to the thread (replacing one another session gave back meanwhile). A
+    /// thread that is ending, its locals already gone, keeps nothing.
     fn drop(&mut self) {
-        // Unless something unusual (a call's end flushing a long delay) grew it. A list another
-        // session gave back meanwhile is the one dropped.
-        // A thread that is ending (its locals already gone) keeps nothing.
-        if self.list.capacity() <= 64 {
+        if self.list.capacity() <= THREAD_LIST_ROOM {
             self.list.clear();
             let list = std::mem::take(&mut self.list);
             let _ = SEND_LIST.try_with(|kept| kept.set(list));
         }
     }
 }
+
+/// The most room a thread's list (of outputs, of sends) keeps between messages: more is something
+/// unusual, such as a call's end flushing a long delay, and is freed.
+const THREAD_LIST_ROOM: usize = 64;
 
 /// Message kinds (`protocols::Kind` variants; `Other` is the last).
 const KINDS: usize = crate::ws::protocols::Kind::Other as usize + 1;
@@ -142,11 +145,10 @@ fn take_outputs() -> Vec<Output> {
     OUTPUTS.try_with(std::cell::Cell::take).unwrap_or_default()
 }
 
-/// Returns the output list to the thread, keeping its room unless something unusual (a call's
-/// end flushing a long delay) grew it.
+/// Returns the output list to the thread, keeping its room up to [`THREAD_LIST_ROOM`].
 fn put_outputs(mut outs: Vec<Output>) {
     debug_assert!(outs.is_empty(), "drained before it is put back");
-    if outs.capacity() > 64 {
+    if outs.capacity() > THREAD_LIST_ROOM {
         outs = Vec::new();
     }
     let _ = OUTPUTS.try_with(|kept| kept.set(outs));

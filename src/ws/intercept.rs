@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::call::{CallProcessor, MediaSettings, Output};
 use super::protocols::{Direction, Malformed};
-use super::record::{EncodedFrames, FRAME_ROOM, FrameBatch, RecordedEvent, ToRecorder};
+use super::record::{EncodedFrames, FrameBatch, RecordedEvent, ToRecorder};
 use crate::config::media::OnMalformed;
 use crate::metrics::MediaMetrics;
 
@@ -115,12 +115,9 @@ pub struct MediaSession {
     recorder: Option<record_queue::Sender<ToRecorder>>,
     /// How many frames the recorder takes to an entry.
     batch: FrameBatch,
-    /// Released media frames (and text events, once the recorder has the call's first event),
-    /// encoded as records, not yet handed to the recorder.
+    /// Released media frames (and text events after the call's first event), encoded in the
+    /// processor's recording line, not yet handed to the recorder.
     frames: Frames,
-    /// The event that tells the recorder whether and under whom to record (`RecordedEvent::call`)
-    /// has gone to it.
-    recorder_told: bool,
     /// Cancelled by the recorder when the call must end (`on_error = "close"`).
     pub recorder_failed: tokio_util::sync::CancellationToken,
     dropped: IntCounter,
@@ -161,45 +158,35 @@ pub struct CloseCall {
     pub reason: &'static str,
 }
 
-/// Released frames (and later text events) encoded as records, not yet handed to the recorder.
+/// The released records in the processor's line not yet handed to the recorder: how many, over
+/// what time, and where the last one ends.
 #[derive(Default)]
 struct Frames {
-    records: Vec<u8>,
     count: u32,
     first_at: std::time::Duration,
     last_at: std::time::Duration,
+    through: u64,
 }
 
 impl Frames {
-    /// Encodes `event` into the batch; returns whether the batch is now whole (`batch` reached).
-    fn push(&mut self, event: &RecordedEvent, batch: FrameBatch) -> bool {
+    /// Counts a released record ending at `end`; returns whether the batch is now whole: its
+    /// records (those since `taken_through`) reached `batch.bytes`, or the first of them has
+    /// waited `batch.wait`.
+    fn released(
+        &mut self,
+        at: std::time::Duration,
+        end: u64,
+        taken_through: u64,
+        batch: FrameBatch,
+    ) -> bool {
         if self.count == 0 {
-            self.first_at = event.at;
+            self.first_at = at;
         }
-        if event.audio.is_some() && self.records.capacity() < batch.bytes {
-            // Audio starts a batch's worth (`take` left an unallocated buffer): the whole batch's
-            // buffer at once, never reallocated, which the recorder seals in place as the chunk.
-            // A text event alone (a quiet call's marks, its echoed `start`) takes only its size.
-            self.records.reserve_exact(batch.bytes + FRAME_ROOM);
-        }
-        crate::recording::writer::encode_event(event, &mut self.records, |v, n| v.reserve(n));
         self.count += 1;
-        self.last_at = event.at;
-        self.records.len() >= batch.bytes || event.at.saturating_sub(self.first_at) >= batch.wait
-    }
-
-    /// The pending frames as a queue entry, and how many they are.
-    fn take(&mut self, whole: bool) -> Option<(ToRecorder, u32)> {
-        (self.count > 0).then(|| {
-            let taken = std::mem::take(self);
-            let entry = ToRecorder::Frames(Box::new(EncodedFrames {
-                records: taken.records,
-                count: taken.count,
-                last_at: taken.last_at,
-                whole,
-            }));
-            (entry, taken.count)
-        })
+        self.last_at = at;
+        self.through = end;
+        end.saturating_sub(taken_through) >= batch.bytes as u64
+            || at.saturating_sub(self.first_at) >= batch.wait
     }
 }
 
@@ -224,7 +211,13 @@ impl MediaSession {
         };
         Self {
             recorder_failed,
-            processor: CallProcessor::new(route.settings.clone(), Instant::now()),
+            processor: {
+                let processor = CallProcessor::new(route.settings.clone(), Instant::now());
+                match recorder {
+                    Some(_) => processor.with_recording(batch.bytes),
+                    None => processor,
+                }
+            },
             dropped: metrics.recording_dropped.with_label_values(&[&name]),
             processing: metrics.processing.with_label_values(&[&name]),
             route: name,
@@ -233,7 +226,6 @@ impl MediaSession {
             recorder,
             batch,
             frames: Frames::default(),
-            recorder_told: false,
             messages: Default::default(),
             redacted: Default::default(),
             stream: None,
@@ -332,32 +324,44 @@ impl MediaSession {
         self.drain(outs)
     }
 
-    /// Media frames are encoded into the pending batch, handed over whole once it reaches the
-    /// recorder's `FrameBatch`. The call's first event (consent, subject) goes as it is, after the
-    /// frames before it, and so does any text event before it; text events after it (marks, DTMF
-    /// events, `stop`) are encoded into the batch like frames. A voice agent that marks every
-    /// chunk of its audio would otherwise split the batch a few times a second.
-    fn record(&mut self, event: RecordedEvent) {
+    /// A released record in the processor's line joins the pending batch, handed over whole once
+    /// it reaches the recorder's `FrameBatch`. Media frames, and text events after the call's
+    /// first event (marks, DTMF events, `stop`), are encoded there: a voice agent that marks
+    /// every chunk of its audio would otherwise split the batch a few times a second.
+    fn record_released(&mut self, at: std::time::Duration, end: u64) {
         if self.recorder.is_none() {
             return;
         }
-        let batched = event.call.is_none() && (event.audio.is_some() || self.recorder_told);
-        if batched {
-            if self.frames.push(&event, self.batch) {
-                self.hand_frames(true);
-            }
+        let taken_through = self.processor.records_taken_through();
+        if self.frames.released(at, end, taken_through, self.batch) {
+            self.hand_frames(true);
+        }
+    }
+
+    /// The call's first event (consent, subject) goes to the recorder as it is, after the frames
+    /// before it, and so does any text event before it.
+    fn record_whole(&mut self, event: RecordedEvent) {
+        if self.recorder.is_none() {
             return;
         }
-        self.recorder_told |= event.call.is_some();
         self.hand_frames(false);
         self.send(ToRecorder::Event(Box::new(event)), 1);
     }
 
     /// Hands the pending frames to the recorder; `whole` when the batch is full or due.
     fn hand_frames(&mut self, whole: bool) {
-        if let Some((batch, count)) = self.frames.take(whole) {
-            self.send(batch, count);
+        let pending = std::mem::take(&mut self.frames);
+        if pending.count == 0 {
+            return;
         }
+        let records = self.processor.take_records(pending.through);
+        let entry = ToRecorder::Frames(Box::new(EncodedFrames {
+            records,
+            count: pending.count,
+            last_at: pending.last_at,
+            whole,
+        }));
+        self.send(entry, pending.count);
     }
 
     /// Never waits: a full queue drops the entry, counted in events.
@@ -383,7 +387,16 @@ impl MediaSession {
                         self.stream = event.call.as_ref().and_then(|c| c.stream.clone());
                     }
                     self.message_counter(event.direction, event.kind).inc();
-                    self.record(event);
+                    self.record_whole(event);
+                }
+                Output::Recorded {
+                    direction,
+                    kind,
+                    at,
+                    end,
+                } => {
+                    self.message_counter(direction, kind).inc();
+                    self.record_released(at, end);
                 }
             }
         }
@@ -670,7 +683,8 @@ mod tests {
         }
         assert!(s.frames.count > 0, "frames were released into the batch");
         assert!(
-            s.frames.records.capacity() >= SIX_FRAMES.bytes + FRAME_ROOM,
+            s.processor.record_line_capacity()
+                >= SIX_FRAMES.bytes + super::super::record::FRAME_ROOM,
             "audio reserves the batch"
         );
     }
@@ -727,50 +741,53 @@ mod tests {
         assert_eq!(seen, expected);
     }
 
-    /// A batch is whole once its frames reach the recorder's size, or once the oldest has waited
+    /// A batch is whole once its records reach the recorder's size, or once the oldest has waited
     /// the recorder's time (a call with audio one way only fills a chunk half as fast).
     #[test]
     fn a_batch_is_whole_by_size_or_by_the_wait() {
-        let frame = |ms: u64| RecordedEvent {
-            at: std::time::Duration::from_millis(ms),
-            direction: Direction::ToBackend,
-            kind: crate::ws::protocols::Kind::Media,
-            track: crate::ws::protocols::Track::Inbound,
-            audio: Some(crate::ws::protocols::Audio::Ulaw(vec![0x7E; 160])),
-            json: None,
-            call: None,
-        };
+        use std::time::Duration;
+        // A 20 ms μ-law frame's record is 172 bytes; the line had 5,000 bytes taken before.
+        let record = 172u64;
+        let taken = 5000u64;
         let by_size = FrameBatch {
             bytes: 1024,
-            wait: std::time::Duration::from_secs(1),
+            wait: Duration::from_secs(1),
         };
         let mut frames = Frames::default();
         let whole: Vec<bool> = (0..6)
-            .map(|i| frames.push(&frame(i * 20), by_size))
+            .map(|i| {
+                frames.released(
+                    Duration::from_millis(i * 20),
+                    taken + (i + 1) * record,
+                    taken,
+                    by_size,
+                )
+            })
             .collect();
         assert_eq!(whole, [false, false, false, false, false, true]);
-        assert_eq!(
-            frames.records.capacity(),
-            1024 + FRAME_ROOM,
-            "the batch's buffer is allocated once, with room for the tag"
-        );
+        assert_eq!((frames.count, frames.through), (6, taken + 6 * record));
 
         let by_time = FrameBatch {
             bytes: 14 * 1024,
-            wait: std::time::Duration::from_millis(100),
+            wait: Duration::from_millis(100),
         };
         let mut frames = Frames::default();
         // One frame each 20 ms, starting 1 s into the call: the sixth has waited 100 ms.
         let whole: Vec<bool> = (0..6)
-            .map(|i| frames.push(&frame(1000 + i * 20), by_time))
+            .map(|i| {
+                frames.released(
+                    Duration::from_millis(1000 + i * 20),
+                    (i + 1) * record,
+                    0,
+                    by_time,
+                )
+            })
             .collect();
         assert_eq!(whole, [false, false, false, false, false, true]);
-        let (entry, count) = frames.take(true).unwrap();
-        assert_eq!(count, 6);
-        assert!(matches!(entry, ToRecorder::Frames(f) if f.whole));
-        assert!(frames.take(false).is_none(), "taking empties the batch");
+        assert_eq!(frames.last_at, Duration::from_millis(1100));
+        let mut frames = Frames::default(); // as `hand_frames` leaves it
         assert!(
-            !frames.push(&frame(2000), by_time),
+            !frames.released(Duration::from_millis(2000), 7 * record, 6 * record, by_time),
             "a new batch's wait starts at its first frame"
         );
     }

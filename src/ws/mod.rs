@@ -5,6 +5,7 @@ pub mod call;
 pub mod intercept;
 pub mod protocols;
 pub mod record;
+pub mod record_line;
 pub mod record_queue;
 pub mod redact;
 pub mod session;

@@ -44,7 +44,8 @@ pub enum ToRecorder {
 
 /// Media frames, and the text events after the call's first event, already encoded as the
 /// recording's records, back to back (`recording::writer::encode_event`). The session encodes each
-/// as the delay releases it and gathers them up to the sink's [`FrameBatch`], so that the recorder
+/// as it arrives (`ws::record_line`) and gathers them, once the tone delay releases them, up to the
+/// sink's [`FrameBatch`], so that the recorder
 /// wakes about once a second per call, for a whole chunk, instead of for every few frames.
 /// `records` is allocated with [`FRAME_ROOM`] to spare, so the recorder can seal it in place as
 /// the chunk.

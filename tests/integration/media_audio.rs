@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tokio_tungstenite::tungstenite::Message;
+use voxguard::recording::format::{Record, RecordBody};
 use voxguard::ws::call::{CallProcessor, MediaSettings, Output};
 use voxguard::ws::protocols::audio::{linear_to_ulaw, ulaw_to_linear};
 use voxguard::ws::protocols::{Direction, FrameCodec, twilio::TwilioCodec};
@@ -54,7 +55,7 @@ fn through_messages(
     messages: impl Iterator<Item = Message>,
 ) -> Through {
     let t = Instant::now();
-    let mut p = CallProcessor::new(settings.clone(), t);
+    let mut p = CallProcessor::new(settings.clone(), t).with_recording(16 * 1024);
     let mut out = Vec::new();
     for (i, msg) in messages.enumerate() {
         p.process(
@@ -66,7 +67,7 @@ fn through_messages(
         .unwrap();
     }
     p.flush(&mut out);
-    let (mut forwarded, mut recorded) = (Vec::new(), Vec::new());
+    let (mut forwarded, mut through, mut pcm) = (Vec::new(), 0, false);
     for o in out {
         match o {
             Output::Forward(_, m @ Message::Text(_)) => {
@@ -74,10 +75,28 @@ fn through_messages(
                 forwarded.extend(frame.audio.unwrap().linear());
             }
             Output::Forward(_, Message::Binary(b)) => {
+                // Raw PCM: the recording keeps its 16-bit samples too.
+                pcm = true;
                 forwarded.extend(b.chunks_exact(2).map(|x| i16::from_le_bytes([x[0], x[1]])))
             }
-            Output::Record(e) => recorded.extend(e.audio.unwrap().linear()),
+            Output::Recorded { end, .. } => through = end,
             other => panic!("{other:?}"),
+        }
+    }
+    // The recording as the recorder gets it: the records the call released, decoded.
+    let mut recorded = Vec::new();
+    for record in Record::decode_all(&p.take_records(through)).unwrap() {
+        let RecordBody::Audio(bytes) = record.body else {
+            panic!("only media frames were sent");
+        };
+        if pcm {
+            recorded.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|x| i16::from_le_bytes([x[0], x[1]])),
+            );
+        } else {
+            recorded.extend(bytes.iter().map(|&b| ulaw_to_linear(b)));
         }
     }
     Through {

@@ -631,6 +631,10 @@ mod tests {
         }
         assert!(s.due().is_some_and(|sends| sends.len() == 0), "not due yet");
         assert!(s.processor.queue_capacity() > 0);
+        assert!(
+            s.processor.record_line_capacity() > 0,
+            "the held frames' records"
+        );
         std::thread::sleep(std::time::Duration::from_millis(150));
         let released: Vec<u8> = s
             .due()
@@ -648,6 +652,11 @@ mod tests {
             s.processor.queue_capacity(),
             0,
             "the delay queues are freed"
+        );
+        assert_eq!(
+            s.processor.record_line_capacity(),
+            0,
+            "the records went to the recorder with their buffer"
         );
         let outs = take_outputs();
         assert!(outs.is_empty(), "the thread's output list is left empty");

@@ -614,6 +614,50 @@ mod tests {
         );
     }
 
+    /// The call's first event goes to the recorder whole, and frames can come before it and
+    /// still be held in the recording's delay when it comes (their records already in the line,
+    /// with the records of frames after it behind them): the recorder gets the frames before it,
+    /// then the event, then the frames after it, each once.
+    #[test]
+    fn frames_around_the_first_event_reach_the_recorder_on_its_two_sides() {
+        use crate::recording::format::{Record, RecordBody};
+        let (mut s, sink, _metrics) = unread_session(crate::ws::record::QUEUE_EVENTS);
+        for i in 0..2u8 {
+            s.handle(Direction::ToBackend, frame(i)).unwrap();
+        }
+        assert!(
+            s.processor.holding(),
+            "the frames wait in the recording's delay"
+        );
+        s.handle(
+            Direction::ToBackend,
+            Message::text(crate::ws::protocols::twilio::tests::START),
+        )
+        .unwrap();
+        for i in 2..4u8 {
+            s.handle(Direction::ToBackend, frame(i)).unwrap();
+        }
+        s.finish();
+        drop(s);
+
+        let mut rx = sink.queue();
+        let mut seen = Vec::new();
+        while let Ok(entry) = rx.try_recv() {
+            match entry {
+                ToRecorder::Event(e) => seen.push(format!("{:?}", e.kind)),
+                ToRecorder::Frames(f) => {
+                    let decoded = Record::decode_all(&f.records).unwrap();
+                    assert_eq!(decoded.len(), f.count as usize);
+                    seen.extend(decoded.into_iter().map(|r| match r.body {
+                        RecordBody::Audio(audio) => format!("frame {}", audio[0]),
+                        RecordBody::Event(json) => String::from_utf8(json).unwrap(),
+                    }));
+                }
+            }
+        }
+        assert_eq!(seen, ["frame 0", "frame 1", "Start", "frame 2", "frame 3"]);
+    }
+
     /// A call that goes quiet gets what it held out on the pump's timer, in order, and then holds
     /// no buffers for its delays: an idle call costs what its sockets cost. The next frame is
     /// held and released as before.

@@ -209,15 +209,13 @@ impl MediaSession {
             Some(c) => (Some(c.events), c.failed, c.batch),
             None => (None, Default::default(), FrameBatch::default()),
         };
+        let mut processor = CallProcessor::new(route.settings.clone(), Instant::now());
+        if recorder.is_some() {
+            processor = processor.with_recording(batch.bytes);
+        }
         Self {
             recorder_failed,
-            processor: {
-                let processor = CallProcessor::new(route.settings.clone(), Instant::now());
-                match recorder {
-                    Some(_) => processor.with_recording(batch.bytes),
-                    None => processor,
-                }
-            },
+            processor,
             dropped: metrics.recording_dropped.with_label_values(&[&name]),
             processing: metrics.processing.with_label_values(&[&name]),
             route: name,

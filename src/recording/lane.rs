@@ -18,15 +18,20 @@ use tokio::sync::Semaphore;
 /// file work overlap the first one's commit.
 pub const KEYSTORE_JOBS: usize = 2;
 
-/// Chunk writes and syncs, each to its own file. The kernel can take several at once, and ext4 commits
+/// Chunk writes that sync (the last chunk, and every chunk with `fsync = "chunk"`), each to its own file. The kernel can take several at once, and ext4 commits
 /// concurrent fsyncs together, so a few run side by side.
 pub const DISK_JOBS: usize = 8;
+
+/// Batches of gathered chunk writes that do not sync (`recording::write_behind`). A batch is
+/// ~12 writes to the page cache at 600 chunks a second; a second one can start while a slow disk
+/// holds up the first.
+pub const WRITE_BEHIND_JOBS: usize = 2;
 
 /// The proxy runtime's cap on blocking-pool threads (tokio's default is 512): the lanes, and room
 /// beside them for the admin API, the retention sweep and start-up. A lane bounds its jobs, not the
 /// pool's threads: a thread that has just finished a job is not yet idle when the next job is handed
 /// over, so without the cap the pool slowly gathers a few more.
-pub const RUNTIME_BLOCKING_THREADS: usize = KEYSTORE_JOBS + DISK_JOBS + 6;
+pub const RUNTIME_BLOCKING_THREADS: usize = KEYSTORE_JOBS + DISK_JOBS + WRITE_BEHIND_JOBS + 6;
 
 /// How many jobs of one kind run on the blocking pool at once. Besides the thread count, this keeps
 /// one kind from taking every thread: with the keystore locked for seconds (`voxguard keys rewrap`),

@@ -5,6 +5,7 @@ pub mod format;
 pub mod keystore;
 pub mod lane;
 pub mod read;
+pub mod write_behind;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::format::{Codec, Header, Record, RecordBody, seal_chunk_in_place};
 use super::keystore::{Entry, Keystore};
 use super::lane::{self, Lane};
+use super::write_behind::WriteBehind;
 use crate::admission::signature::encoding::to_hex;
 use crate::config::recording::{Fsync, OnError, RecordingConfig};
 use crate::keys::{KeyBytes, KeyRing, keyed_hash};
@@ -93,8 +94,10 @@ pub struct FileSink {
     pub audit: std::sync::OnceLock<crate::audit::log::AuditLog>,
     /// Creating recordings and marking their end: SQLite work (`recording::lane`).
     keystore_lane: Lane,
-    /// Chunk writes and syncs.
+    /// Chunk writes that sync, each alone.
     disk_lane: Lane,
+    /// Chunk writes that do not sync, gathered into one job (`recording::write_behind`).
+    write_behind: WriteBehind,
     /// Every call's writer task: the drain waits for them (`finish_writers`).
     writers: tokio_util::task::TaskTracker,
 }
@@ -120,6 +123,7 @@ impl FileSink {
             audit: std::sync::OnceLock::new(),
             keystore_lane: Lane::new(lane::KEYSTORE_JOBS),
             disk_lane: Lane::new(lane::DISK_JOBS),
+            write_behind: WriteBehind::new(Lane::new(lane::WRITE_BEHIND_JOBS)),
             writers: tokio_util::task::TaskTracker::new(),
         }))
     }
@@ -194,7 +198,8 @@ struct Open {
 
 impl Open {
     /// Seals what `plain` holds as the next chunk, then writes it (and syncs it, with `fsync =
-    /// "chunk"` or for the last chunk) on the blocking pool. A write can wait on the disk too
+    /// "chunk"` or for the last chunk) on the blocking pool: alone if it syncs, otherwise with the
+    /// other calls' chunks sealed within `write_behind::GATHER`. A write can wait on the disk too
     /// (dirty-page throttling, a slow volume), and a sync always does: that stalls this recording
     /// only, never the calls on the runtime's threads (with one CPU there is only one). The
     /// buffer goes to the blocking thread, so it is never copied or reallocated, and is freed after
@@ -213,14 +218,17 @@ impl Open {
         let sync = sink.config.fsync == Fsync::Chunk || last;
         let mut out = std::mem::replace(&mut self.out, Box::new(std::io::sink()));
         let chunk = std::mem::take(&mut self.plain);
-        let (out, chunk, wrote) = sink
-            .disk_lane
-            .run(move || {
-                let wrote = write_both(&mut *out, &len, &chunk)
-                    .and_then(|()| if sync { out.flush() } else { Ok(()) });
-                (out, chunk, wrote)
-            })
-            .await
+        let write = move || {
+            let wrote = write_both(&mut *out, &len, &chunk)
+                .and_then(|()| if sync { out.flush() } else { Ok(()) });
+            (out, chunk, wrote)
+        };
+        let written_back = if sync {
+            sink.disk_lane.run(write).await
+        } else {
+            sink.write_behind.run(write).await
+        };
+        let (out, chunk, wrote) = written_back
             .map_err(|_| std::io::Error::other("the recording's write task panicked"))?;
         self.out = out;
         drop(chunk);

@@ -18,8 +18,9 @@ use tokio::sync::Semaphore;
 /// file work overlap the first one's commit.
 pub const KEYSTORE_JOBS: usize = 2;
 
-/// Chunk writes that sync (the last chunk, and every chunk with `fsync = "chunk"`), each to its own file. The kernel can take several at once, and ext4 commits
-/// concurrent fsyncs together, so a few run side by side.
+/// Chunk writes that sync (the last chunk, and every chunk with `fsync = "chunk"`) or come from a
+/// call faster than real time, each to its own file. The kernel can take several at once, and ext4
+/// commits concurrent fsyncs together, so a few run side by side.
 pub const DISK_JOBS: usize = 8;
 
 /// Batches of gathered chunk writes that do not sync (`recording::write_behind`). A batch is

@@ -8,7 +8,9 @@
 //! back, and the results are handed to the waiting calls on the runtime thread.
 //!
 //! Only writes that do not sync go this way: an fsync waits on the disk, and would hold up every
-//! write gathered with it, so a syncing write still runs alone in the lane.
+//! write gathered with it, so a syncing write still runs alone in the disk lane. So does the write
+//! of a call that sends faster than real time (`writer::FASTER_THAN_REAL_TIME`): its writes wait
+//! for each other, and gathering each one would hold its queue back.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};

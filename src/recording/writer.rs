@@ -201,8 +201,8 @@ struct Open {
 /// A call that seals chunks closer together than this is sending faster than real time (a
 /// real-time two-way call seals one about every 0.85 s): its chunks are written at once, alone,
 /// as they were before chunk writes were gathered. Each of a call's writes waits for the one
-/// before it, so gathering would hold such a call's queue back: flat out, 64 calls then kept
-/// ~330 KiB each queued instead of ~120 KiB (docs/PERFORMANCE.md, twenty-fourth session).
+/// before it, so gathering would hold such a call's queue back: flat out, 64 calls then held
+/// 400–525 KiB of RSS each instead of ~120 KiB (docs/PERFORMANCE.md, twenty-fourth session).
 const FASTER_THAN_REAL_TIME: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Open {

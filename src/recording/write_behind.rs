@@ -34,14 +34,9 @@ type Deliver = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct WriteBehind {
     lane: Lane,
-    pending: Arc<Mutex<Pending>>,
-}
-
-#[derive(Default)]
-struct Pending {
-    jobs: Vec<Job>,
-    /// A task is waiting out [`GATHER`] and will take `jobs`.
-    scheduled: bool,
+    /// Jobs submitted and not yet taken. While any wait here, a task is waiting out [`GATHER`]
+    /// and will take them all: the first job of a batch starts that task.
+    pending: Arc<Mutex<Vec<Job>>>,
 }
 
 impl WriteBehind {
@@ -70,8 +65,8 @@ impl WriteBehind {
         });
         let gather = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.jobs.push(job);
-            !std::mem::replace(&mut pending.scheduled, true)
+            pending.push(job);
+            pending.len() == 1
         };
         if gather {
             tokio::spawn(self.clone().write_after_gathering());
@@ -83,11 +78,7 @@ impl WriteBehind {
     /// each result to its caller.
     async fn write_after_gathering(self) {
         tokio::time::sleep(GATHER).await;
-        let jobs = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.scheduled = false;
-            std::mem::take(&mut pending.jobs)
-        };
+        let jobs = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let ran = self
             .lane
             .run(move || {
@@ -151,7 +142,7 @@ mod tests {
         let behind = WriteBehind::new(Lane::new(2));
         assert_eq!(behind.run(|| 1).await.unwrap(), 1);
         assert!(
-            !behind.pending.lock().unwrap().scheduled,
+            behind.pending.lock().unwrap().is_empty(),
             "nothing waits once the batch has run"
         );
         let later = tokio::time::timeout(Duration::from_secs(5), behind.run(|| 2)).await;

@@ -19,7 +19,8 @@
 # Settings (environment): DURATION (10s), CONNS (64), CALLS (64 flat-out calls), IDLE_CALLS (1000),
 # IDLE_CONNS (1000 idle keep-alive HTTPS connections),
 # PACED_STEPS ("250 500 750 1000"), PACED_DURATION (5s), ROUNDS (1), PEERS ("direct nginx haproxy voxguard
-# voxguard-webhook voxguard-media"), LOADS ("http ws"), OUT (the results file; default in the temp dir),
+# voxguard-webhook voxguard-media"), LOADS ("http h2 ws"; h2: the GET and the GitHub-signed POST over
+# HTTP/2, which every peer offers by ALPN beside HTTP/1.1), OUT (the results file; default in the temp dir),
 # VOXGUARD_BIN (a voxguard binary to measure instead of the one built here: A/B runs of two builds).
 # PROFILE_DIR (INSTRUCTIONS mode: keep each load's callgrind profile there, named peer-NN-short|long.pid,
 # for callgrind_annotate).
@@ -59,7 +60,7 @@ IDLE_CALLS=${IDLE_CALLS:-1000}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 PACED_STEPS=${PACED_STEPS:-$([ -n "$QUICK" ] && echo "500" || echo "250 500 750 1000")}
 PEERS=${PEERS:-"direct nginx haproxy voxguard voxguard-webhook voxguard-media"}
-LOADS=${LOADS:-"http ws"}
+LOADS=${LOADS:-"http h2 ws"}
 SECRET=compare-secret
 LOAD_CPU=0
 PROXY_CPU=1
@@ -137,7 +138,7 @@ http {
   upstream app { server $HTTP_BACKEND; keepalive 64; }
   upstream media { server $WS_BACKEND; }
   server {
-    listen 127.0.0.1:$1 ssl;
+    listen 127.0.0.1:$1 ssl http2;
     ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
     ssl_protocols TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
     keepalive_requests 1000000;
@@ -166,7 +167,7 @@ defaults
   timeout tunnel 300s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$1 ssl crt $WORK/haproxy.pem alpn http/1.1
+  bind 127.0.0.1:$1 ssl crt $WORK/haproxy.pem alpn h2,http/1.1
   use_backend media if { path_beg /stream }
   default_backend app
 backend app
@@ -376,6 +377,14 @@ for ROUND in $(seq "${ROUNDS:-1}"); do
         fresh "$peer"; load "$peer" http --url "$HTTP/" --connections "$IDLE_CONNS" --idle \
           --duration 2s --warmup "$WS_WARMUP"
       fi
+    fi
+    # HTTP/2 from the client (Go's HTTP client, curl and browsers choose it when offered), HTTP/1.1 to
+    # the backend, one request at a time per connection as above. The backend speaks no TLS, so no
+    # direct row.
+    if [ "$peer" != direct ] && [ "$peer" != voxguard-media ] && [[ " $LOADS " == *" h2 "* ]]; then
+      fresh "$peer"; load "$peer" http --h2 --url "$HTTP/" --connections "$CONNS" --duration "$DURATION"
+      fresh "$peer"; load "$peer" http --h2 --url "$HTTP/hook" --connections "$CONNS" --duration "$DURATION" \
+        --post-bytes 2048 --sign-github "$SECRET"
     fi
     if [ "$peer" != voxguard-webhook ] && [[ " $LOADS " == *" ws "* ]]; then
       fresh "$peer"; load "$peer" ws --url "$WS/stream" --calls "$CALLS" --rate 0 --duration "$DURATION"

@@ -103,6 +103,12 @@ TABLE = [
     ("HTTP POST 2 KB form, Twilio-signed, req/s", per_peer(field("http_twilio_post", "ops_per_s")), "{:,.0f}", True),
     ("  p50 / p99 latency, ms", None, "lat:http_twilio_post", None),
     ("  proxy CPU per request, µs", per_peer(field("http_twilio_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ("HTTP/2 GET keep-alive (one stream at a time per connection), req/s", per_peer(field("http2_get", "ops_per_s")), "{:,.0f}", True),
+    ("  p50 / p99 latency, ms", None, "lat:http2_get", None),
+    ("  proxy CPU per request, µs", per_peer(field("http2_get", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ("HTTP/2 POST 2 KB form, GitHub-signed, req/s", per_peer(field("http2_signed_post", "ops_per_s")), "{:,.0f}", True),
+    ("  p50 / p99 latency, ms", None, "lat:http2_signed_post", None),
+    ("  proxy CPU per request, µs", per_peer(field("http2_signed_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
     ("new TLS connections (resumed), per s", per_peer(field("http_new_connection", "ops_per_s")), "{:,.0f}", True),
     ("  proxy CPU per connection, µs", per_peer(field("http_new_connection", "proxy_cpu_us_per_op")), "{:.1f}", False),
     # One GET each, then quiet: what the keep-alive connections an edge leaves open cost.
@@ -147,6 +153,8 @@ INSTRUCTION_TABLE = [
     ("HTTP GET keep-alive: user-space instructions per request", per_peer(instructions("http_get")), "{:,.0f}", False),
     ("HTTP POST 2 KB form, GitHub-signed: per request", per_peer(instructions("http_signed_post")), "{:,.0f}", False),
     ("HTTP POST 2 KB form, Twilio-signed: per request", per_peer(instructions("http_twilio_post")), "{:,.0f}", False),
+    ("HTTP/2 GET keep-alive: per request", per_peer(instructions("http2_get")), "{:,.0f}", False),
+    ("HTTP/2 POST 2 KB form, GitHub-signed: per request", per_peer(instructions("http2_signed_post")), "{:,.0f}", False),
     ("new TLS connection (resumed): per connection", per_peer(instructions("http_new_connection")), "{:,.0f}", False),
     ("WebSocket flat out: per relayed message", per_peer(instructions("ws_flat", True)), "{:,.0f}", False),
     ("WebSocket paced: per relayed message", per_peer(instructions("ws_paced", True)), "{:,.0f}", False),
@@ -222,6 +230,7 @@ if len(rounds) > 1 and ours and peers:
     SPREAD = [
         ("HTTP POST 2 KB form, GitHub-signed: proxy CPU per request", "http_signed_post", None, False),
         ("HTTP POST 2 KB form, Twilio-signed: proxy CPU per request", "http_twilio_post", None, False),
+        ("HTTP/2 POST 2 KB form, GitHub-signed: proxy CPU per request", "http2_signed_post", None, False),
         ("WebSocket flat out: proxy CPU per relayed message", "ws_flat", None, True),
         (f"WebSocket paced, {PACED_CPU_CALLS} calls: proxy CPU per message", "ws_paced", PACED_CPU_CALLS, True),
     ]
@@ -249,10 +258,10 @@ if len(rounds) > 1 and ours and peers:
 if CHECK:
     expected = {
         "direct": ["http_get", "http_signed_post", "http_twilio_post", "ws_flat", "ws_paced"],
-        "nginx": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "ws_flat", "ws_idle", "ws_paced"],
-        "haproxy": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "ws_flat", "ws_idle", "ws_paced"],
-        "voxguard": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "ws_flat", "ws_idle", "ws_paced", "startup"],
-        "voxguard-webhook": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle"],
+        "nginx": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "http2_get", "http2_signed_post", "ws_flat", "ws_idle", "ws_paced"],
+        "haproxy": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "http2_get", "http2_signed_post", "ws_flat", "ws_idle", "ws_paced"],
+        "voxguard": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "http2_get", "http2_signed_post", "ws_flat", "ws_idle", "ws_paced", "startup"],
+        "voxguard-webhook": ["http_get", "http_signed_post", "http_twilio_post", "http_new_connection", "http_idle", "http2_get", "http2_signed_post"],
         "voxguard-media": ["ws_flat", "ws_idle", "ws_paced"],
     }
     problems = []

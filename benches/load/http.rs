@@ -5,6 +5,8 @@
 //! `--public-url` + path + the sorted form, with an idempotency token), so a signed route verifies
 //! every request and none is a replay. `--idle` measures memory instead: each connection sends one
 //! GET and then nothing, as the keep-alive connections a busy edge leaves open between requests.
+//! `--h2` speaks HTTP/2 instead (ALPN `h2`, one request at a time per connection, as HTTP/1.1
+//! keep-alive does, so that the two compare request for request); its modes are named `http2_*`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,8 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use ring::hmac;
 use serde_json::json;
 
@@ -49,6 +51,9 @@ pub struct HttpArgs {
     /// The origin Twilio calls: the route's `public_url`.
     #[arg(long, default_value = "https://voice.example.com")]
     public_url: String,
+    /// HTTP/2 (negotiated by ALPN; a server that does not choose `h2` is an error).
+    #[arg(long)]
+    h2: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -69,7 +74,7 @@ struct Tally {
 }
 
 pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
-    let target = Target::parse(&args.url, args.common.ca.as_deref())?;
+    let target = Target::parse_for(&args.url, args.common.ca.as_deref(), args.h2)?;
     if args.idle {
         return run_idle(&args, Arc::new(target)).await;
     }
@@ -108,8 +113,9 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
         (false, true, None) => "http_post",
         (false, false, _) => "http_get",
     };
+    let mode = protocol_mode(mode, args.h2);
     let v = report::result(
-        mode,
+        &mode,
         &args.common,
         (ok, errors),
         &hist,
@@ -159,7 +165,7 @@ async fn run_idle(args: &HttpArgs, target: Arc<Target>) -> anyhow::Result<()> {
     }
     let rss_per_connection = loaded.rss_kib.saturating_sub(baseline.rss_kib) as f64 / count as f64;
     let v = report::result(
-        "http_idle",
+        &protocol_mode("http_idle", args.h2),
         &args.common,
         (held, errors),
         &report::histogram(),
@@ -173,11 +179,43 @@ async fn run_idle(args: &HttpArgs, target: Arc<Target>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The result's mode: `http_*` over HTTP/1.1, `http2_*` over HTTP/2.
+fn protocol_mode(mode: &str, h2: bool) -> String {
+    match (h2, mode.strip_prefix("http_")) {
+        (true, Some(rest)) => format!("http2_{rest}"),
+        _ => mode.to_string(),
+    }
+}
+
+/// One open client connection, HTTP/1.1 or HTTP/2.
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    /// Sends when the connection can take the request; the response's head.
+    async fn send(
+        &mut self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(request).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(request).await
+            }
+        }
+    }
+}
+
 /// One GET on an open connection, its body read to the end; `Err` unless it answered 2xx.
-async fn get(sender: &mut SendRequest<Full<Bytes>>, target: &Target) -> anyhow::Result<()> {
-    sender.ready().await?;
+async fn get(sender: &mut Sender, target: &Target) -> anyhow::Result<()> {
     let response = sender
-        .send_request(request_to(target).body(Full::default())?)
+        .send(request_to(target).body(Full::default())?)
         .await?;
     let status = response.status();
     response.into_body().collect().await?;
@@ -190,7 +228,7 @@ async fn worker(load: Arc<Load>, id: u64) -> Tally {
         hist: Some(report::histogram()),
         ..Tally::default()
     };
-    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    let mut sender: Option<Sender> = None;
     // Unique across runs too (a run nonce in the top 16 bits), so that loads repeated against one
     // proxy are never replays to its webhook replay cache.
     let mut n = (run_nonce() << 48) | (id << 32);
@@ -205,8 +243,7 @@ async fn worker(load: Arc<Load>, id: u64) -> Tally {
                 sender = Some(connect(&load.target).await?);
             }
             let s = sender.as_mut().expect("just connected");
-            s.ready().await?;
-            let response = s.send_request(load.request(n)).await?;
+            let response = s.send(load.request(n)).await?;
             let status = response.status();
             response.into_body().collect().await?;
             anyhow::Ok(status)
@@ -235,11 +272,16 @@ async fn worker(load: Arc<Load>, id: u64) -> Tally {
     }
 }
 
-async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let io = target.connect().await?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+async fn connect(target: &Target) -> anyhow::Result<Sender> {
+    let io = TokioIo::new(target.connect().await?);
+    if target.h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = http1::handshake(io).await?;
     tokio::spawn(conn);
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 impl Load {
@@ -279,8 +321,12 @@ impl Load {
     }
 }
 
-/// A request to the target's path with its `Host`: a GET until a method and body are set.
+/// A request to the target's path with its `Host` (HTTP/2: the whole URL, whose authority becomes
+/// `:authority`): a GET until a method and body are set.
 fn request_to(target: &Target) -> hyper::http::request::Builder {
+    if target.h2 {
+        return hyper::Request::builder().uri(target.url.as_str());
+    }
     hyper::Request::builder()
         .uri(target.path_and_query.as_str())
         .header(hyper::header::HOST, target.authority.as_str())

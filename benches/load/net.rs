@@ -16,6 +16,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Where a load goes: `scheme://host:port/path?query`.
 #[derive(Clone)]
 pub struct Target {
+    /// Offer only `h2` in the TLS handshake, and refuse a server that does not choose it.
+    pub h2: bool,
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
     pub addr: String,
     pub authority: String,
@@ -26,6 +28,11 @@ pub struct Target {
 impl Target {
     /// Parses the URL; TLS schemes trust `ca` (PEM) and keep a session cache for resumption.
     pub fn parse(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        Self::parse_for(url, ca, false)
+    }
+
+    /// As `parse`; with `h2`, every connection must negotiate HTTP/2 by ALPN (TLS only).
+    pub fn parse_for(url: &str, ca: Option<&Path>, h2: bool) -> anyhow::Result<Self> {
         let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
         let tls = match uri.scheme_str() {
             Some("https" | "wss") => true,
@@ -45,18 +52,23 @@ impl Target {
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 roots.add(cert?)?;
             }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+            if h2 {
+                config.alpn_protocols = vec![b"h2".to_vec()];
+            }
             let name = ServerName::try_from(host_bare.clone())?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
+            anyhow::ensure!(!h2, "HTTP/2 is negotiated by TLS: use an https:// URL");
             None
         };
         Ok(Self {
+            h2,
             tls: connector,
             addr: format!("{host_bare}:{port}"),
             authority: uri.authority().context("URL has no authority")?.to_string(),
@@ -72,7 +84,16 @@ impl Target {
         let tcp = TcpStream::connect(&self.addr).await?;
         tcp.set_nodelay(true)?;
         Ok(match &self.tls {
-            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await?;
+                let alpn = tls.get_ref().1.alpn_protocol();
+                anyhow::ensure!(
+                    !self.h2 || alpn == Some(b"h2".as_slice()),
+                    "the server did not negotiate h2 (ALPN {:?})",
+                    alpn.map(String::from_utf8_lossy)
+                );
+                Box::new(tls)
+            }
             None => Box::new(tcp),
         })
     }

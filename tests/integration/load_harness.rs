@@ -139,6 +139,30 @@ async fn http_mode_counts_requests_and_reads_the_proxy_cpu() {
         "the proxy's CPU is read: {r}"
     );
 
+    // HTTP/2: the harness refuses a connection that did not negotiate h2, so requests counted
+    // without errors went over HTTP/2.
+    let mut h2 = args(&["http", "--h2", "--url", &url, "--connections", "4"]);
+    h2.extend(args(&common));
+    let r = run(h2).await;
+    assert_eq!(r["mode"], "http2_get");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    let plain = format!("http://{}/", b.http);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(harness())
+            .args(["http", "--h2", "--url", &plain, "--duration", "1s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "h2 without TLS is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP/2 is negotiated by TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let mut post = post_args(&url);
     post.extend(args(&["--sign-github", "s", "--new-connections"]));
     post.extend(args(&common));
@@ -156,6 +180,13 @@ async fn signed_posts_pass_github_and_twilio_webhook_routes_and_a_wrong_secret_i
     let http: std::net::SocketAddr = b.http.parse().unwrap();
     let schemes = [
         ("github", "", &["--sign-github"][..], "http_signed_post"),
+        // compare.sh's HTTP/2 signed row.
+        (
+            "github",
+            "",
+            &["--h2", "--sign-github"][..],
+            "http2_signed_post",
+        ),
         (
             "twilio",
             "\npublic_url = \"https://voice.example.com\"",

@@ -268,47 +268,37 @@ fn serve_tls(
     // The connection counts against the limits until it closes: the service's context holds the
     // guard, and the refusing service has none, so this future holds it then.
     let mut refused_guard = None;
+    // One service type per branch (each is its own `conn::serve`), the same arguments otherwise.
+    macro_rules! serve_with {
+        ($svc:expr) => {
+            conn::serve(io, h2, $svc, http, activity, drain_started)
+        };
+    }
     let serving = if ready.over_limit {
         refused_guard = Some(ready.guard);
         // Answer 503 + Retry-After instead of a bare reset, so clients back off correctly.
         let svc = hyper::service::service_fn(|_req| async {
             Ok::<_, Infallible>(Rejection::Overloaded.response())
         });
-        Either::Left(conn::serve(io, h2, svc, http, activity, drain_started))
+        Either::Left(serve_with!(svc))
     } else {
         let ctx = ConnCtx {
             peer: ready.peer,
             activity: activity.clone(),
             keep: ready.guard,
         };
+        let handle = move |req| pipeline.clone().handle(req, ctx.clone());
         if h2 {
             // hyper spawns each HTTP/2 stream's future as a task of its own, moving it (~2.6 KB)
             // several times on the way into tokio's task cell. Boxed, what moves is a pointer:
             // ~2,000 fewer `memcpy` instructions per request (docs/PERFORMANCE.md, twenty-sixth
             // session). HTTP/1.1 keeps the future inline in the connection and moves it once per
             // request, so it is not boxed there.
-            let svc = hyper::service::service_fn(move |req| {
-                Box::pin(pipeline.clone().handle(req, ctx.clone()))
-            });
-            Either::Right(Either::Left(conn::serve(
-                io,
-                h2,
-                svc,
-                http,
-                activity,
-                drain_started,
-            )))
+            let svc = hyper::service::service_fn(move |req| Box::pin(handle(req)));
+            Either::Right(Either::Left(serve_with!(svc)))
         } else {
-            let svc =
-                hyper::service::service_fn(move |req| pipeline.clone().handle(req, ctx.clone()));
-            Either::Right(Either::Right(conn::serve(
-                io,
-                h2,
-                svc,
-                http,
-                activity,
-                drain_started,
-            )))
+            let svc = hyper::service::service_fn(handle);
+            Either::Right(Either::Right(serve_with!(svc)))
         }
     };
     async move {

@@ -91,24 +91,23 @@ def max_paced(p):
     return best if best is not None else (0 if steps else None)
 
 
+def request_rows(title, mode):
+    """An HTTP load's three rows: requests per second, latency, and the proxy's CPU per request."""
+    return [
+        (f"{title}, req/s", per_peer(field(mode, "ops_per_s")), "{:,.0f}", True),
+        ("  p50 / p99 latency, ms", None, f"lat:{mode}", None),
+        ("  proxy CPU per request, µs", per_peer(field(mode, "proxy_cpu_us_per_op")), "{:.1f}", False),
+    ]
+
+
 # (title, values by peer, format, higher is better; None for a diagnostic of the run, such as the load
 # generator's own figures, which the ratios leave out)
 TABLE = [
-    ("HTTP GET keep-alive, req/s", per_peer(field("http_get", "ops_per_s")), "{:,.0f}", True),
-    ("  p50 / p99 latency, ms", None, "lat:http_get", None),
-    ("  proxy CPU per request, µs", per_peer(field("http_get", "proxy_cpu_us_per_op")), "{:.1f}", False),
-    ("HTTP POST 2 KB form, GitHub-signed, req/s", per_peer(field("http_signed_post", "ops_per_s")), "{:,.0f}", True),
-    ("  p50 / p99 latency, ms", None, "lat:http_signed_post", None),
-    ("  proxy CPU per request, µs", per_peer(field("http_signed_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
-    ("HTTP POST 2 KB form, Twilio-signed, req/s", per_peer(field("http_twilio_post", "ops_per_s")), "{:,.0f}", True),
-    ("  p50 / p99 latency, ms", None, "lat:http_twilio_post", None),
-    ("  proxy CPU per request, µs", per_peer(field("http_twilio_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
-    ("HTTP/2 GET keep-alive (one stream at a time per connection), req/s", per_peer(field("http2_get", "ops_per_s")), "{:,.0f}", True),
-    ("  p50 / p99 latency, ms", None, "lat:http2_get", None),
-    ("  proxy CPU per request, µs", per_peer(field("http2_get", "proxy_cpu_us_per_op")), "{:.1f}", False),
-    ("HTTP/2 POST 2 KB form, GitHub-signed, req/s", per_peer(field("http2_signed_post", "ops_per_s")), "{:,.0f}", True),
-    ("  p50 / p99 latency, ms", None, "lat:http2_signed_post", None),
-    ("  proxy CPU per request, µs", per_peer(field("http2_signed_post", "proxy_cpu_us_per_op")), "{:.1f}", False),
+    *request_rows("HTTP GET keep-alive", "http_get"),
+    *request_rows("HTTP POST 2 KB form, GitHub-signed", "http_signed_post"),
+    *request_rows("HTTP POST 2 KB form, Twilio-signed", "http_twilio_post"),
+    *request_rows("HTTP/2 GET keep-alive (one stream at a time per connection)", "http2_get"),
+    *request_rows("HTTP/2 POST 2 KB form, GitHub-signed", "http2_signed_post"),
     ("new TLS connections (resumed), per s", per_peer(field("http_new_connection", "ops_per_s")), "{:,.0f}", True),
     ("  proxy CPU per connection, µs", per_peer(field("http_new_connection", "proxy_cpu_us_per_op")), "{:.1f}", False),
     # One GET each, then quiet: what the keep-alive connections an edge leaves open cost.

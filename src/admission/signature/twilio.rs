@@ -73,9 +73,9 @@ struct Form {
     params: Vec<Param>,
 }
 
-/// One parameter: its name and value as ranges of the form's text, and the first eight bytes of
-/// its name as a big-endian number (zero-padded), which orders most pairs of names without a
-/// string comparison (Twilio's names differ early: `AccountSid`, `CallSid`, `From`, …).
+/// One parameter: its name and value as ranges of the form's text, and (set by `Form::sort`) the
+/// first eight bytes of its name as a big-endian number (zero-padded), which orders most pairs of
+/// names without a string comparison (Twilio's names differ early: `AccountSid`, `CallSid`, …).
 #[derive(Clone)]
 struct Param {
     name: std::ops::Range<usize>,
@@ -84,53 +84,81 @@ struct Param {
 }
 
 impl Form {
+    /// One pass over the body, eight bytes at a time: each word is copied whole with its `+`s
+    /// made spaces, and the first `&`, `=` or `%` in it is handled on the spot. Splitting on `&`
+    /// and `=` first and decoding each piece after cost a `memchr` call per pair and a `memcpy`
+    /// call per run between escapes: most of verifying a Twilio form of short, escaped parameters
+    /// (docs/PERFORMANCE.md, twenty-seventh session).
     fn parse(body: &[u8]) -> Self {
-        let mut text = Vec::with_capacity(body.len());
-        let mut ranges = Vec::new();
-        // The `&`s are found with `memchr`, not a byte at a time: a callback's long values made the
-        // split a large part of parsing it.
-        let mut from = 0;
-        let ends = memchr::memchr_iter(b'&', body).chain(std::iter::once(body.len()));
-        let pairs = ends.map(|end| {
-            let pair = &body[from..end];
-            from = end + 1;
-            pair
-        });
-        for pair in pairs.filter(|p| !p.is_empty()) {
-            let (name, value) = match memchr::memchr(b'=', pair) {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &[][..]),
-            };
-            let name = push_decoded(&mut text, name);
-            let value = push_decoded(&mut text, value);
-            ranges.push((name, value));
+        // Decoding never lengthens a piece, so what is written stays at or behind what is read:
+        // eight bytes of room past the body let every word be copied whole.
+        let mut text = vec![0u8; body.len() + 8];
+        let mut params = Vec::with_capacity(32);
+        let mut pair = PairCursor::default();
+        let (mut read, mut written) = (0, 0);
+        let mut plain_words = 0;
+        while let Some(chunk) = body.get(read..read + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if maybe_special_or_plus(word) == 0 {
+                text[written..written + 8].copy_from_slice(chunk);
+                read += 8;
+                written += 8;
+                plain_words += 1;
+                // A long value (padding, a recording URL's tail): the rest of its plain run is
+                // found by `memchr3`, many bytes a step (inside a value `=` is plain), and copied
+                // whole. Only after two plain words: on short runs a call costs more than it saves.
+                if plain_words >= 2 && pair.in_value() {
+                    let rest = &body[read..];
+                    let run = memchr::memchr3(b'&', b'%', b'+', rest).unwrap_or(rest.len());
+                    text[written..written + run].copy_from_slice(&rest[..run]);
+                    read += run;
+                    written += run;
+                }
+                continue;
+            }
+            plain_words = 0;
+            // `+` is a space: swapped in the word as it is copied, not handled a byte at a time.
+            let plus_to_space = (byte_equal_mask(word, b'+') >> 7) * u64::from(b'+' ^ b' ');
+            text[written..written + 8].copy_from_slice(&(word ^ plus_to_space).to_le_bytes());
+            let specials = specials_in(word);
+            if specials == 0 {
+                read += 8;
+                written += 8;
+                continue;
+            }
+            // The lowest flagged byte is the first special one (the flags above it may be false).
+            let plain = (specials.trailing_zeros() / 8) as usize;
+            read += plain;
+            written += plain;
+            read = pair.special(body, read, &mut text, &mut written, &mut params);
         }
+        while let Some(&b) = body.get(read) {
+            if SPECIAL.contains(&b) {
+                read = pair.special(body, read, &mut text, &mut written, &mut params);
+            } else {
+                text[written] = b;
+                read += 1;
+                written += 1;
+            }
+        }
+        pair.end(body.len(), written, &mut params);
+        text.truncate(written);
         // Validating the whole text at once is the common case. A piece that is not valid UTF-8
         // on its own (invalid bytes, or a character split across two pieces, which the whole text
         // can hide) takes the per-piece replacement below.
-        let whole = String::from_utf8(text).map_err(|e| e.into_bytes());
-        let (text, ranges) = match whole {
+        match String::from_utf8(text) {
             Ok(text)
-                if ranges.iter().all(|(n, v)| {
-                    [n.start, n.end, v.end]
+                if params.iter().all(|p| {
+                    [p.name.start, p.name.end, p.value.end]
                         .into_iter()
                         .all(|at| text.is_char_boundary(at))
                 }) =>
             {
-                (text, ranges)
+                Form { text, params }
             }
-            Ok(text) => replace_invalid(text.as_bytes(), &ranges),
-            Err(bytes) => replace_invalid(&bytes, &ranges),
-        };
-        let params = ranges
-            .into_iter()
-            .map(|(name, value)| Param {
-                name_prefix: prefix_key(&text.as_bytes()[name.clone()]),
-                name,
-                value,
-            })
-            .collect();
-        Form { text, params }
+            Ok(text) => replace_invalid(text.as_bytes(), &params),
+            Err(e) => replace_invalid(&e.into_bytes(), &params),
+        }
     }
 
     /// The `i`th parameter as strings, as the tests read the form.
@@ -149,6 +177,9 @@ impl Form {
     /// Sorts by name, then value, as Twilio does before signing.
     fn sort(&mut self) {
         let mut params = std::mem::take(&mut self.params);
+        for p in &mut params {
+            p.name_prefix = prefix_key(self.text.as_bytes(), p.name.clone());
+        }
         params.sort_unstable_by(|a, b| {
             a.name_prefix
                 .cmp(&b.name_prefix)
@@ -157,97 +188,179 @@ impl Form {
         self.params = params;
     }
 
-    /// Whether some (name, value) pair repeats the one before it (after sorting).
+    /// Whether some (name, value) pair repeats the one before it (after sorting). Names whose
+    /// sort keys differ differ; only the rest are compared byte by byte.
     fn has_adjacent_duplicates(&self) -> bool {
-        self.params
-            .windows(2)
-            .any(|w| self.pair_bytes(&w[0]) == self.pair_bytes(&w[1]))
+        self.params.windows(2).any(|w| {
+            w[0].name_prefix == w[1].name_prefix && self.pair_bytes(&w[0]) == self.pair_bytes(&w[1])
+        })
     }
 }
 
-/// Appends `raw` to `text` with `+` and `%XX` decoded; returns where it went. The run up to the
-/// next escape is found eight bytes at a time and copied whole: a callback's long values (a
-/// transcript, a recording URL) are mostly unescaped, and a byte-at-a-time loop made decoding the
-/// largest part of verifying them. (`memchr` was slower on escape-dense forms: a call per escape.)
-fn push_decoded(text: &mut Vec<u8>, raw: &[u8]) -> std::ops::Range<usize> {
-    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16)).map(|d| d as u8);
-    let start = text.len();
-    text.reserve(raw.len());
-    let mut i = 0;
-    loop {
-        let escape = next_escape(raw, i);
-        text.extend_from_slice(&raw[i..escape]);
-        let Some(&b) = raw.get(escape) else {
-            break;
+/// The bytes that end a run of plain ones: the pair and name separators and the two escapes.
+const SPECIAL: [u8; 4] = [b'&', b'=', b'+', b'%'];
+
+/// Where the form's current pair and name began, in the body and in the decoded text.
+#[derive(Default)]
+struct PairCursor {
+    /// Where the pair's raw bytes begin: an empty pair (`&&`, a trailing `&`) is skipped.
+    raw_start: usize,
+    /// Where its name's decoded bytes begin.
+    name_start: usize,
+    /// Where its name ended, once its first `=` has been read.
+    name_end: Option<usize>,
+}
+
+impl PairCursor {
+    /// Handles the special byte at `body[at]`, writing what it decodes to; returns where reading
+    /// goes on. A `%` without two hex digits after it stands for itself; the digits cannot run into
+    /// the next piece, since neither `&` nor `=` is one.
+    fn special(
+        &mut self,
+        body: &[u8],
+        at: usize,
+        text: &mut [u8],
+        written: &mut usize,
+        params: &mut Vec<Param>,
+    ) -> usize {
+        let mut put = |b: u8| {
+            text[*written] = b;
+            *written += 1;
         };
-        i = escape + 1;
-        let byte = match b {
-            b'+' => b' ',
-            _ => match (hex(raw.get(i)), hex(raw.get(i + 1))) {
-                (Some(high), Some(low)) => {
-                    i += 2;
-                    high << 4 | low
+        match body[at] {
+            b'&' => {
+                self.end(at, *written, params);
+                *self = PairCursor {
+                    raw_start: at + 1,
+                    name_start: *written,
+                    name_end: None,
+                };
+            }
+            // Only a pair's first `=` ends its name; later ones are part of the value.
+            b'=' if self.name_end.is_none() => self.name_end = Some(*written),
+            b'+' => put(b' '),
+            b'%' => {
+                let digit = |i: usize| body.get(i).map_or(NOT_HEX, |&b| HEX[usize::from(b)]);
+                let (high, low) = (digit(at + 1), digit(at + 2));
+                if high != NOT_HEX && low != NOT_HEX {
+                    put(high << 4 | low);
+                    return at + 3;
                 }
-                // A `%` without two hex digits after it stands for itself.
-                _ => b'%',
-            },
-        };
-        text.push(byte);
-    }
-    start..text.len()
-}
-
-/// Where the next `+` or `%` at or after `at` is, or `raw.len()`.
-fn next_escape(raw: &[u8], mut at: usize) -> usize {
-    while let Some(chunk) = raw.get(at..at + 8) {
-        let escapes = escapes_in(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-        if escapes != 0 {
-            // The lowest flagged byte is the first escape (the flags above it may be false).
-            return at + (escapes.trailing_zeros() / 8) as usize;
+                put(b'%');
+            }
+            other => put(other),
         }
-        at += 8;
+        at + 1
     }
-    raw[at..]
-        .iter()
-        .position(|&b| b == b'+' || b == b'%')
-        .map_or(raw.len(), |p| at + p)
+
+    /// Whether the pair's name has ended (its first `=` has been read).
+    fn in_value(&self) -> bool {
+        self.name_end.is_some()
+    }
+
+    /// Ends the pair whose raw bytes end at `raw_end` and decoded bytes at `written`.
+    fn end(&self, raw_end: usize, written: usize, params: &mut Vec<Param>) {
+        if raw_end == self.raw_start {
+            return;
+        }
+        let name_end = self.name_end.unwrap_or(written);
+        params.push(Param {
+            name: self.name_start..name_end,
+            value: name_end..written,
+            name_prefix: 0,
+        });
+    }
 }
 
-/// The high bit of each byte of `word` that may be `+` or `%`: exact for the lowest such byte,
-/// possibly set above it (the classic "has zero byte" test, which borrows upwards).
-fn escapes_in(word: u64) -> u64 {
+/// Not a hex digit, in `HEX`.
+const NOT_HEX: u8 = 0xff;
+
+/// Each byte's value as a hex digit, or `NOT_HEX`.
+const HEX: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = match i as u8 {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Non-zero if some byte of `word` may be `&`, `=`, `%` or `+` (zero: none is).
+fn maybe_special_or_plus(word: u64) -> u64 {
+    specials_in(word) | zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b'+')))
+}
+
+/// The high bit of each zero byte of `x`, and possibly of bytes above one (it borrows upwards).
+fn zero_bytes(x: u64) -> u64 {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    let zero_where = |b: u8| {
-        let x = word ^ (ONES * u64::from(b));
-        x.wrapping_sub(ONES) & !x
-    };
-    (zero_where(b'+') | zero_where(b'%')) & HIGHS
+    x.wrapping_sub(ONES) & !x & HIGHS
 }
 
-/// Each parameter's name and value, as ranges of the decoded text.
-type Ranges = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
+/// The high bit of each byte of `word` that may be `&`, `=` or `%` (a `+` is swapped for a space
+/// in the word): exact for the lowest such byte, possibly set above it (the classic "has zero byte" test, which borrows upwards; a false
+/// flag for one byte value only ever lies above a true one for the same value).
+fn specials_in(word: u64) -> u64 {
+    let zero_where = |b: u8| zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b)));
+    zero_where(b'&') | zero_where(b'=') | zero_where(b'%')
+}
+
+/// The high bit of each byte of `word` equal to `b`, exactly (no borrow between bytes: each byte's
+/// low seven bits are added to 0x7f on their own).
+fn byte_equal_mask(word: u64, b: u8) -> u64 {
+    const LOWS: u64 = u64::from_le_bytes([0x7f; 8]);
+    let x = word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b));
+    !(((x & LOWS) + LOWS) | x) & !LOWS
+}
 
 /// The decoded pieces again, each made valid UTF-8 on its own (`String::from_utf8_lossy`), as
 /// `form_urlencoded` does per name and per value.
-fn replace_invalid(bytes: &[u8], ranges: &Ranges) -> (String, Ranges) {
+fn replace_invalid(bytes: &[u8], params: &[Param]) -> Form {
     let mut text = String::with_capacity(bytes.len());
     let mut piece = |r: &std::ops::Range<usize>| {
         let start = text.len();
         text.push_str(&String::from_utf8_lossy(&bytes[r.clone()]));
         start..text.len()
     };
-    let ranges = ranges.iter().map(|(n, v)| (piece(n), piece(v))).collect();
-    (text, ranges)
+    let params = params
+        .iter()
+        .map(|p| {
+            let (name, value) = (piece(&p.name), piece(&p.value));
+            Param {
+                name,
+                value,
+                name_prefix: 0,
+            }
+        })
+        .collect();
+    Form { text, params }
 }
 
-/// The first eight bytes of `name`, zero-padded, as a big-endian number. Two names whose keys
-/// differ are ordered as their keys are; equal keys leave it to the full comparison.
-fn prefix_key(name: &[u8]) -> u64 {
-    let mut head = [0u8; 8];
+/// The first eight bytes of the name at `name` in `text`, zero-padded, as a big-endian number.
+/// Two names whose keys differ are ordered as their keys are; equal keys leave it to the full
+/// comparison. A short name is read as the eight bytes at its start (its value usually follows)
+/// with the bytes past it masked off: copying it into a zeroed word first made the load wait on
+/// the copy's stores.
+fn prefix_key(text: &[u8], name: std::ops::Range<usize>) -> u64 {
     let n = name.len().min(8);
-    head[..n].copy_from_slice(&name[..n]);
-    u64::from_be_bytes(head)
+    if n == 0 {
+        return 0;
+    }
+    let word = match text.get(name.start..name.start + 8) {
+        Some(word) => u64::from_be_bytes(word.try_into().expect("8 bytes")),
+        None => {
+            let mut head = [0u8; 8];
+            head[..n].copy_from_slice(&text[name.start..name.start + n]);
+            u64::from_be_bytes(head)
+        }
+    };
+    word & (u64::MAX << (8 * (8 - n)))
 }
 
 /// What the signature covers besides the URL: the form parameters, sorted; `Err` if the body would
@@ -604,26 +717,29 @@ mod tests {
         });
     }
 
-    /// The word-at-a-time scan finds the same escape as a byte-by-byte one, for any bytes (those
-    /// one bit away from `+` and `%`, and long runs without either, included).
+    /// The word-at-a-time scan flags the first `&`, `=` or `%` of a word exactly, and finds every
+    /// `+`, for any bytes (those one bit away included); a word of none flags nothing.
     #[test]
-    fn the_escape_scan_finds_the_first_plus_or_percent() {
+    fn the_word_scan_finds_the_first_special_byte_and_every_plus() {
         use proptest::prelude::*;
-        let byte = prop::sample::select(b"+%*$kx\x2a\x2c\x24\x26\xab\xa5\x00\xff".to_vec());
-        proptest!(ProptestConfig::with_cases(2000), |(raw in prop::collection::vec(byte, 0..80), at in 0usize..80)| {
-            let at = at.min(raw.len());
-            let expected = raw[at..]
-                .iter()
-                .position(|&b| b == b'+' || b == b'%')
-                .map_or(raw.len(), |p| at + p);
-            prop_assert_eq!(next_escape(&raw, at), expected);
-        });
-        let long = [b"x".repeat(1000), b"%41".to_vec()].concat();
-        assert_eq!(next_escape(&long, 0), 1000);
-        assert_eq!(
-            Form::parse(&[b"a=", &long[..]].concat()).pair(0).1.len(),
-            1001
+        let byte = prop::sample::select(
+            b"&=+%*$kx<>\x2a\x2b\x2c\x24\x27\x3c\x3d\xab\xa5\x00\xff\xa6\xbd\x7f\x80".to_vec(),
         );
+        proptest!(ProptestConfig::with_cases(4000), |(word in prop::array::uniform8(byte))| {
+            let expected = word.iter().position(|b| b"&=%".contains(b));
+            let flags = specials_in(u64::from_le_bytes(word));
+            let found = (flags != 0).then(|| (flags.trailing_zeros() / 8) as usize);
+            prop_assert_eq!(found, expected);
+            let pluses = byte_equal_mask(u64::from_le_bytes(word), b'+').to_le_bytes();
+            for (b, flag) in word.iter().zip(pluses) {
+                prop_assert_eq!(flag == 0x80, *b == b'+');
+                prop_assert!(flag == 0 || flag == 0x80);
+            }
+        });
+        let long = [b"x".repeat(1000), b"%41=+&".to_vec()].concat();
+        let form = Form::parse(&[b"a=", &long[..], b"b"].concat());
+        assert_eq!(form.pair(0), ("a", &*format!("{}A= ", "x".repeat(1000))));
+        assert_eq!(form.pair(1), ("b", ""));
     }
 
     /// A character split across a value and the next name is valid UTF-8 in the joined text, but

@@ -699,6 +699,22 @@ mod tests {
         );
     }
 
+    /// A decoded form's (name, value) pairs, in order.
+    type Pairs = Vec<(String, String)>;
+
+    /// The form as we decode it and as `form_urlencoded::parse` does, pair by pair.
+    fn ours_and_reference(body: &[u8]) -> (Pairs, Pairs) {
+        let form = Form::parse(body);
+        let ours = (0..form.params.len())
+            .map(|i| form.pair(i))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let reference = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        (ours, reference)
+    }
+
     /// What was signed must not change: the decoder gives what `form_urlencoded::parse` gives, for
     /// any bytes (escapes, stray `%`, `+`, invalid UTF-8, empty pairs, `=` in values).
     #[test]
@@ -706,13 +722,35 @@ mod tests {
         use proptest::prelude::*;
         let alphabet = prop::sample::select(b"ab=&+%2BFfz9\x00\xc3\xa9\xff ;".to_vec());
         proptest!(ProptestConfig::with_cases(2000), |(body in prop::collection::vec(alphabet, 0..64))| {
-            let form = Form::parse(&body);
-            let ours: Vec<(&str, &str)> = (0..form.params.len()).map(|i| form.pair(i)).collect();
-            let reference: Vec<(String, String)> = form_urlencoded::parse(&body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            let (ours, reference) = ours_and_reference(&body);
+            prop_assert_eq!(ours, reference);
+        });
+    }
+
+    /// Long plain runs (whole plain words, and the `memchr3` skip inside a value) end at every kind
+    /// of byte and escape, at every offset within a word, in names and in values.
+    #[test]
+    fn long_plain_runs_decode_as_form_urlencoded_does() {
+        use proptest::prelude::*;
+        let ends: [&[u8]; 10] = [
+            b"&",
+            b"=",
+            b"+",
+            b"%2B",
+            b"%e9",
+            b"%",
+            b"%4",
+            b"\xc3\xa9",
+            b"\xc3",
+            b"F",
+        ];
+        let piece = (prop::sample::select(ends.to_vec()), 0usize..40);
+        proptest!(ProptestConfig::with_cases(2000), |(pieces in prop::collection::vec(piece, 0..12))| {
+            let body: Vec<u8> = pieces
+                .iter()
+                .flat_map(|&(end, run)| end.iter().copied().chain(std::iter::repeat_n(b'x', run)))
                 .collect();
-            let reference: Vec<(&str, &str)> =
-                reference.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let (ours, reference) = ours_and_reference(&body);
             prop_assert_eq!(ours, reference);
         });
     }
@@ -747,15 +785,7 @@ mod tests {
     #[test]
     fn a_character_split_across_pieces_is_replaced_in_each() {
         for body in [&b"a=\xc3&\xa9=b"[..], b"\xc3=\xa9", b"x=\xc3&&\xa9"] {
-            let form = Form::parse(body);
-            let ours: Vec<(&str, &str)> = (0..form.params.len()).map(|i| form.pair(i)).collect();
-            let reference: Vec<(String, String)> = form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let reference: Vec<(&str, &str)> = reference
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+            let (ours, reference) = ours_and_reference(body);
             assert_eq!(ours, reference, "{body:?}");
         }
     }

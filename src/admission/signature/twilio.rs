@@ -98,15 +98,29 @@ impl Form {
         let (mut read, mut written) = (0, 0);
         let mut plain_words = 0;
         while let Some(chunk) = body.get(read..read + 8) {
+            // A special byte right after another (`=%2B…`, `&&&…`) is handled without the word's
+            // tests, which would only find it again.
+            if matches!(chunk[0], b'&' | b'%') || (chunk[0] == b'=' && !pair.in_value()) {
+                read = pair.special(body, read, &mut text, &mut written, &mut params);
+                continue;
+            }
             let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            if maybe_special_or_plus(word) == 0 {
+            // What stops the copy: the pair's end and escapes, and in a name its `=` (in a value
+            // `=` is plain). The flags above the lowest may be false; the lowest is exact.
+            let stops = if pair.in_value() {
+                value_specials_in(word)
+            } else {
+                specials_in(word)
+            };
+            let maybe_plus = zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b'+')));
+            if stops | maybe_plus == 0 {
                 text[written..written + 8].copy_from_slice(chunk);
                 read += 8;
                 written += 8;
                 plain_words += 1;
                 // A long value (padding, a recording URL's tail): the rest of its plain run is
-                // found by `memchr3`, many bytes a step (inside a value `=` is plain), and copied
-                // whole. Only after two plain words: on short runs a call costs more than it saves.
+                // found by `memchr3`, many bytes a step, and copied whole. Only after two plain
+                // words: on short runs a call costs more than it saves.
                 if plain_words >= 2 && pair.in_value() {
                     let rest = &body[read..];
                     let run = memchr::memchr3(b'&', b'%', b'+', rest).unwrap_or(rest.len());
@@ -120,14 +134,12 @@ impl Form {
             // `+` is a space: swapped in the word as it is copied, not handled a byte at a time.
             let plus_to_space = (byte_equal_mask(word, b'+') >> 7) * u64::from(b'+' ^ b' ');
             text[written..written + 8].copy_from_slice(&(word ^ plus_to_space).to_le_bytes());
-            let specials = specials_in(word);
-            if specials == 0 {
+            if stops == 0 {
                 read += 8;
                 written += 8;
                 continue;
             }
-            // The lowest flagged byte is the first special one (the flags above it may be false).
-            let plain = (specials.trailing_zeros() / 8) as usize;
+            let plain = (stops.trailing_zeros() / 8) as usize;
             read += plain;
             written += plain;
             read = pair.special(body, read, &mut text, &mut written, &mut params);
@@ -215,6 +227,7 @@ impl PairCursor {
     /// Handles the special byte at `body[at]`, writing what it decodes to; returns where reading
     /// goes on. A `%` without two hex digits after it stands for itself; the digits cannot run into
     /// the next piece, since neither `&` nor `=` is one.
+    #[inline(always)]
     fn special(
         &mut self,
         body: &[u8],
@@ -291,11 +304,6 @@ const HEX: [u8; 256] = {
     t
 };
 
-/// Non-zero if some byte of `word` may be `&`, `=`, `%` or `+` (zero: none is).
-fn maybe_special_or_plus(word: u64) -> u64 {
-    specials_in(word) | zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b'+')))
-}
-
 /// The high bit of each zero byte of `x`, and possibly of bytes above one (it borrows upwards).
 fn zero_bytes(x: u64) -> u64 {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);
@@ -304,11 +312,17 @@ fn zero_bytes(x: u64) -> u64 {
 }
 
 /// The high bit of each byte of `word` that may be `&`, `=` or `%` (a `+` is swapped for a space
-/// in the word): exact for the lowest such byte, possibly set above it (the classic "has zero byte" test, which borrows upwards; a false
-/// flag for one byte value only ever lies above a true one for the same value).
+/// in the word): exact for the lowest such byte, possibly set above it (the classic "has zero
+/// byte" test, which borrows upwards; a false flag for one byte value only ever lies above a true
+/// one for the same value).
 fn specials_in(word: u64) -> u64 {
+    value_specials_in(word) | zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b'=')))
+}
+
+/// As `specials_in`, for `&` and `%` only: what ends a plain run inside a value.
+fn value_specials_in(word: u64) -> u64 {
     let zero_where = |b: u8| zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b)));
-    zero_where(b'&') | zero_where(b'=') | zero_where(b'%')
+    zero_where(b'&') | zero_where(b'%')
 }
 
 /// The high bit of each byte of `word` equal to `b`, exactly (no borrow between bytes: each byte's

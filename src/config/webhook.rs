@@ -222,10 +222,7 @@ impl PublicUrl {
             (true, true) => "wss://",
             (false, true) => "ws://",
         };
-        let pieces = [scheme, &self.authority, path_and_query];
-        let mut url = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
-        pieces.iter().for_each(|p| url.push_str(p));
-        url
+        [scheme, &self.authority, path_and_query].concat()
     }
 }
 

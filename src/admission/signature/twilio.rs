@@ -112,8 +112,7 @@ impl Form {
             } else {
                 specials_in(word)
             };
-            let maybe_plus = zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b'+')));
-            if stops | maybe_plus == 0 {
+            if stops | maybe_byte(word, b'+') == 0 {
                 text[written..written + 8].copy_from_slice(chunk);
                 read += 8;
                 written += 8;
@@ -304,11 +303,16 @@ const HEX: [u8; 256] = {
     t
 };
 
-/// The high bit of each zero byte of `x`, and possibly of bytes above one (it borrows upwards).
-fn zero_bytes(x: u64) -> u64 {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    x.wrapping_sub(ONES) & !x & HIGHS
+/// `b` in every byte of a word.
+const fn splat(b: u8) -> u64 {
+    u64::from_le_bytes([b; 8])
+}
+
+/// The high bit of each byte of `word` equal to `b`, and possibly of bytes above one (the classic
+/// "has zero byte" test on `word ^ splat(b)`, which borrows upwards).
+fn maybe_byte(word: u64, b: u8) -> u64 {
+    let x = word ^ splat(b);
+    x.wrapping_sub(splat(0x01)) & !x & splat(0x80)
 }
 
 /// The high bit of each byte of `word` that may be `&`, `=` or `%` (a `+` is swapped for a space
@@ -316,21 +320,19 @@ fn zero_bytes(x: u64) -> u64 {
 /// byte" test, which borrows upwards; a false flag for one byte value only ever lies above a true
 /// one for the same value).
 fn specials_in(word: u64) -> u64 {
-    value_specials_in(word) | zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b'=')))
+    value_specials_in(word) | maybe_byte(word, b'=')
 }
 
 /// As `specials_in`, for `&` and `%` only: what ends a plain run inside a value.
 fn value_specials_in(word: u64) -> u64 {
-    let zero_where = |b: u8| zero_bytes(word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b)));
-    zero_where(b'&') | zero_where(b'%')
+    maybe_byte(word, b'&') | maybe_byte(word, b'%')
 }
 
 /// The high bit of each byte of `word` equal to `b`, exactly (no borrow between bytes: each byte's
 /// low seven bits are added to 0x7f on their own).
 fn byte_equal_mask(word: u64, b: u8) -> u64 {
-    const LOWS: u64 = u64::from_le_bytes([0x7f; 8]);
-    let x = word ^ (u64::from_le_bytes([0x01; 8]) * u64::from(b));
-    !(((x & LOWS) + LOWS) | x) & !LOWS
+    let x = word ^ splat(b);
+    !(((x & splat(0x7f)) + splat(0x7f)) | x) & splat(0x80)
 }
 
 /// The decoded pieces again, each made valid UTF-8 on its own (`String::from_utf8_lossy`), as

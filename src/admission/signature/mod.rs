@@ -11,6 +11,7 @@
 pub mod encoding;
 pub mod github;
 pub mod hmac;
+mod id_table;
 pub mod replay;
 pub mod slack;
 pub mod standard;

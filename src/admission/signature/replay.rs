@@ -8,11 +8,12 @@
 //! its expiry, and a successful answer only takes it off the small in-flight set, so the request
 //! path touches the large map (which misses the CPU's caches) once per id, not three times.
 //!
-//! Ids are stored as the first 128 bits of a SHA-256 digest under a per-cache random salt: fixed size,
+//! Ids are stored as the first 96 bits of a SHA-256 digest under a per-cache random salt: fixed size,
 //! nothing a provider put in a header is kept, and no sender can predict where an id lands in the map,
-//! so the map hashes a digest by taking its first eight bytes (no second, keyed hash per lookup; no
-//! bucket grinding). Two of the ids one cache holds sharing 128 bits is out of reach (about n²/2¹²⁹).
-//! Expiries are 8-byte stamps, so an entry is 24 bytes.
+//! so the map finds a digest's bucket from its first eight bytes (no second, keyed hash per lookup; no
+//! bucket grinding). Two of the ids one cache holds sharing 96 bits is out of reach (about n²/2⁹⁷:
+//! 10⁻¹⁹ for 100,000 ids). Expiries are 8-byte stamps, so an entry is 20 bytes, and three of them
+//! share one cache line of the map ([`IdTable`]): a claim misses the CPU's caches once per id.
 //!
 //! When the map is full, the oldest ids go in a batch: every id (not in flight) whose expiry is no
 //! later than the `max_entries / 16`-th oldest, found in a queue of expiries kept in claim order
@@ -22,7 +23,7 @@
 //! millisecond go together). In-flight claims are never evicted. The pass over a full 100,000-id map
 //! takes ~0.5 ms, once per ~6,000 new ids. The periodic sweep drops expired ids the same way.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,11 +31,9 @@ use std::time::Instant;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::id_table::{IdTable, Key};
 use crate::admission::ban::Now;
 use crate::config::webhook::ReplayConfig;
-
-/// A stored id: the first 128 bits of its salted digest.
-type Key = [u8; 16];
 
 /// Milliseconds since the cache was built: an expiry in 8 bytes instead of an `Instant`'s 16.
 type Stamp = u64;
@@ -42,8 +41,8 @@ type Stamp = u64;
 /// The fraction of `max_entries` one eviction pass makes room for.
 const EVICTION_BATCH_DIVISOR: usize = 16;
 
-/// Hashes a salted digest by its first eight bytes: the salt makes them unpredictable, so they are
-/// as good as a keyed hash of the id.
+/// Hashes a salted digest by its first eight bytes, for the in-flight set: the salt makes them
+/// unpredictable, so they are as good as a keyed hash of the id.
 #[derive(Default)]
 struct DigestPrefix(u64);
 
@@ -68,7 +67,7 @@ type ByDigest = BuildHasherDefault<DigestPrefix>;
 #[derive(Default)]
 struct Ids {
     /// Every remembered id (claimed or accepted) and when its window ends.
-    map: HashMap<Key, Stamp, ByDigest>,
+    map: IdTable,
     /// Claims not settled yet: refused as duplicates, never evicted, removed from `map` if released.
     in_flight: HashSet<Key, ByDigest>,
     /// One expiry per claimed id, oldest first: where an eviction batch ends. A released id's
@@ -79,7 +78,7 @@ struct Ids {
 impl Ids {
     /// Whether `key` is refused: in flight, or accepted and inside its window.
     fn holds(&self, key: &Key, now: Stamp) -> bool {
-        self.in_flight.contains(key) || self.map.get(key).is_some_and(|&until| until > now)
+        self.in_flight.contains(key) || self.map.get(key).is_some_and(|until| until > now)
     }
 
     /// Drops every id, not in flight, whose window ends no later than `through`, and those expiries
@@ -87,7 +86,7 @@ impl Ids {
     fn drop_through(&mut self, through: Stamp, now: Stamp) -> u64 {
         let in_flight = &self.in_flight;
         let mut early = 0;
-        self.map.retain(|key, &mut until| {
+        self.map.retain(|key, until| {
             let drop = until <= through && !in_flight.contains(key);
             early += u64::from(drop && until > now);
             !drop
@@ -117,7 +116,7 @@ impl Ids {
         if self.expiries.len() <= 2 * self.map.len().max(EVICTION_BATCH_DIVISOR) {
             return;
         }
-        let mut stamps: Vec<Stamp> = self.map.values().copied().collect();
+        let mut stamps: Vec<Stamp> = self.map.expiries().collect();
         stamps.sort_unstable();
         self.expiries = stamps.into();
     }
@@ -324,10 +323,32 @@ mod tests {
         let (c, _) = cache(100);
         let mut ids = c.lock();
         let mut other = k;
-        other[15] ^= 1;
+        other[11] ^= 1;
         ids.map.insert(k, 1);
         ids.map.insert(other, 1);
         assert_eq!(ids.map.len(), 2);
+    }
+
+    #[test]
+    fn an_id_is_held_to_the_millisecond() {
+        let start = Instant::now();
+        let ms = Arc::new(Clock::new(700));
+        let m = ms.clone();
+        let now: Now = Arc::new(move || start + Duration::from_millis(m.load(Ordering::Relaxed)));
+        let spec = ReplayConfig {
+            window: Duration::from_millis(1500),
+            max_entries: 100,
+        };
+        let c = ReplayCache::new(spec, now);
+        c.claim(&id("a")).unwrap().settle(StatusCode::OK);
+        ms.store(2199, Ordering::Relaxed);
+        assert!(
+            c.claim(&id("a")).is_err(),
+            "claimed at 0.7 s for 1.5 s: held at 2.199 s"
+        );
+        ms.store(2200, Ordering::Relaxed);
+        assert_eq!(c.sweep(), 0, "expired at 2.2 s, and swept");
+        assert!(c.claim(&id("a")).is_ok());
     }
 
     #[test]

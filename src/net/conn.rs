@@ -177,7 +177,9 @@ async fn drive(
             }
             if shutting_down {
                 // Still woken for the deadlines of the requests finishing (a 504 is due on time).
-                watchdog.poll(cx);
+                if watchdog.poll(cx) == Watch::Fired {
+                    continue;
+                }
                 return Poll::Pending;
             }
             // The drain's future is polled once, so that cancelling wakes this task; after that a
@@ -188,7 +190,11 @@ async fn drive(
                 drain_watched = true;
                 drain.as_mut().poll(cx).is_ready()
             };
-            let idle = watchdog.poll(cx) == Watch::Idle;
+            let idle = match watchdog.poll(cx) {
+                // A deadline may have passed: the connection reads the clock now.
+                Watch::Fired if !draining => continue,
+                watch => watch == Watch::Idle,
+            };
             if !(draining || idle) {
                 return Poll::Pending;
             }

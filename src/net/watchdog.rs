@@ -11,6 +11,11 @@
 //! so a busy connection costs about one timer operation per header-read timeout, not two per
 //! request, and an idle one is woken exactly when its head deadline or keep-alive timeout is due.
 //!
+//! A deadline reads the clock only when the watchdog has fired since it last looked: before that,
+//! none can have passed, since the watchdog is armed for the earliest. That saves three or four
+//! clock reads per request (~20 ns each), one each time the request's future is polled while it
+//! waits for the upstream. When the watchdog fires, the connection is polled again at once.
+//!
 //! This works because on HTTP/1.1 hyper polls the request's future, and reads the request head,
 //! inside the connection's own task: a wake-up of that task reaches them. An h2 stream runs in a
 //! task of its own, so h2 requests keep a tokio timer for their response timeout
@@ -34,6 +39,8 @@ pub struct Activity {
     requests_inline: bool,
     /// Per [`Slot`]: milliseconds since `epoch`, rounded up; 0 when none.
     deadlines_ms: [AtomicU64; 2],
+    /// How many times the watchdog's timer has fired: a deadline reads the clock only after one.
+    firings: AtomicU64,
 }
 
 /// Which deadline a [`Deadline`] publishes.
@@ -55,6 +62,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             requests_inline: !h2,
             deadlines_ms: [AtomicU64::new(0), AtomicU64::new(0)],
+            firings: AtomicU64::new(0),
         })
     }
 
@@ -163,6 +171,9 @@ pub struct Deadline {
     millis: u64,
     slot: Slot,
     activity: Arc<Activity>,
+    /// The watchdog's firings when the clock was last read (or the deadline set): until there are
+    /// more, the deadline cannot have passed.
+    firings_seen: u64,
 }
 
 impl Deadline {
@@ -174,6 +185,7 @@ impl Deadline {
             millis,
             slot,
             activity: activity.clone(),
+            firings_seen: activity.firings.load(Ordering::Relaxed),
         }
     }
 
@@ -181,6 +193,7 @@ impl Deadline {
         self.at = at;
         self.millis = self.activity.millis(at);
         self.activity.deadlines_ms[self.slot as usize].store(self.millis, Ordering::Relaxed);
+        self.firings_seen = self.activity.firings.load(Ordering::Relaxed);
     }
 }
 
@@ -188,11 +201,16 @@ impl Future for Deadline {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.at {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        let this = self.get_mut();
+        let firings = this.activity.firings.load(Ordering::Relaxed);
+        if firings == this.firings_seen {
+            return Poll::Pending;
         }
+        if Instant::now() >= this.at {
+            return Poll::Ready(());
+        }
+        this.firings_seen = firings;
+        Poll::Pending
     }
 }
 
@@ -231,11 +249,14 @@ impl Future for ResponseDeadline {
     }
 }
 
-/// What the watchdog found when it fired.
+/// What the watchdog found when it was polled.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Watch {
     /// Nothing is due; it is armed again.
     Armed,
+    /// Its timer fired and it is armed again: a deadline may have passed, so the connection must
+    /// be polled again (its deadlines read the clock only after a firing).
+    Fired,
     /// The connection has been idle for the keep-alive timeout: shut it down.
     Idle,
 }
@@ -271,6 +292,10 @@ impl Watchdog {
         {
             return Watch::Armed;
         }
+        let fired = self.armed_ms.is_some() && self.sleep.is_elapsed();
+        if fired {
+            self.activity.firings.fetch_add(1, Ordering::Relaxed);
+        }
         loop {
             let now = Instant::now();
             let idle_at = self.activity.idle_deadline(self.keepalive);
@@ -286,7 +311,7 @@ impl Watchdog {
             self.sleep.as_mut().reset(next.into());
             if self.sleep.as_mut().poll(cx).is_pending() {
                 self.armed_ms = Some(self.activity.millis(next));
-                return Watch::Armed;
+                return if fired { Watch::Fired } else { Watch::Armed };
             }
         }
     }
@@ -370,14 +395,45 @@ mod tests {
     }
 
     #[test]
-    fn a_deadline_is_due_once_the_clock_passes_it() {
+    fn a_deadline_is_due_once_the_watchdog_has_fired_and_the_clock_passed_it() {
         let activity = Activity::new(false);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut past = HeadTimer(activity.clone()).sleep_until(Instant::now());
+        let mut future = HeadTimer(activity.clone()).sleep(Duration::from_secs(60));
+        assert!(
+            past.as_mut().poll(&mut cx).is_pending(),
+            "the clock is not read before the watchdog fires for it"
+        );
+        activity.firings.fetch_add(1, Ordering::Relaxed);
         assert!(past.as_mut().poll(&mut cx).is_ready());
-        let mut future = HeadTimer(activity).sleep(Duration::from_secs(60));
         assert!(future.as_mut().poll(&mut cx).is_pending());
+    }
+
+    /// A deadline that passes is seen in the poll right after the watchdog fires for it: the
+    /// watchdog reports the firing, so the connection is polled again.
+    #[tokio::test]
+    async fn the_watchdog_fires_for_a_deadline_and_the_deadline_is_then_due() {
+        let activity = Activity::new(false);
+        let mut watchdog = Watchdog::new(activity.clone(), Duration::from_secs(60));
+        let _busy = activity.enter();
+        let mut response = std::pin::pin!(activity.response_deadline(Duration::from_millis(30)));
+        assert_eq!(poll(&mut watchdog).await, Watch::Armed);
+        let deadline = std::future::poll_fn(|cx| Poll::Ready(response.as_mut().poll(cx)));
+        assert!(deadline.await.is_pending());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(response.as_mut().poll(cx)))
+                .await
+                .is_pending(),
+            "passed, but the watchdog has not been polled since it fired"
+        );
+        assert_eq!(poll(&mut watchdog).await, Watch::Fired);
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(response.as_mut().poll(cx)))
+                .await
+                .is_ready()
+        );
     }
 
     #[test]
@@ -430,8 +486,8 @@ mod tests {
         tokio::time::sleep(keepalive * 2).await;
         assert_eq!(
             poll(&mut watchdog).await,
-            Watch::Armed,
-            "in flight: not idle"
+            Watch::Fired,
+            "in flight: not idle; it fired, so the connection is polled again"
         );
         drop(busy);
         tokio::time::sleep(keepalive + Duration::from_millis(10)).await;

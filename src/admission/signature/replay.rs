@@ -277,16 +277,26 @@ mod tests {
     use std::sync::atomic::AtomicU64 as Clock;
     use std::time::Duration;
 
+    /// A cache whose clock counts seconds from 0, with a 600-second window.
     fn cache(max: usize) -> (Arc<ReplayCache>, Arc<Clock>) {
+        cache_ticking(Duration::from_secs(1), Duration::from_secs(600), max)
+    }
+
+    /// A cache whose clock counts `tick`s from 0.
+    fn cache_ticking(
+        tick: Duration,
+        window: Duration,
+        max: usize,
+    ) -> (Arc<ReplayCache>, Arc<Clock>) {
         let start = Instant::now();
-        let secs = Arc::new(Clock::new(0));
-        let s = secs.clone();
-        let now: Now = Arc::new(move || start + Duration::from_secs(s.load(Ordering::Relaxed)));
+        let ticks = Arc::new(Clock::new(0));
+        let t = ticks.clone();
+        let now: Now = Arc::new(move || start + tick * t.load(Ordering::Relaxed) as u32);
         let spec = ReplayConfig {
-            window: Duration::from_secs(600),
+            window,
             max_entries: max,
         };
-        (ReplayCache::new(spec, now), secs)
+        (ReplayCache::new(spec, now), ticks)
     }
 
     fn id(s: &str) -> Vec<Vec<u8>> {
@@ -331,15 +341,8 @@ mod tests {
 
     #[test]
     fn an_id_is_held_to_the_millisecond() {
-        let start = Instant::now();
-        let ms = Arc::new(Clock::new(700));
-        let m = ms.clone();
-        let now: Now = Arc::new(move || start + Duration::from_millis(m.load(Ordering::Relaxed)));
-        let spec = ReplayConfig {
-            window: Duration::from_millis(1500),
-            max_entries: 100,
-        };
-        let c = ReplayCache::new(spec, now);
+        let (c, ms) = cache_ticking(Duration::from_millis(1), Duration::from_millis(1500), 100);
+        ms.store(700, Ordering::Relaxed);
         c.claim(&id("a")).unwrap().settle(StatusCode::OK);
         ms.store(2199, Ordering::Relaxed);
         assert!(

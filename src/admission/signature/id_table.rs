@@ -78,7 +78,9 @@ impl IdTable {
             return None;
         }
         let mut b = self.home(key);
-        loop {
+        // At most once round: removals can leave every bucket counted as passed (each holding an
+        // id from the one before), and a lookup must still end.
+        for _ in 0..self.buckets.len() {
             let bucket = &self.buckets[b];
             for slot in 0..SLOTS {
                 if bucket.expiries[slot] != EMPTY && bucket.keys[slot] == *key {
@@ -90,6 +92,7 @@ impl IdTable {
             }
             b = self.next(b);
         }
+        None
     }
 
     /// The id's expiry, if the table holds it.
@@ -252,6 +255,28 @@ mod tests {
         t.retain(|_, _| false);
         assert_eq!(t.len(), 0);
         assert!(t.buckets.iter().all(|b| b.passed == 0), "no stale counts");
+    }
+
+    /// Each bucket left holding one id that overflowed from the bucket before it: every bucket
+    /// is counted as passed, and a lookup of an absent id still ends.
+    #[test]
+    fn a_lookup_ends_when_every_bucket_is_counted_as_passed() {
+        let mut t = IdTable::default();
+        t.insert(key_at(0, 0), 1);
+        t.remove(&key_at(0, 0));
+        let n = t.buckets.len();
+        for b in 0..n {
+            for i in 0..4 {
+                t.insert(key_at(b, i), 1);
+            }
+            for i in 0..3 {
+                t.remove(&key_at(b, i));
+            }
+        }
+        assert_eq!((t.len(), t.buckets.len()), (n, n), "no growth");
+        assert!(t.buckets.iter().all(|b| b.passed > 0));
+        assert_eq!(t.get(&key_at(5, 99)), None);
+        assert_eq!(t.get(&key_at(5, 3)), Some(1));
     }
 
     #[test]

@@ -68,6 +68,19 @@ pub fn base64_exact(s: &str, len: usize) -> Result<Vec<u8>, Failure> {
     }
 }
 
+/// [`base64_exact`] for a MAC (at most SHA-256's 32 bytes), decoded inline instead of on the heap.
+pub fn base64_tag(s: &str, len: usize) -> Result<Tag, Failure> {
+    // The decoder wants room for its estimate, three bytes per four characters: 33 for 32 bytes.
+    let mut out = [0u8; 33];
+    if len > 32 || s.len() != len.div_ceil(3) * 4 {
+        return Err(Failure::Malformed);
+    }
+    match base64::engine::general_purpose::STANDARD.decode_slice(s, &mut out) {
+        Ok(n) if n == len => Ok(Tag::new(&out[..n])),
+        _ => Err(Failure::Malformed),
+    }
+}
+
 pub fn to_hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];
     hex_into(bytes, &mut out);
@@ -116,6 +129,17 @@ impl HmacKey {
             HmacAlgorithm::Sha1 => HmacKey::Sha1(Sha1Key::new(key)),
         }
     }
+
+    /// A MAC under this key, its parts still to come.
+    pub fn start(&self) -> MacInProgress<'_> {
+        match self {
+            HmacKey::Sha256(key) => MacInProgress::Sha256(hmac::Context::with_key(key)),
+            HmacKey::Sha1(key) => MacInProgress::Sha1 {
+                inner: key.inner.clone(),
+                key,
+            },
+        }
+    }
 }
 
 /// HMAC-SHA1 (RFC 2104) as two SHA-1 states that have absorbed the key XOR ipad and opad.
@@ -146,17 +170,6 @@ impl Sha1Key {
             inner: padded(0x36),
             outer: padded(0x5c),
         }
-    }
-
-    fn mac(&self, parts: &[&[u8]]) -> [u8; 20] {
-        use sha1::Digest as _;
-        let mut inner = self.inner.clone();
-        for p in parts {
-            inner.update(p);
-        }
-        let mut outer = self.outer.clone();
-        outer.update(inner.finalize());
-        outer.finalize().into()
     }
 }
 
@@ -191,15 +204,39 @@ pub fn mac(alg: HmacAlgorithm, key: &[u8], parts: &[&[u8]]) -> Tag {
 
 /// HMAC of the concatenated `parts` (no copy of the body is made).
 pub fn mac_with(key: &HmacKey, parts: &[&[u8]]) -> Tag {
-    match key {
-        HmacKey::Sha256(key) => {
-            let mut ctx = hmac::Context::with_key(key);
-            for p in parts {
-                ctx.update(p);
-            }
-            Tag::new(ctx.sign().as_ref())
+    let mut mac = key.start();
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finish()
+}
+
+/// An HMAC being computed: for a scheme whose parts are computed (Twilio's sorted form), which
+/// feeds them as it makes them instead of listing them first.
+pub enum MacInProgress<'k> {
+    Sha256(hmac::Context),
+    Sha1 { inner: sha1::Sha1, key: &'k Sha1Key },
+}
+
+impl MacInProgress<'_> {
+    pub fn update(&mut self, part: &[u8]) {
+        use sha1::Digest as _;
+        match self {
+            MacInProgress::Sha256(ctx) => ctx.update(part),
+            MacInProgress::Sha1 { inner, .. } => inner.update(part),
         }
-        HmacKey::Sha1(key) => Tag::new(&key.mac(parts)),
+    }
+
+    pub fn finish(self) -> Tag {
+        use sha1::Digest as _;
+        match self {
+            MacInProgress::Sha256(ctx) => Tag::new(ctx.sign().as_ref()),
+            MacInProgress::Sha1 { inner, key } => {
+                let mut outer = key.outer.clone();
+                outer.update(inner.finalize());
+                Tag::new(&outer.finalize())
+            }
+        }
     }
 }
 
@@ -274,6 +311,27 @@ mod tests {
         assert_eq!(
             base64_exact("!!!!!!!!!!!!!!!!!!!!!!!!!!!=", 20),
             Err(Failure::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_base64_tag_decodes_as_base64_exact_does() {
+        for len in [20, 32] {
+            let good = to_base64(&[7; 32][..len]);
+            assert_eq!(base64_tag(&good, len).unwrap().as_ref(), &[7; 32][..len]);
+            for bad in [
+                good[..good.len() - 1].to_string(),
+                to_base64(&[7; 33][..len + 1]),
+                "!".repeat(good.len()),
+                "A".repeat(good.len()),
+            ] {
+                assert_eq!(base64_tag(&bad, len).err(), base64_exact(&bad, len).err());
+                assert!(base64_tag(&bad, len).is_err(), "{bad:?} is not {len} bytes");
+            }
+        }
+        assert!(
+            base64_tag(&to_base64(&[7; 33]), 33).is_err(),
+            "longer than any MAC"
         );
     }
 

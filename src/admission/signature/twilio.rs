@@ -15,7 +15,7 @@
 
 use http::HeaderName;
 
-use super::encoding::{base64_exact, ct_eq, hex_exact, mac, mac_with, sha256, to_base64};
+use super::encoding::{base64_tag, ct_eq, hex_exact, mac, sha256, to_base64};
 use super::{Failure, Secret, SignatureScheme, SignedRequest, Verified, header};
 use crate::config::webhook::HmacAlgorithm;
 
@@ -64,13 +64,64 @@ fn body_hash_param(url: &str) -> Option<String> {
 }
 
 /// A body's form parameters, decoded exactly as `form_urlencoded::parse` decodes them (`+` is a
-/// space, `%XX` a byte, invalid UTF-8 replaced per name and per value), into one string: one
-/// allocation for the whole form instead of one per escaped name or value.
+/// space, `%XX` a byte, invalid UTF-8 replaced per name and per value), into one text: one buffer
+/// for the whole form instead of one per escaped name or value. Dropped, a form gives its buffers
+/// back to the thread ([`SPARE_FORM`]).
 #[derive(Default)]
 struct Form {
-    text: String,
+    /// Valid UTF-8 where `params` point; bytes past the last parameter are room, not form.
+    text: Vec<u8>,
     /// Each parameter's name and value, as ranges of `text`.
     params: Vec<Param>,
+}
+
+/// A form's two buffers between verifications.
+struct FormBuffers {
+    text: Vec<u8>,
+    params: Vec<Param>,
+}
+
+thread_local! {
+    /// The last form's buffers, reused by the next form verified on the thread. A 2 KB form's text
+    /// and parameter list are two allocations over the allocator's per-thread cache sizes, the
+    /// costliest two a Twilio request made (docs/PERFORMANCE.md, twenty-ninth session).
+    static SPARE_FORM: std::cell::Cell<FormBuffers> =
+        const { std::cell::Cell::new(FormBuffers { text: Vec::new(), params: Vec::new() }) };
+}
+
+/// The most a thread keeps between forms: a rare long form's buffers are freed, not kept.
+const KEPT_TEXT_BYTES: usize = 64 * 1024;
+const KEPT_PARAMS: usize = 256;
+
+impl FormBuffers {
+    /// The thread's spare buffers (empty ones if there are none).
+    fn take() -> Self {
+        let empty = || FormBuffers {
+            text: Vec::new(),
+            params: Vec::new(),
+        };
+        SPARE_FORM
+            .try_with(|kept| kept.replace(empty()))
+            .unwrap_or_else(|_| empty())
+    }
+}
+
+impl Drop for Form {
+    /// Gives the buffers back to the thread, unless they are empty or too big to keep. A thread
+    /// that is ending, its locals already gone, keeps nothing.
+    fn drop(&mut self) {
+        let capacity = self.text.capacity();
+        if capacity == 0 || capacity > KEPT_TEXT_BYTES || self.params.capacity() > KEPT_PARAMS {
+            return;
+        }
+        let mut params = std::mem::take(&mut self.params);
+        params.clear();
+        let spare = FormBuffers {
+            text: std::mem::take(&mut self.text),
+            params,
+        };
+        let _ = SPARE_FORM.try_with(|kept| kept.set(spare));
+    }
 }
 
 /// One parameter: its name and value as ranges of the form's text, and (set by `Form::sort`) the
@@ -98,9 +149,14 @@ impl Form {
     /// (docs/PERFORMANCE.md, twenty-seventh session). `None` past [`MAX_PARAMS`] parameters.
     fn parse(body: &[u8]) -> Option<Self> {
         // Decoding never lengthens a piece, so what is written stays at or behind what is read:
-        // eight bytes of room past the body let every word be copied whole.
-        let mut text = vec![0u8; body.len() + 8];
-        let mut params = Vec::with_capacity(32);
+        // eight bytes of room past the body let every word be copied whole. Only bytes already
+        // written are read, so what the last form left in the buffer needs no clearing.
+        let FormBuffers {
+            mut text,
+            mut params,
+        } = FormBuffers::take();
+        text.resize(body.len() + 8, 0);
+        params.reserve(32);
         let mut pair = PairCursor::default();
         let (mut read, mut written) = (0, 0);
         let mut plain_words = 0;
@@ -160,46 +216,45 @@ impl Form {
             }
         }
         pair.end(body.len(), written, &mut params);
-        if params.len() > MAX_PARAMS {
+        let form = Form { text, params };
+        if form.params.len() > MAX_PARAMS {
             return None;
         }
-        text.truncate(written);
         // Validating the whole text at once is the common case. A piece that is not valid UTF-8
         // on its own (invalid bytes, or a character split across two pieces, which the whole text
         // can hide) takes the per-piece replacement below.
-        Some(match String::from_utf8(text) {
-            Ok(text)
-                if params.iter().all(|p| {
-                    [p.name.start, p.name.end, p.value.end]
-                        .into_iter()
-                        .all(|at| text.is_char_boundary(at))
-                }) =>
-            {
-                Form { text, params }
-            }
-            Ok(text) => replace_invalid(text.as_bytes(), &params),
-            Err(e) => replace_invalid(&e.into_bytes(), &params),
+        let whole_pieces = std::str::from_utf8(&form.text[..written]).is_ok_and(|text| {
+            form.params.iter().all(|p| {
+                [p.name.start, p.name.end, p.value.end]
+                    .into_iter()
+                    .all(|at| text.is_char_boundary(at))
+            })
+        });
+        Some(if whole_pieces {
+            form
+        } else {
+            replace_invalid(&form.text, &form.params)
         })
     }
 
     /// The `i`th parameter as strings, as the tests read the form.
     #[cfg(test)]
     fn pair(&self, i: usize) -> (&str, &str) {
-        let p = &self.params[i];
-        (&self.text[p.name.clone()], &self.text[p.value.clone()])
+        let (name, value) = self.pair_bytes(&self.params[i]);
+        let text = |b| std::str::from_utf8(b).expect("pieces are valid UTF-8");
+        (text(name), text(value))
     }
 
     /// A parameter's name and value as bytes: the order of `str`s is the order of their bytes.
     fn pair_bytes(&self, p: &Param) -> (&[u8], &[u8]) {
-        let text = self.text.as_bytes();
-        (&text[p.name.clone()], &text[p.value.clone()])
+        (&self.text[p.name.clone()], &self.text[p.value.clone()])
     }
 
     /// Sorts by name, then value, as Twilio does before signing.
     fn sort(&mut self) {
         let mut params = std::mem::take(&mut self.params);
         for p in &mut params {
-            p.name_prefix = prefix_key(self.text.as_bytes(), p.name.clone());
+            p.name_prefix = prefix_key(&self.text, p.name.clone());
         }
         params.sort_unstable_by(|a, b| {
             a.name_prefix
@@ -369,7 +424,10 @@ fn replace_invalid(bytes: &[u8], params: &[Param]) -> Form {
             }
         })
         .collect();
-    Form { text, params }
+    Form {
+        text: text.into_bytes(),
+        params,
+    }
 }
 
 /// The first eight bytes of the name at `name` in `text`, zero-padded, as a big-endian number.
@@ -438,11 +496,11 @@ fn toggled_port(url: &str) -> Option<String> {
     }
 }
 
-/// What is MACed: the URL, then name + value of each parameter (in order; `dedup` skips a pair equal
-/// to the one before it). Slices, so a 64 KiB form is hashed without being copied again.
-fn signed_parts<'p>(url: &'p str, form: &'p Form, dedup: bool) -> Vec<&'p [u8]> {
-    let mut parts = Vec::with_capacity(1 + 2 * form.params.len());
-    parts.push(url.as_bytes());
+/// What is MACed, part by part: the URL, then name + value of each parameter (in order; `dedup`
+/// skips a pair equal to the one before it). Slices, so a 64 KiB form is hashed without being
+/// copied again, handed over as they are found rather than listed first.
+fn signed_parts<'p>(url: &'p str, form: &'p Form, dedup: bool, mut part: impl FnMut(&'p [u8])) {
+    part(url.as_bytes());
     let mut previous = None;
     for p in &form.params {
         let pair = form.pair_bytes(p);
@@ -450,9 +508,9 @@ fn signed_parts<'p>(url: &'p str, form: &'p Form, dedup: bool) -> Vec<&'p [u8]> 
             continue;
         }
         previous = Some(pair);
-        parts.extend([pair.0, pair.1]);
+        part(pair.0);
+        part(pair.1);
     }
-    parts
 }
 
 impl SignatureScheme for Twilio {
@@ -463,7 +521,7 @@ impl SignatureScheme for Twilio {
     fn verify(&self, req: &SignedRequest<'_>, keys: &[Secret]) -> Result<Verified, Failure> {
         let sig = header(req.headers, &SIGNATURE, MAX_HEADER)?;
         let alg = algorithm(req)?;
-        let candidate = base64_exact(sig, alg.mac_len())?;
+        let candidate = base64_tag(sig, alg.mac_len())?;
         let params = signed_params(req)?;
         // twilio-python drops repeated identical (name, value) pairs; the other SDKs keep them.
         let has_duplicates = params.has_adjacent_duplicates();
@@ -475,9 +533,10 @@ impl SignatureScheme for Twilio {
                 .into_iter()
                 .take(1 + usize::from(has_duplicates))
             {
-                let parts = signed_parts(url, &params, dedup);
                 for key in keys {
-                    matched |= ct_eq(mac_with(key.hmac_key(alg), &parts).as_ref(), &candidate);
+                    let mut mac = key.hmac_key(alg).start();
+                    signed_parts(url, &params, dedup, |part| mac.update(part));
+                    matched |= ct_eq(mac.finish().as_ref(), candidate.as_ref());
                 }
                 if matched {
                     break;
@@ -514,7 +573,9 @@ impl SignatureScheme for Twilio {
                 return Err("a body that is not a form needs ?bodySHA256=<hex SHA-256 of the body> in the URL".into());
             }
         };
-        let tag = mac(alg, key, &signed_parts(req.url, &params, false));
+        let mut parts = Vec::new();
+        signed_parts(req.url, &params, false, |part| parts.push(part));
+        let tag = mac(alg, key, &parts);
         Ok(vec![("X-Twilio-Signature".into(), to_base64(tag.as_ref()))])
     }
 }
@@ -847,6 +908,31 @@ mod tests {
         let form = Form::parse(&[b"a=", &long[..], b"b"].concat()).unwrap();
         assert_eq!(form.pair(0), ("a", &*format!("{}A= ", "x".repeat(1000))));
         assert_eq!(form.pair(1), ("b", ""));
+    }
+
+    #[test]
+    fn a_form_reuses_the_last_forms_buffers_and_reads_nothing_of_it() {
+        let long =
+            Form::parse(b"Caller=%2B15551234567&Digits=4111111111111111&Body=hi+there").unwrap();
+        let room = long.text.capacity();
+        drop(long);
+        let short = Form::parse(b"a=1&b").unwrap();
+        assert_eq!(
+            short.text.capacity(),
+            room,
+            "the dropped form's text buffer is reused"
+        );
+        assert_eq!(short.params.len(), 2);
+        assert_eq!(short.pair(0), ("a", "1"));
+        assert_eq!(short.pair(1), ("b", ""));
+        drop(short);
+        // An over-long form's buffers are freed, not kept for the thread.
+        let huge = [b"a=".as_slice(), &vec![b'x'; KEPT_TEXT_BYTES + 1]].concat();
+        drop(Form::parse(&huge).unwrap());
+        assert_eq!(FormBuffers::take().text.capacity(), 0);
+        // Nor are those of a form with too many parameters to keep.
+        drop(Form::parse(&b"a&".repeat(KEPT_PARAMS + 1)).unwrap());
+        assert_eq!(FormBuffers::take().params.capacity(), 0);
     }
 
     /// A character split across a value and the next name is valid UTF-8 in the joined text, but

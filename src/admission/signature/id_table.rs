@@ -64,7 +64,7 @@ impl IdTable {
 
     /// The bucket an id's probe starts at: its first eight bytes, which the salt makes unpredictable.
     fn home(&self, key: &Key) -> usize {
-        let head = u64::from_ne_bytes(*key.first_chunk::<8>().expect("16 bytes"));
+        let head = u64::from_ne_bytes(*key.first_chunk::<8>().expect("12 bytes"));
         // The mask keeps it below the bucket count, a `usize`.
         (head & (self.buckets.len() as u64 - 1)) as usize
     }

@@ -1,6 +1,7 @@
 //! The upstream connection pool, seen from the backend: keep-alive connections are reused, a
 //! connection the backend closed costs no request, a half-read response is never reused, idle
-//! connections are closed after `pool_idle_timeout`, and an IPv6 literal upstream works.
+//! connections are closed after `pool_idle_timeout` (or when the backend closes them), concurrent
+//! clients each get their own responses, and an IPv6 literal upstream works.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -206,4 +207,88 @@ async fn a_pooled_connection_carries_a_websocket_upgrade_and_is_then_never_reuse
     }
     ws.send(Message::text("two")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("two"));
+}
+
+#[tokio::test]
+async fn a_connection_the_backend_closed_while_idle_is_closed_before_it_would_expire() {
+    // The socket must not sit in CLOSE_WAIT until its idle timeout: each pooled connection's task
+    // notices the backend's close at once (a design without that task needs the reaper, every
+    // half idle period, to look, and this bound still holds).
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+    let (backend, _) = counting_backend(move |mut tcp| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            read_head(&mut tcp).await;
+            tcp.write_all(OK).await.unwrap();
+            // Long after the proxy has pooled the connection: FIN, as a backend's idle timeout.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tcp.shutdown().await.unwrap();
+            let hung_up = Instant::now();
+            let mut rest = [0u8; 64];
+            let n = tcp.read(&mut rest).await.unwrap_or(0);
+            let _ = closed_tx.send((n, hung_up.elapsed()));
+        }
+    })
+    .await;
+    let proxy = proxy_with_upstream(backend, "pool_idle_timeout = \"6s\"").await;
+    assert_eq!(get_ok(&proxy, "/").await, (200, "ok".to_string()));
+    let (bytes, closed_after) = tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
+        .await
+        .expect("the proxy closes its side within 10 s")
+        .unwrap();
+    assert_eq!(bytes, 0, "closed, nothing sent");
+    assert!(
+        closed_after < Duration::from_millis(4500),
+        "closed when the backend closed it (at the latest by the reaper, every 3 s), not at the 6 s expiry: {closed_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_clients_sharing_pooled_connections_each_get_their_own_response() {
+    // Pooled connections move between client connections (and worker threads) from one request
+    // to the next; a response must never reach another client's request.
+    let (backend, accepted) = counting_backend(|tcp| async move {
+        keep_alive_echo(tcp).await;
+    })
+    .await;
+    let proxy = proxy_with_upstream(backend, "").await;
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (addr, ca) = (proxy.tls, proxy.ca_pem.clone());
+            tokio::spawn(async move {
+                let mut client = h1(addr, &ca).await;
+                for i in 0..40 {
+                    let path = format!("/client-{c}/request-{i}");
+                    let (status, _, body) =
+                        read(client.send_request(get(&path)).await.unwrap()).await;
+                    assert_eq!((status, body), (200, path));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=16).contains(&opened),
+        "at most one backend connection per concurrent client: {opened}"
+    );
+}
+
+/// Answers every request on a connection with its own request target, until the proxy closes it.
+async fn keep_alive_echo(mut tcp: TcpStream) {
+    loop {
+        let head = read_head(&mut tcp).await;
+        let Some(target) = head.split(' ').nth(1) else {
+            return;
+        };
+        let res = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{target}",
+            target.len()
+        );
+        if tcp.write_all(res.as_bytes()).await.is_err() {
+            return;
+        }
+    }
 }

@@ -268,9 +268,7 @@ impl Pool {
         None
     }
 
-    /// Takes back a connection whose exchange is over: hyper sees the end of the exchange here if it
-    /// has not yet, and the connection's wake-ups stop pointing at the task that used it (or the
-    /// next request on it would wake that task for nothing). One that ended is dropped instead.
+    /// Takes back a connection whose exchange is over; one that ended with it is dropped instead.
     fn release(&self, mut lease: Lease) {
         // The task that used the connection is forgotten: the next request on it would wake that
         // task for nothing, and an idle connection would keep the finished task's memory.

@@ -1,6 +1,6 @@
 //! The upstream connection pool, seen from the backend: keep-alive connections are reused, a
 //! connection the backend closed costs no request, a half-read response is never reused, idle
-//! connections are closed after `pool_idle_timeout` (or once the backend has closed them), concurrent
+//! connections are closed after `pool_idle_timeout` (or when the backend closes them), concurrent
 //! clients each get their own responses, and an IPv6 literal upstream works.
 
 use std::net::SocketAddr;
@@ -211,9 +211,9 @@ async fn a_pooled_connection_carries_a_websocket_upgrade_and_is_then_never_reuse
 
 #[tokio::test]
 async fn a_connection_the_backend_closed_while_idle_is_closed_before_it_would_expire() {
-    // The socket must not sit in CLOSE_WAIT until its idle timeout. No task watches an idle
-    // connection; the reaper looks at each every half idle period and closes what the backend
-    // closed.
+    // The socket must not sit in CLOSE_WAIT until its idle timeout: each pooled connection's task
+    // notices the backend's close at once (a design without that task needs the reaper, every
+    // half idle period, to look, and this bound still holds).
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
     let (backend, _) = counting_backend(move |mut tcp| {
         let closed_tx = closed_tx.clone();
@@ -239,7 +239,7 @@ async fn a_connection_the_backend_closed_while_idle_is_closed_before_it_would_ex
     assert_eq!(bytes, 0, "closed, nothing sent");
     assert!(
         closed_after < Duration::from_millis(4500),
-        "closed by the reaper (every 3 s), not at the 6 s expiry: {closed_after:?}"
+        "closed when the backend closed it (at the latest by the reaper, every 3 s), not at the 6 s expiry: {closed_after:?}"
     );
 }
 

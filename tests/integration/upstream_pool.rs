@@ -58,6 +58,48 @@ where
     (addr, accepted)
 }
 
+/// A backend that answers one request per connection, closes its side `hang_up_after` later if
+/// given, then waits for the proxy to close the connection. It reports the bytes it read after
+/// its answer and the time from its answer (or its close) to the proxy's close.
+async fn answers_once_then_waits_for_the_close(
+    hang_up_after: Option<Duration>,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    mpsc::UnboundedReceiver<(usize, Duration)>,
+) {
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    let (backend, accepted) = counting_backend(move |mut tcp| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            read_head(&mut tcp).await;
+            tcp.write_all(OK).await.unwrap();
+            if let Some(after) = hang_up_after {
+                tokio::time::sleep(after).await;
+                tcp.shutdown().await.unwrap();
+            }
+            let since = Instant::now();
+            let mut rest = [0u8; 64];
+            // The proxy sends nothing more; the read ends when it closes the connection.
+            let n = tcp.read(&mut rest).await.unwrap_or(0);
+            let _ = closed_tx.send((n, since.elapsed()));
+        }
+    })
+    .await;
+    (backend, accepted, closed_rx)
+}
+
+/// How long after the backend's answer (or close) the proxy closed the connection, having sent
+/// nothing more on it.
+async fn proxy_closed_it(closed_rx: &mut mpsc::UnboundedReceiver<(usize, Duration)>) -> Duration {
+    let (bytes, after) = tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
+        .await
+        .expect("the proxy closes the connection within 10 s")
+        .unwrap();
+    assert_eq!(bytes, 0, "closed, nothing more sent on it");
+    after
+}
+
 async fn proxy_with_upstream(backend: SocketAddr, upstream_extra: &str) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), backend, "", "").replace(
@@ -133,27 +175,10 @@ async fn a_half_read_response_never_serves_the_next_request() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_after_pool_idle_timeout() {
-    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
-    let (backend, accepted) = counting_backend(move |mut tcp| {
-        let closed_tx = closed_tx.clone();
-        async move {
-            read_head(&mut tcp).await;
-            tcp.write_all(OK).await.unwrap();
-            let answered = Instant::now();
-            let mut rest = [0u8; 64];
-            // The proxy sends nothing more; the read ends when it closes the connection.
-            let n = tcp.read(&mut rest).await.unwrap_or(0);
-            let _ = closed_tx.send((n, answered.elapsed()));
-        }
-    })
-    .await;
+    let (backend, accepted, mut closed_rx) = answers_once_then_waits_for_the_close(None).await;
     let proxy = proxy_with_upstream(backend, "pool_idle_timeout = \"400ms\"").await;
     assert_eq!(get_ok(&proxy, "/").await, (200, "ok".to_string()));
-    let (bytes, idle_for) = tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
-        .await
-        .expect("the idle connection is closed within 10 s")
-        .unwrap();
-    assert_eq!(bytes, 0, "closed, not reused");
+    let idle_for = proxy_closed_it(&mut closed_rx).await;
     assert!(
         idle_for >= Duration::from_millis(350),
         "kept for the idle timeout first: {idle_for:?}"
@@ -213,30 +238,14 @@ async fn a_pooled_connection_carries_a_websocket_upgrade_and_is_then_never_reuse
 async fn a_connection_the_backend_closed_while_idle_is_closed_before_it_would_expire() {
     // The socket must not sit in CLOSE_WAIT until its idle timeout: each pooled connection's task
     // notices the backend's close at once (a design without that task needs the reaper, every
-    // half idle period, to look, and this bound still holds).
-    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
-    let (backend, _) = counting_backend(move |mut tcp| {
-        let closed_tx = closed_tx.clone();
-        async move {
-            read_head(&mut tcp).await;
-            tcp.write_all(OK).await.unwrap();
-            // Long after the proxy has pooled the connection: FIN, as a backend's idle timeout.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            tcp.shutdown().await.unwrap();
-            let hung_up = Instant::now();
-            let mut rest = [0u8; 64];
-            let n = tcp.read(&mut rest).await.unwrap_or(0);
-            let _ = closed_tx.send((n, hung_up.elapsed()));
-        }
-    })
-    .await;
+    // half idle period, to look, and this bound still holds). The backend's FIN comes long after
+    // the proxy has pooled the connection, as a backend's own idle timeout would send it.
+    let hang_up_after = Duration::from_millis(500);
+    let (backend, _, mut closed_rx) =
+        answers_once_then_waits_for_the_close(Some(hang_up_after)).await;
     let proxy = proxy_with_upstream(backend, "pool_idle_timeout = \"6s\"").await;
     assert_eq!(get_ok(&proxy, "/").await, (200, "ok".to_string()));
-    let (bytes, closed_after) = tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
-        .await
-        .expect("the proxy closes its side within 10 s")
-        .unwrap();
-    assert_eq!(bytes, 0, "closed, nothing sent");
+    let closed_after = proxy_closed_it(&mut closed_rx).await;
     assert!(
         closed_after < Duration::from_millis(4500),
         "closed when the backend closed it (at the latest by the reaper, every 3 s), not at the 6 s expiry: {closed_after:?}"

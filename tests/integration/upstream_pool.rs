@@ -256,10 +256,7 @@ async fn a_connection_the_backend_closed_while_idle_is_closed_before_it_would_ex
 async fn concurrent_clients_sharing_pooled_connections_each_get_their_own_response() {
     // Pooled connections move between client connections (and worker threads) from one request
     // to the next; a response must never reach another client's request.
-    let (backend, accepted) = counting_backend(|tcp| async move {
-        keep_alive_echo(tcp).await;
-    })
-    .await;
+    let (backend, accepted) = counting_backend(keep_alive_echo).await;
     let proxy = proxy_with_upstream(backend, "").await;
     let clients: Vec<_> = (0..16)
         .map(|c| {

@@ -134,7 +134,8 @@ struct Param {
 /// The most parameters a form may have. Twilio's webhooks carry a few dozen (an incoming call 26,
 /// a message with ten media ~50), like the 1,000 of Django's and PHP's form limits. Each parameter
 /// costs a 40-byte entry, a place in the sort and two MAC updates: without a limit, 64 KiB of a
-/// forged `a&a&…` took ~0.8 ms to verify, and 1 MiB (512K parameters) held ~20 MB of entries. A form over the limit is refused as malformed as soon as the parse passes it.
+/// forged `a&a&…` took ~0.8 ms to verify, and 1 MiB (512K parameters) held ~20 MB of entries. A
+/// form over the limit is refused as malformed as soon as the parse passes it.
 const MAX_PARAMS: usize = 1000;
 
 impl Form {

@@ -121,9 +121,10 @@ impl Drop for Form {
     }
 }
 
-/// One parameter: its name and value as ranges of the form's text, and (set by `Form::sort`) the
-/// first eight bytes of its name as a big-endian number (zero-padded), which orders most pairs of
-/// names without a string comparison (Twilio's names differ early: `AccountSid`, `CallSid`, …).
+/// One parameter: its name and value as ranges of the form's text, the value right after the
+/// name, and (set by `Form::sort`) the first eight bytes of its name as a big-endian number
+/// (zero-padded), which orders most pairs of names without a string comparison (Twilio's names
+/// differ early: `AccountSid`, `CallSid`, …).
 #[derive(Clone)]
 struct Param {
     name: std::ops::Range<usize>,
@@ -248,6 +249,14 @@ impl Form {
     /// A parameter's name and value as bytes: the order of `str`s is the order of their bytes.
     fn pair_bytes(&self, p: &Param) -> (&[u8], &[u8]) {
         (&self.text[p.name.clone()], &self.text[p.value.clone()])
+    }
+
+    /// A parameter's name followed by its value, as one slice: the parser and `replace_invalid`
+    /// write each value right after its name, so what Twilio signs for a parameter is one MAC
+    /// update, not two.
+    fn name_and_value(&self, p: &Param) -> &[u8] {
+        debug_assert_eq!(p.name.end, p.value.start, "a value follows its name");
+        &self.text[p.name.start..p.value.end]
     }
 
     /// Sorts by name, then value, as Twilio does before signing.
@@ -508,8 +517,7 @@ fn signed_parts<'p>(url: &'p str, form: &'p Form, dedup: bool, mut part: impl Fn
             continue;
         }
         previous = Some(pair);
-        part(pair.0);
-        part(pair.1);
+        part(form.name_and_value(p));
     }
 }
 
@@ -669,6 +677,45 @@ mod tests {
             check(&req(&other_port, &params(), EXPECTED)),
             Err(Failure::Mismatch)
         );
+    }
+
+    /// The signature over forms that are not ASCII, computed apart from the verifier: the URL, then
+    /// each (name, value) as `form_urlencoded` decodes it (invalid UTF-8 replaced per piece),
+    /// sorted, concatenated. Covers the verifier's paths past its all-ASCII one.
+    #[test]
+    fn forms_beyond_ascii_verify_as_their_decoded_pairs_are_signed() {
+        for body in [
+            &b"SpeechResult=%C3%9Cn%C3%AFcode+caf%C3%A9&Digits=1"[..],
+            b"Name=caf\xc3\xa9&Digits=2",
+            b"Bad=%FF%FE&Digits=3&Odd=\xc3",
+            b"a=\xc3&\xa9=b",
+        ] {
+            let mut pairs: Vec<(String, String)> = form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            pairs.sort();
+            let mut signed = URI.to_owned();
+            for (k, v) in &pairs {
+                signed.push_str(k);
+                signed.push_str(v);
+            }
+            let tag = mac(HmacAlgorithm::Sha1, TOKEN.as_bytes(), &[signed.as_bytes()]);
+            let sig = to_base64(tag.as_ref());
+            assert!(
+                check(&req(URI, body, &sig)).is_ok(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            // A parameter added (one invalid byte swapped for another is not a change the scheme
+            // can see: both decode to U+FFFD).
+            let tampered = [body, b"&Digits=9"].concat();
+            assert_eq!(
+                check(&req(URI, &tampered, &sig)).map(|_| ()),
+                Err(Failure::Mismatch),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,12 @@ fn is_form(req: &SignedRequest<'_>) -> bool {
 /// The `bodySHA256` query parameter of `url`, if any.
 fn body_hash_param(url: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
+    // A name decodes to `bodySHA256` only if it is spelled so or escapes a byte (`+` decodes to a
+    // space, which it has none of). Most webhook URLs' queries are neither: decoding every pair of
+    // `?route=main` cost ~700 instructions, a fifth of the form's parse.
+    if !query.contains('%') && !query.contains("bodySHA256") {
+        return None;
+    }
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "bodySHA256")
         .map(|(_, v)| v.into_owned())
@@ -716,6 +722,44 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// The shortcut past queries that cannot name `bodySHA256` finds what decoding every pair
+    /// finds, for queries that spell it, escape it, almost spell it, or do neither.
+    #[test]
+    fn body_hash_param_finds_what_decoding_every_pair_finds() {
+        let decoded = |url: &str| {
+            let query = url.split_once('?')?.1;
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "bodySHA256")
+                .map(|(_, v)| v.into_owned())
+        };
+        for query in [
+            "",
+            "route=main",
+            "route=main&x=a+b",
+            "bodySHA256=ab",
+            "a=1&bodySHA256=ab&bodySHA256=cd",
+            "body%53HA256=ab",
+            "%62odySHA256=a%62",
+            "bodySHA256",
+            "bodysha256=ab",
+            "body+SHA256=ab",
+            "x=bodySHA256",
+            "x=%41&y=2",
+            "x=1%",
+        ] {
+            for url in [
+                format!("https://h/p?{query}"),
+                format!("https://h/p{query}"),
+            ] {
+                assert_eq!(body_hash_param(&url), decoded(&url), "{url}");
+            }
+        }
+        assert_eq!(
+            body_hash_param("https://h/p?body%53HA256=ab").as_deref(),
+            Some("ab")
+        );
     }
 
     #[test]
